@@ -1,0 +1,232 @@
+"""The callback model: :class:`Callback`, handler registration with :func:`on`, and conflict resolutions.
+
+A callback subclasses :class:`Callback`, registers handlers with ``@on(Event, Phase)``, declares the learner
+state it touches in ``state_access`` and may order itself after other callbacks with ``run_after``::
+
+    class PrintLoss(asyncloop.Callback):
+        state_access = {"step": {"loss": asyncloop.Read()}}
+        run_after = (asyncloop.Recorder,)
+
+        @asyncloop.on(asyncloop.StepEnd, asyncloop.AbstractTrainingPhase)
+        def show(self, event, phase, learner):
+            print(float(learner.step.loss))
+
+Dispatch follows Julia's: for one ``(event, phase)`` a callback runs exactly one handler, the most specific
+registered match. Handler tables are computed per class once, so a callback is never called for events it does
+not handle. Handlers may be ``async def``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from .events import Event
+from .phases import Phase
+from .state import Protected, snapshot_tree
+
+if TYPE_CHECKING:
+    from .learner import Learner
+
+__all__ = [
+    "Callback",
+    "on",
+    "Handler",
+    "ConflictResolution",
+    "NotDefined",
+    "NoConflict",
+    "RunFirst",
+    "Unresolvable",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_ON_ATTR = "__asyncloop_on__"
+
+
+def on(event: type[Event], phase: type[Phase] = Phase) -> Callable[[F], F]:
+    """Register the decorated method as the handler of ``event`` during phases of type ``phase``.
+
+    The method is called as ``handler(self, event, phase, learner)`` with a protected learner view. Stack
+    several ``@on`` to register one method for several (event, phase) pairs.
+    """
+    if not (isinstance(event, type) and issubclass(event, Event)):
+        raise TypeError(f"on() takes an Event class such as StepEnd, got {event!r}")
+    if not (isinstance(phase, type) and issubclass(phase, Phase)):
+        raise TypeError(f"on() takes a Phase class such as TrainingPhase, got {phase!r}")
+
+    def register(fn: F) -> F:
+        if not callable(fn):
+            raise TypeError(f"@on(...) decorates a method, got {fn!r}")
+        existing = getattr(fn, _ON_ATTR, ())
+        setattr(fn, _ON_ATTR, (*existing, (event, phase)))
+        return fn
+
+    return register
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """What a runner calls for one (event type, phase type): ``fn(event, phase, learner)``.
+
+    ``accept(event, phase)``, when given, is evaluated first (on the training thread, in order) and the handler
+    is skipped when it returns False; :class:`asyncloop.ConditionalCallback` uses it so that a throttled
+    detached callback costs nothing on skipped events.
+    """
+
+    fn: Callable[..., Any]
+    is_async: bool
+    accept: Callable[[Event, Phase], bool] | None = None
+
+
+class ConflictResolution:
+    """A strategy for a write/write (or write/read) conflict, returned by :meth:`Callback.resolve_conflict`."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class NotDefined(ConflictResolution):
+    """The default: no resolution defined. An unresolved write/write conflict is an error."""
+
+    __slots__ = ()
+
+
+class NoConflict(ConflictResolution):
+    """The callbacks write the same state but may run in any order."""
+
+    __slots__ = ()
+
+
+class Unresolvable(ConflictResolution):
+    """The callbacks must not be used together."""
+
+    __slots__ = ()
+
+
+class RunFirst(ConflictResolution):
+    """``RunFirst(cb)``: ``cb`` runs before the other callback of the pair."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Callback) -> None:
+        self.callback = callback
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunFirst) and other.callback is self.callback
+
+    def __hash__(self) -> int:
+        return hash((RunFirst, id(self.callback)))
+
+    def __repr__(self) -> str:
+        return f"RunFirst({self.callback!r})"
+
+
+class Callback:
+    """Base class of all callbacks.
+
+    Class attributes (or instance attributes, for callbacks configured at construction):
+
+    * ``state_access`` -- nested dict of :class:`asyncloop.Read` / :class:`asyncloop.Write` leaves naming the
+      learner state handlers may touch; declare the least you need. Default: nothing.
+    * ``run_after`` -- callback types that, when present, run before this one.
+    * ``detached`` -- under :class:`asyncloop.ActorRunner`, handle events on a snapshot without making the loop
+      wait (read-only callbacks only). ``inbox_size``, ``inbox_policy`` and ``blocking`` tune the actor; see
+      docs/actors.md.
+
+    Pitfalls: ``init`` must be idempotent (it runs whenever the callback is (re)added); handlers of detached
+    callbacks see a snapshot taken when the event fired, never live state.
+    """
+
+    state_access: ClassVar[Mapping[str, Any]] = {}
+    run_after: ClassVar[tuple[type, ...]] = ()
+    detached: ClassVar[bool] = False
+    inbox_size: ClassVar[int | None] = None
+    inbox_policy: ClassVar[str] = "block"
+    blocking: ClassVar[bool] = True
+
+    _registry: ClassVar[dict[tuple[type[Event], type[Phase]], str]] = {}
+    _handler_cache: ClassVar[dict[tuple[type[Event], type[Phase]], str | None]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        registry: dict[tuple[type[Event], type[Phase]], str] = {}
+        for klass in reversed(cls.__mro__):
+            for name, attr in vars(klass).items():
+                for key in getattr(attr, _ON_ATTR, ()):
+                    registry[key] = name
+        cls._registry = registry
+        cls._handler_cache = {}
+
+    # -- extension points ------------------------------------------------------------------------------------
+    def init(self, learner: Learner) -> None:
+        """One-time set-up with the unprotected learner (e.g. create ``cbstate`` entries). Must be idempotent."""
+
+    def resolve_conflict(self, other: Callback) -> ConflictResolution:
+        """How to order this callback against ``other`` when both access the same state. Asked in both orders."""
+        return NotDefined()
+
+    def snapshot(self, event: Event, phase: Phase, learner: Learner) -> Any:
+        """Detached callbacks only: build what the handlers receive as ``learner`` for this event.
+
+        Runs on the training thread, with the unprotected learner, at this callback's turn in the event's order
+        (so it sees exactly what it would see under the LinearRunner). The default copies exactly
+        ``state_access`` (see :func:`asyncloop.state.snapshot`) behind the same protection. Override it to hand
+        a handler something cheaper or richer, e.g. a checkpoint's state dict.
+        """
+        access = self.state_access
+        return Protected(snapshot_tree(learner, access), access, "Learner")
+
+    @property
+    def name(self) -> str:
+        """Display name used in error messages and statistics."""
+        return type(self).__name__
+
+    # -- dispatch --------------------------------------------------------------------------------------------
+    @classmethod
+    def handles(cls) -> tuple[tuple[type[Event], type[Phase]], ...]:
+        """The (event type, phase type) pairs this class registered handlers for."""
+        return tuple(cls._registry)
+
+    def handler(self, event: type[Event], phase: type[Phase]) -> Handler | None:
+        """The handler for ``(event, phase)``: the most specific registered match, or ``None``."""
+        cls = type(self)
+        key = (event, phase)
+        try:
+            name = cls._handler_cache[key]
+        except KeyError:
+            name = cls._handler_cache[key] = _most_specific(cls, event, phase)
+        if name is None:
+            return None
+        fn = getattr(self, name)
+        return Handler(fn, inspect.iscoroutinefunction(fn))
+
+    def __repr__(self) -> str:
+        return f"{self.name}()"
+
+
+def _most_specific(cls: type[Callback], event: type[Event], phase: type[Phase]) -> str | None:
+    matches = [
+        (e, p, name)
+        for (e, p), name in cls._registry.items()
+        if issubclass(event, e) and issubclass(phase, p)
+    ]
+    if not matches:
+        return None
+    for e, p, name in matches:
+        if all(issubclass(e, e2) and issubclass(p, p2) for e2, p2, _ in matches):
+            return name
+    listed = ", ".join(f"{name} ({e.__name__}, {p.__name__})" for e, p, name in matches)
+    raise TypeError(
+        f"{cls.__name__} has ambiguous handlers for {event.__name__} in {phase.__name__}: {listed}; "
+        f"add a handler registered with @on({event.__name__}, {phase.__name__}) to decide"
+    )

@@ -1,0 +1,296 @@
+"""Metrics: per-step and per-epoch metric values in ``learner.cbstate.metrics_step/metrics_epoch``.
+
+Epoch values are batch-size-weighted means of the step values (fastai's choice; FluxTraining averaged batches
+unweighted). Step values computed on an accelerator stay there: they are pushed to the history as tensors and
+reduced on the device, so the loop syncs with the host once per epoch, not once per step.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..callback import Callback, on
+from ..events import EpochBegin, EpochEnd, StepEnd
+from ..phases import Phase
+from ..state import PhaseDict, Read, SeriesHistory, Write
+from .recorder import Recorder
+
+__all__ = ["AbstractMetric", "Metric", "Loss", "Metrics", "accuracy"]
+
+
+def accuracy(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Fraction of rows whose argmax over the last axis matches the target.
+
+    ``targets`` may be class indices (shape ``(n,)``) or one-hot/probabilities with the shape of ``preds``.
+    """
+    if preds.ndim == 0:
+        raise ValueError("accuracy needs predictions with a class axis, got a scalar")
+    predicted = preds.argmax(dim=-1)
+    if targets.shape == preds.shape and preds.ndim > 1:
+        targets = targets.argmax(dim=-1)
+    return (predicted == targets).float().mean()
+
+
+def _batch_size(ys: Any) -> int:
+    if isinstance(ys, torch.Tensor):
+        return ys.shape[0] if ys.ndim > 0 else 1
+    try:
+        return len(ys)
+    except TypeError:
+        return 1
+
+
+def _detached(value: Any) -> Any:
+    """A step value that never syncs a CPU-less device: CPU tensors become floats, others stay tensors."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        if value.device.type == "cpu":
+            return value.item()
+    return value
+
+
+class AbstractMetric(abc.ABC):
+    """Interface of the metrics :class:`Metrics` tracks.
+
+    * ``name`` -- unique within one :class:`Metrics`;
+    * :meth:`reset` -- at every ``EpochBegin``;
+    * :meth:`update` -- at every ``StepEnd`` with the protected learner and the phase;
+    * :meth:`step_value` -- the value of the last step, or ``None`` (nothing pushed);
+    * :meth:`epoch_value` -- the value for the epoch so far, or ``None``.
+    """
+
+    name: str
+
+    @abc.abstractmethod
+    def reset(self) -> None: ...
+
+    @abc.abstractmethod
+    def update(self, learner: Any, phase: Phase) -> None: ...
+
+    @abc.abstractmethod
+    def step_value(self) -> Any: ...
+
+    @abc.abstractmethod
+    def epoch_value(self) -> Any: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class _WeightedMean(AbstractMetric):
+    """Batch-size-weighted mean of per-step values (shared by Metric and Loss)."""
+
+    name = "?"
+    phase: type[Phase] = Phase
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._sum: Any = 0.0
+        self._count = 0
+        self._last: Any = None
+
+    def _compute(self, learner: Any) -> Any:
+        raise NotImplementedError
+
+    def update(self, learner: Any, phase: Phase) -> None:
+        if not isinstance(phase, self.phase):
+            self._last = None
+            return
+        value = _detached(self._compute(learner))
+        n = _batch_size(learner.step.ys)
+        self._sum = self._sum + value * n
+        self._count += n
+        self._last = value
+
+    def step_value(self) -> Any:
+        return self._last
+
+    def epoch_value(self) -> Any:
+        if self._count == 0:
+            return None
+        mean = self._sum / self._count
+        return mean.item() if isinstance(mean, torch.Tensor) else float(mean)
+
+
+class Metric(_WeightedMean):
+    """A metric computed as ``fn(preds, targets)`` every step; its epoch value is the batch-weighted mean.
+
+    Args:
+        fn: ``fn(preds, targets) -> number or scalar tensor``.
+        name: shown in tables and logs; default ``fn.__name__`` with a capital first letter (``"Accuracy"``).
+        device: applied to ``preds`` and ``targets`` before ``fn`` (e.g. ``lambda t: t.cpu()``); default none.
+        phase: compute only in phases of this type, e.g. ``phase=ValidationPhase`` for expensive metrics.
+
+    Example::
+
+        Metrics(Metric(accuracy, phase=ValidationPhase), Metric(torch.nn.functional.mse_loss, name="MSE"))
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Any, Any], Any],
+        *,
+        name: str | None = None,
+        device: Callable[[Any], Any] | None = None,
+        phase: type[Phase] = Phase,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"Metric needs a function fn(preds, targets), got {fn!r}")
+        if not (isinstance(phase, type) and issubclass(phase, Phase)):
+            raise TypeError(f"phase must be a Phase class such as ValidationPhase, got {phase!r}")
+        if name is None:
+            raw = getattr(fn, "__name__", None) or type(fn).__name__
+            name = raw[:1].upper() + raw[1:]
+        self.fn, self.name, self.device, self.phase = fn, name, device, phase
+        super().__init__()
+
+    def _compute(self, learner: Any) -> Any:
+        step = learner.step
+        preds, ys = step.preds, step.ys
+        if self.device is not None:
+            preds, ys = self.device(preds), self.device(ys)
+        return self.fn(preds, ys)
+
+    def __repr__(self) -> str:
+        return f"Metric({self.name})"
+
+
+class Loss(_WeightedMean):
+    """The loss of every step (``learner.step.loss``); always the first metric of :class:`Metrics`."""
+
+    def __init__(self, name: str = "Loss") -> None:
+        self.name = name
+        super().__init__()
+
+    def _compute(self, learner: Any) -> Any:
+        return learner.step.loss
+
+    def __repr__(self) -> str:
+        return f"Loss({self.name!r})"
+
+
+class TorchMetric(AbstractMetric):
+    """Adapter for a ``torchmetrics.Metric``: updated with ``(preds, targets)``, accumulated on its device."""
+
+    def __init__(self, metric: Any, *, name: str | None = None, phase: type[Phase] = Phase) -> None:
+        self.metric = metric
+        self.name = name or type(metric).__name__
+        self.phase = phase
+        self._updated = False
+
+    def reset(self) -> None:
+        self.metric.reset()
+        self._updated = False
+
+    def update(self, learner: Any, phase: Phase) -> None:
+        if not isinstance(phase, self.phase):
+            return
+        step = learner.step
+        preds, ys = step.preds.detach(), step.ys
+        metric = self.metric
+        device = getattr(metric, "device", None)
+        if device is not None and isinstance(preds, torch.Tensor) and preds.device != device:
+            metric.to(preds.device)
+        metric.update(preds, ys)
+        self._updated = True
+
+    def step_value(self) -> Any:
+        return None
+
+    def epoch_value(self) -> Any:
+        if not self._updated:
+            return None
+        value = self.metric.compute()
+        return value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+
+    def __repr__(self) -> str:
+        return f"TorchMetric({self.name})"
+
+
+def _as_metric(m: Any) -> AbstractMetric:
+    if isinstance(m, AbstractMetric):
+        return m
+    try:
+        import torchmetrics
+    except ImportError:  # pragma: no cover - optional
+        torchmetrics = None
+    if torchmetrics is not None and isinstance(m, torchmetrics.Metric):
+        return TorchMetric(m)
+    if callable(m):
+        return Metric(m)
+    raise TypeError(f"Metrics takes metric functions fn(preds, targets) or AbstractMetric objects, got {m!r}")
+
+
+class Metrics(Callback):
+    """Track metrics: ``cbstate.metrics_step[phase]`` per step and ``cbstate.metrics_epoch[phase]`` per epoch.
+
+    Arguments are :class:`AbstractMetric` objects (:class:`Metric`), ``torchmetrics`` metrics or plain
+    functions ``fn(preds, targets)``; :class:`Loss` is always first. Step values are pushed at index
+    ``history[phase].steps`` (1-based), epoch values at ``history[phase].epochs``. Names must be unique.
+    A default callback (with only the loss).
+
+    Example::
+
+        learner = Learner(model, loss_fn, data=data, callbacks=[Metrics(accuracy)])
+        trio.run(fit, learner, 3)
+        learner.cbstate.metrics_epoch[ValidationPhase()].last("Accuracy")  # (3, 0.97)
+    """
+
+    state_access = {
+        "cbstate": {"metrics_step": Write(), "metrics_epoch": Write(), "history": Read()},
+        "step": Read(),
+    }
+    run_after = (Recorder,)
+
+    def __init__(self, *metrics: Any) -> None:
+        self.metrics: list[AbstractMetric] = [Loss(), *(_as_metric(m) for m in metrics)]
+        names = [m.name for m in self.metrics]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(
+                f"Multiple metrics have the same name: {', '.join(map(repr, duplicates))}; "
+                f"give them distinct names with Metric(fn, name=...)"
+            )
+
+    def init(self, learner: Any) -> None:
+        for key in ("metrics_step", "metrics_epoch"):
+            if key not in learner.cbstate:
+                learner.cbstate[key] = PhaseDict(SeriesHistory)
+
+    @on(EpochBegin)
+    def epoch_begin(self, event: EpochBegin, phase: Phase, learner: Any) -> None:
+        for metric in self.metrics:
+            metric.reset()
+
+    @on(StepEnd)
+    def step_end(self, event: StepEnd, phase: Phase, learner: Any) -> None:
+        cbstate = learner.cbstate
+        index = cbstate.history[phase].steps
+        series = cbstate.metrics_step[phase]
+        for metric in self.metrics:
+            metric.update(learner, phase)
+            value = metric.step_value()
+            if value is not None:
+                series.push(metric.name, index, value)
+
+    @on(EpochEnd)
+    def epoch_end(self, event: EpochEnd, phase: Phase, learner: Any) -> None:
+        cbstate = learner.cbstate
+        index = cbstate.history[phase].epochs
+        series = cbstate.metrics_epoch[phase]
+        for metric in self.metrics:
+            value = metric.epoch_value()
+            if value is not None:
+                series.push(metric.name, index, value)
+
+    def __repr__(self) -> str:
+        return f"Metrics({', '.join(m.name for m in self.metrics)})"

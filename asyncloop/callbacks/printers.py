@@ -1,0 +1,109 @@
+"""Console output: a progress bar per epoch and a metrics table per epoch. Both are detached callbacks."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sized
+from typing import Any, TextIO
+
+from tqdm.auto import tqdm
+
+from ..callback import Callback, on
+from ..events import EpochBegin, EpochEnd, FitEnd, StepEnd
+from ..phases import Phase
+from ..state import Read
+from .metrics import Metrics
+from .recorder import Recorder
+
+__all__ = ["ProgressPrinter", "MetricsPrinter", "format_table"]
+
+
+class ProgressPrinter(Callback):
+    """Show a tqdm progress bar for every epoch, titled ``"Epoch 3 TrainingPhase()"``.
+
+    The total is the length of the iterable the epoch runs over (also when it was passed to ``fit``), when it
+    has one. Detached: the bar never stalls training. ``file`` defaults to ``sys.stderr``; extra keyword
+    arguments go to ``tqdm``. A default callback.
+    """
+
+    state_access = {"cbstate": {"history": Read()}, "epoch_data": Read()}
+    run_after = (Recorder,)
+    detached = True
+
+    def __init__(self, *, file: TextIO | None = None, **tqdm_kwargs: Any) -> None:
+        self.file = file
+        self.tqdm_kwargs = {"dynamic_ncols": True, "leave": True, **tqdm_kwargs}
+        self._bar: Any = None
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    @on(EpochBegin)
+    def epoch_begin(self, event: EpochBegin, phase: Phase, learner: Any) -> None:
+        self._close()
+        number = learner.cbstate.history[phase].epochs + 1
+        data = learner.epoch_data
+        total = len(data) if isinstance(data, Sized) else None
+        file = self.file if self.file is not None else sys.stderr
+        self._bar = tqdm(total=total, desc=f"Epoch {number} {phase}", file=file, **self.tqdm_kwargs)
+
+    @on(StepEnd)
+    def step_end(self, event: StepEnd, phase: Phase, learner: Any) -> None:
+        if self._bar is not None:
+            done = learner.cbstate.history[phase].steps_epoch
+            self._bar.update(done - self._bar.n)
+
+    @on(EpochEnd)
+    def epoch_end(self, event: EpochEnd, phase: Phase, learner: Any) -> None:
+        self._close()
+
+    @on(FitEnd)
+    def fit_end(self, event: FitEnd, phase: Phase, learner: Any) -> None:
+        self._close()
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """Render a boxed text table with right-aligned cells."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+
+    def line(left: str, mid: str, right: str) -> str:
+        return left + mid.join("─" * (w + 2) for w in widths) + right
+
+    def row(cells: list[str]) -> str:
+        return "│" + "│".join(f" {c:>{w}} " for c, w in zip(cells, widths)) + "│"
+
+    return "\n".join([line("┌", "┬", "┐"), row(header), line("├", "┼", "┤"), *map(row, rows), line("└", "┴", "┘")])
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.5g}"
+    return str(value)
+
+
+class MetricsPrinter(Callback):
+    """Print a table of the epoch's metric values at every ``EpochEnd``.
+
+    Columns are ``Phase``, ``Epoch`` and then the metrics in the order :class:`Metrics` tracks them (the loss
+    first), so the layout is the same every epoch. Detached. ``file`` defaults to ``sys.stdout``. A default
+    callback.
+    """
+
+    state_access = {"cbstate": {"metrics_epoch": Read(), "history": Read()}}
+    run_after = (Metrics, ProgressPrinter)
+    detached = True
+
+    def __init__(self, *, file: TextIO | None = None) -> None:
+        self.file = file
+
+    @on(EpochEnd)
+    def epoch_end(self, event: EpochEnd, phase: Phase, learner: Any) -> None:
+        series = learner.cbstate.metrics_epoch[phase]
+        names = list(series.keys())
+        header = ["Phase", "Epoch", *names]
+        cells = [type(phase).__name__, str(learner.cbstate.history[phase].epochs)]
+        cells += [_cell(series.last(name)[1]) for name in names]
+        file = self.file if self.file is not None else sys.stdout
+        print(format_table(header, [cells]), file=file, flush=True)

@@ -1,0 +1,218 @@
+"""The :class:`Learner`: model, loss, optimizer, data, callbacks and the state they share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import networkx as nx
+import torch
+
+from .callback import Callback
+from .graph import callback_graph
+from .runners.base import Runner
+from .runners.linear import LinearRunner
+from .state import PropDict
+from .training import _as_data
+
+__all__ = ["Learner"]
+
+OptimizerSpec = torch.optim.Optimizer | Callable[[Any], torch.optim.Optimizer] | None
+
+
+def _default_callbacks() -> list[type[Callback]]:
+    from .callbacks.metrics import Metrics
+    from .callbacks.printers import MetricsPrinter, ProgressPrinter
+    from .callbacks.recorder import Recorder
+    from .callbacks.stoponnan import StopOnNaNLoss
+
+    return [ProgressPrinter, MetricsPrinter, StopOnNaNLoss, Recorder, Metrics]
+
+
+def _check_callback(cb: Any, where: str) -> Callback:
+    if isinstance(cb, Callback):
+        return cb
+    if isinstance(cb, type) and issubclass(cb, Callback):
+        raise TypeError(f"{where} is the class {cb.__name__}; pass an instance: {cb.__name__}()")
+    raise TypeError(f"{where} is {cb!r}, not a Callback; callbacks must subclass asyncloop.Callback")
+
+
+class Learner:
+    """Holds and coordinates all state of a training run.
+
+    Args:
+        model: a ``torch.nn.Module`` (any callable works for custom phases, but only modules get an optimizer).
+        loss_fn: ``loss_fn(preds, targets) -> scalar tensor``.
+        data: ``()``, a pair ``(train_batches, valid_batches)`` or a mapping with keys ``training`` and
+            ``validation``; each iterable yields ``(xs, ys)`` batches.
+        optimizer: a ``torch.optim.Optimizer``, or a factory ``params -> Optimizer`` (rebuilt when the model is
+            reassigned); ``None`` means ``torch.optim.Adam``.
+        callbacks: callback instances. With ``use_default_callbacks`` the defaults ``ProgressPrinter,
+            MetricsPrinter, StopOnNaNLoss, Recorder, Metrics`` are appended, each unless a callback of that exact
+            type was passed.
+        runner: :class:`asyncloop.LinearRunner` (default) or :class:`asyncloop.ActorRunner`.
+
+    Fields: ``model``, ``loss_fn``, ``optimizer``, ``data`` (PropDict), ``step`` (PropDict of the current step),
+    ``cbstate`` (PropDict of shared callback state), ``callbacks`` (a copy of the list), ``epoch_data`` (the
+    iterable the current epoch runs over), ``runner``.
+
+    The callback graph is built here: conflicting or cyclic callbacks raise at construction, never mid-fit.
+    ``model``, ``loss_fn``, ``optimizer`` and ``data`` may be reassigned between fits.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        loss_fn: Callable[[Any, Any], torch.Tensor],
+        *,
+        data: Any = (),
+        optimizer: OptimizerSpec = None,
+        callbacks: Iterable[Callback] = (),
+        use_default_callbacks: bool = True,
+        runner: Runner | None = None,
+    ) -> None:
+        if not callable(model):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be a callable loss_fn(preds, targets) -> tensor, got {loss_fn!r}")
+        if runner is None:
+            runner = LinearRunner()
+        if not isinstance(runner, Runner):
+            raise TypeError(f"runner must be LinearRunner() or ActorRunner(), got {runner!r}")
+        self._session: Any = None
+        self._model = model
+        self._params: tuple[tuple[str, torch.nn.Parameter], ...] | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._optimizer_factory: Callable[[Any], torch.optim.Optimizer] | None = None
+        self.optimizer = optimizer  # type: ignore[assignment]
+        self.loss_fn = loss_fn
+        self.data = _as_data(data)
+        self.step = PropDict()
+        self.cbstate = PropDict()
+        self.epoch_data: Any = None
+        self.runner = runner
+        runner.bind(self)
+        cbs = [_check_callback(cb, f"callbacks[{i}]") for i, cb in enumerate(callbacks)]
+        if use_default_callbacks:
+            for default in _default_callbacks():
+                if not any(type(getattr(cb, "wrapped", None) or cb) is default for cb in cbs):
+                    cbs.append(default())
+        self._callbacks: list[Callback] = []
+        self._graph = nx.DiGraph()
+        self._install(cbs, cbs)
+
+    # -- model / optimizer -----------------------------------------------------------------------------------
+    @property
+    def model(self) -> Any:
+        return self._model
+
+    @model.setter
+    def model(self, model: Any) -> None:
+        self._model = model
+        self._params = None
+        if self._optimizer_factory is not None:
+            self._optimizer = None
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer; built from the factory on first use (and again after the model is reassigned)."""
+        if self._optimizer is None:
+            if self._optimizer_factory is None:
+                raise AttributeError("this learner has no optimizer")
+            if not isinstance(self._model, torch.nn.Module):
+                raise TypeError(
+                    f"cannot build an optimizer for a model of type {type(self._model).__name__}; "
+                    f"use a torch.nn.Module or assign learner.optimizer yourself"
+                )
+            self._optimizer = self._optimizer_factory(self._model.parameters())
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer: OptimizerSpec) -> None:
+        if optimizer is None:
+            self._optimizer_factory, self._optimizer = torch.optim.Adam, None
+        elif isinstance(optimizer, torch.optim.Optimizer):
+            self._optimizer_factory, self._optimizer = None, optimizer
+        elif callable(optimizer):
+            self._optimizer_factory, self._optimizer = optimizer, None
+        else:
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, a factory params -> Optimizer, or None, got {optimizer!r}"
+            )
+
+    def _named_parameters(self) -> tuple[tuple[str, torch.nn.Parameter], ...]:
+        if self._params is None:
+            model = self._model
+            self._params = tuple(model.named_parameters()) if isinstance(model, torch.nn.Module) else ()
+        return self._params
+
+    def _gradients(self) -> dict[str, torch.Tensor]:
+        return {name: p.grad for name, p in self._named_parameters() if p.grad is not None}
+
+    def _check_optimizer(self) -> None:
+        model = self._model
+        if self._optimizer is None or not isinstance(model, torch.nn.Module):
+            return
+        held = {id(p) for group in self._optimizer.param_groups for p in group["params"]}
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if trainable and not any(id(p) in held for p in trainable):
+            raise ValueError(
+                "learner.optimizer does not optimize any parameter of learner.model (was the model replaced?); "
+                "assign a new optimizer, or pass optimizer as a factory such as "
+                "lambda params: torch.optim.SGD(params, lr=0.1) so that it follows the model"
+            )
+
+    # -- callbacks -------------------------------------------------------------------------------------------
+    @property
+    def callbacks(self) -> list[Callback]:
+        """A copy of the callback list; change it with the methods below so the graph stays in sync."""
+        return list(self._callbacks)
+
+    @property
+    def graph(self) -> nx.DiGraph:
+        """The callback ordering graph (see :func:`asyncloop.callback_graph`)."""
+        return self._graph
+
+    def _install(self, callbacks: Sequence[Callback], new: Sequence[Callback]) -> None:
+        if self._session is not None:
+            raise RuntimeError("callbacks cannot be changed while fit() is running; change them between fits")
+        graph = callback_graph(callbacks)
+        self.runner.compile(callbacks, graph)
+        self._callbacks, self._graph = list(callbacks), graph
+        for cb in new:
+            cb.init(self)
+
+    def add_callback(self, callback: Callback) -> None:
+        """Append ``callback``, rebuild the graph and run its ``init``."""
+        cb = _check_callback(callback, "callback")
+        self._install([*self._callbacks, cb], [cb])
+
+    def get_callback(self, cls: type) -> Any:
+        """The first callback that is an instance of ``cls``, or ``None``."""
+        return next((cb for cb in self._callbacks if isinstance(cb, cls)), None)
+
+    def remove_callback(self, cls: type) -> Any:
+        """Remove and return the first callback that is an instance of ``cls``; ``None`` if there is none."""
+        cb = self.get_callback(cls)
+        if cb is not None:
+            self._install([c for c in self._callbacks if c is not cb], [])
+        return cb
+
+    def replace_callback(self, callback: Callback) -> Callback | None:
+        """Replace the first callback of ``type(callback)`` in place and return it; else add ``callback``, return None."""
+        cb = _check_callback(callback, "callback")
+        old = self.get_callback(type(cb))
+        if old is None:
+            self.add_callback(cb)
+            return None
+        self._install([cb if c is old else c for c in self._callbacks], [cb])
+        return old
+
+    def set_callbacks(self, callbacks: Iterable[Callback]) -> None:
+        """Replace all callbacks with ``callbacks`` (running their ``init``); the runner is kept."""
+        cbs = [_check_callback(cb, f"callbacks[{i}]") for i, cb in enumerate(callbacks)]
+        self._install(cbs, cbs)
+
+    def __repr__(self) -> str:
+        names = ", ".join(cb.name for cb in self._callbacks)
+        return f"Learner(model={type(self._model).__name__}, callbacks=[{names}], runner={self.runner!r})"

@@ -1,0 +1,107 @@
+"""Phases: what kind of epoch is running, used by callbacks to choose their handler.
+
+Phases are values: ``TrainingPhase() == TrainingPhase()`` and they hash equal, so they key dictionaries such as
+``learner.cbstate.history[TrainingPhase()]``. Handlers dispatch on phase *types* (``@on(StepEnd,
+AbstractTrainingPhase)``), so a custom phase should subclass :class:`AbstractTrainingPhase` or
+:class:`AbstractValidationPhase` and implement :meth:`Phase.step` (see :func:`asyncloop.run_step`).
+
+Hierarchy::
+
+    Phase
+    ├── AbstractTrainingPhase   (data key "training")
+    │   └── TrainingPhase
+    ├── AbstractValidationPhase (data key "validation")
+    │   └── ValidationPhase
+    └── FitPhase                (FitBegin / FitEnd only)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from .learner import Learner
+
+__all__ = [
+    "Phase",
+    "AbstractTrainingPhase",
+    "AbstractValidationPhase",
+    "TrainingPhase",
+    "ValidationPhase",
+    "FitPhase",
+]
+
+
+class Phase:
+    """Base class of all phases. Instances are values: equal and hashed by type.
+
+    Subclasses customise a phase's behaviour by overriding :meth:`step` (one batch) and, rarely, :meth:`epoch`
+    (one pass over the data). ``data_key`` names the entry of ``learner.data`` an epoch of this phase uses.
+    """
+
+    __slots__ = ()
+    data_key: ClassVar[str | None] = None
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    async def epoch(self, learner: Learner, data: Any) -> None:
+        """Run one epoch over ``data``: ``EpochBegin``, one :meth:`step` per batch, ``EpochEnd``."""
+        from .training import _default_epoch
+
+        await _default_epoch(learner, self, data)
+
+    async def step(self, learner: Learner, batch: Any) -> Any:
+        """Run one step on ``batch``. Custom phases must implement this, usually with :func:`asyncloop.run_step`."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement step(); define "
+            f"'async def step(self, learner, batch)' using asyncloop.run_step"
+        )
+
+
+class AbstractTrainingPhase(Phase):
+    """Phases that update the model's parameters. Handlers on this type run for custom training phases too."""
+
+    __slots__ = ()
+    data_key: ClassVar[str | None] = "training"
+
+
+class AbstractValidationPhase(Phase):
+    """Phases that only evaluate the model. Handlers on this type run for custom validation phases too."""
+
+    __slots__ = ()
+    data_key: ClassVar[str | None] = "validation"
+
+
+class TrainingPhase(AbstractTrainingPhase):
+    """Supervised training: forward, loss, backward and optimizer step on every ``(xs, ys)`` batch."""
+
+    __slots__ = ()
+
+    async def step(self, learner: Learner, batch: Any) -> Any:
+        from .training import _training_step
+
+        return await _training_step(learner, self, batch)
+
+
+class ValidationPhase(AbstractValidationPhase):
+    """Supervised validation: forward and loss under ``torch.no_grad()``, model in eval mode."""
+
+    __slots__ = ()
+
+    async def step(self, learner: Learner, batch: Any) -> Any:
+        from .training import _validation_step
+
+        return await _validation_step(learner, self, batch)
+
+
+class FitPhase(Phase):
+    """The phase ``FitBegin``/``FitEnd`` are dispatched with: neither training nor validation."""
+
+    __slots__ = ()

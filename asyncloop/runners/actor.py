@@ -1,0 +1,428 @@
+"""ActorRunner: every callback is an actor; the graph decides what runs concurrently; observers never stall.
+
+Awaited actors (the default) handle an event on the training thread, layer by layer: callbacks with no path
+between them in the callback graph form a layer; a layer's sync handlers run one after another (in the linear
+order), its async handlers run concurrently as trio tasks, and the next layer starts when the layer is done. The
+event is complete when all awaited handlers are.
+
+Detached actors (``detached = True``, read-only callbacks only) receive, at their turn in the event's order, a
+snapshot of exactly the state they declared, and handle it later in the caller's trio loop:
+
+* publishing costs the training thread a snapshot and a ``deque.append``; the caller's loop collects the
+  outbox every ``flush_interval`` seconds (and at epoch/fit boundaries) and delivers one batch per actor;
+* each actor sees its events in order; a ``run_after`` path between two detached actors holds per event;
+* sync handlers run in a worker thread (one hop per batch), async ones as the actor's task; set
+  ``blocking = False`` on a callback whose sync handlers are trivial to keep them on the event loop;
+* inboxes are bounded (``inbox_size``, default 1024 events): a full inbox makes the loop wait for the actor;
+  nothing is dropped, except under the opt-in ``inbox_policy = "latest"``, where a run of queued events of the
+  same type and phase collapses to its newest (counted in the statistics as ``coalesced``);
+* when ``fit`` returns, every detached actor has handled every event.
+
+Errors: an error in any actor ends the fit with that error (with a note naming the callback and event). A
+``CancelFittingException`` from a detached actor stops the fit at the loop's next event boundary (a
+``CancelEpochException`` at the next event inside an epoch, a ``CancelStepException`` inside a step).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import networkx as nx
+import torch
+import trio
+
+from ..callback import Callback
+from ..events import EpochBegin, EpochEnd, Event, FitBegin, FitEnd
+from ..exceptions import FitException
+from ..graph import CallbackInfo
+from ..phases import Phase
+from .base import ActorStatistics, Runner, _Step, annotate
+
+if TYPE_CHECKING:
+    from .._session import Session
+
+__all__ = ["ActorRunner"]
+
+_perf = time.perf_counter
+_POLICIES = ("block", "latest")
+_FLUSH_EVENTS = (EpochBegin, EpochEnd, FitBegin, FitEnd)
+
+
+class _Item:
+    __slots__ = ("seq", "event", "phase", "view", "fn", "is_async")
+
+    def __init__(self, seq: int, event: Event, phase: Phase, view: Any, fn: Any, is_async: bool) -> None:
+        self.seq, self.event, self.phase, self.view, self.fn, self.is_async = seq, event, phase, view, fn, is_async
+
+
+class _Actor:
+    """A detached callback's mailbox and task (host side), plus the counters the worker reads."""
+
+    def __init__(self, runner: ActorRunner, info: CallbackInfo, stats: ActorStatistics, capacity: int) -> None:
+        cb = info.callback
+        self.runner = runner
+        self.callback = cb
+        self.stats = stats
+        self.capacity = capacity
+        self.policy = cb.inbox_policy
+        if self.policy not in _POLICIES:
+            raise ValueError(f"{cb.name}.inbox_policy must be 'block' or 'latest', got {self.policy!r}")
+        self.blocking = cb.blocking
+        self.predecessors: list[_Actor] = []
+        self.reset()
+
+    def reset(self) -> None:
+        self.enqueued = 0  # written by the worker only
+        self.processed = 0  # written by the host only
+        self.pending: deque[int] = deque()  # seqs delivered and not yet handled (host)
+        self.send, self.recv = trio.open_memory_channel[list[_Item]](math.inf)
+        self.lot = trio.lowlevel.ParkingLot()
+        self.limiter = trio.CapacityLimiter(1)
+
+    # -- host side -------------------------------------------------------------------------------------------
+    async def wait_processed(self, target: int) -> None:
+        session = self.runner.session
+        while self.processed < target and session is not None and session.error is None:
+            await self.lot.park()
+
+    async def wait_done(self, seq: int) -> None:
+        session = self.runner.session
+        while self.pending and self.pending[0] <= seq and session is not None and session.error is None:
+            await self.lot.park()
+
+    def _finished(self, item: _Item, seconds: float) -> None:
+        self.stats.record(seconds)
+        self.processed += 1
+        if self.pending and self.pending[0] == item.seq:
+            self.pending.popleft()
+        elif item.seq in self.pending:  # pragma: no cover - defensive
+            self.pending.remove(item.seq)
+        self.lot.unpark_all()
+
+    def _coalesce(self, batch: list[_Item]) -> list[_Item]:
+        while True:
+            try:
+                batch.extend(self.recv.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        kept: list[_Item] = []
+        for item in batch:
+            if kept and type(kept[-1].event) is type(item.event) and kept[-1].phase == item.phase:
+                dropped = kept.pop()
+                self.stats.coalesced += 1
+                self._finished(dropped, 0.0)
+                self.stats.events -= 1
+            kept.append(item)
+        return kept
+
+    async def run(self) -> None:
+        session = self.runner.session
+        assert session is not None
+        try:
+            async for batch in self.recv:
+                if self.policy == "latest":
+                    batch = self._coalesce(batch)
+                last = batch[-1].seq
+                for actor in self.predecessors:
+                    await actor.wait_done(last)
+                if session.error is not None:
+                    return
+                await self._handle_batch(batch)
+        except Exception as exc:  # an actor's error ends the fit, unwrapped
+            session.fail(exc)
+            self.runner._wake_all()
+
+    async def _handle_batch(self, batch: list[_Item]) -> None:
+        i = 0
+        while i < len(batch):
+            item = batch[i]
+            if item.is_async:
+                self._note_lag(item)
+                t0 = _perf()
+                try:
+                    await item.fn(item.event, item.phase, item.view)
+                except FitException as exc:
+                    self.runner._request(exc)
+                except Exception as exc:
+                    annotate(exc, self.callback, item.event, item.phase, detached=True)
+                    raise
+                self._finished(item, _perf() - t0)
+                i += 1
+                continue
+            j = i
+            while j < len(batch) and not batch[j].is_async:
+                j += 1
+            run = batch[i:j]
+            for it in run:
+                self._note_lag(it)
+            if self.blocking:
+                results = await trio.to_thread.run_sync(self._run_sync, run, limiter=self.limiter)
+            else:
+                results = self._run_sync(run)
+            for it, (seconds, exc) in zip(run, results):
+                if exc is not None:
+                    if isinstance(exc, FitException):
+                        self.runner._request(exc)
+                    else:
+                        annotate(exc, self.callback, it.event, it.phase, detached=True)
+                        raise exc
+                self._finished(it, seconds)
+            if len(results) < len(run):
+                return
+            i = j
+
+    def _run_sync(self, run: list[_Item]) -> list[tuple[float, BaseException | None]]:
+        """Handle a run of sync items (in a thread when ``blocking``); stop early if the session failed."""
+        if self.blocking:
+            torch.set_num_threads(1)
+        session = self.runner.session
+        results: list[tuple[float, BaseException | None]] = []
+        for item in run:
+            if session is None or session.error is not None or session.abort_requested:
+                break
+            t0 = _perf()
+            try:
+                item.fn(item.event, item.phase, item.view)
+            except Exception as exc:
+                results.append((_perf() - t0, exc))
+                if not isinstance(exc, FitException):
+                    break
+                continue
+            results.append((_perf() - t0, None))
+        return results
+
+    def _note_lag(self, item: _Item) -> None:
+        lag = self.runner._seq - item.seq
+        if lag > self.stats.peak_lag:
+            self.stats.peak_lag = lag
+
+
+class ActorRunner(Runner):
+    """Run callbacks as actors: concurrent by graph layer, with detached observers that never stall training.
+
+    Args:
+        inbox_size: default bound of a detached actor's inbox, in events (a callback's ``inbox_size`` attribute
+            overrides it). A full inbox makes the training loop wait.
+        flush_interval: seconds between deliveries of queued events to detached actors (also delivered at every
+            epoch and fit boundary). Smaller is fresher, larger is cheaper.
+
+    See the module docstring and docs/actors.md for semantics. For the same seeded run it produces the same
+    weights, history and metrics as :class:`LinearRunner`.
+    """
+
+    def __init__(self, *, inbox_size: int = 1024, flush_interval: float = 0.005) -> None:
+        super().__init__()
+        if isinstance(inbox_size, bool) or not isinstance(inbox_size, int) or inbox_size < 1:
+            raise ValueError(f"inbox_size must be an int >= 1, got {inbox_size!r}")
+        if not isinstance(flush_interval, (int, float)) or not flush_interval > 0:
+            raise ValueError(f"flush_interval must be a number of seconds > 0, got {flush_interval!r}")
+        self.inbox_size = inbox_size
+        self.flush_interval = float(flush_interval)
+        self._actors: dict[int, _Actor] = {}
+        self._seq = 0
+        self._outbox: deque[tuple[_Actor, _Item]] = deque()
+        self._flush_scheduled = False
+        self._ticker_scope: trio.CancelScope | None = None
+
+    def _is_detached(self, info: CallbackInfo) -> bool:
+        return bool(info.callback.detached)
+
+    def compile(self, callbacks: Sequence[Callback], graph: nx.DiGraph) -> None:
+        super().compile(callbacks, graph)
+        self._descendants = {n: nx.descendants(graph, n) for n in graph.nodes}
+        self._actors = {}
+        for info in self._infos:
+            if info.callback.detached:
+                capacity = info.callback.inbox_size or self.inbox_size
+                if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+                    raise ValueError(f"{info.callback.name}.inbox_size must be an int >= 1, got {capacity!r}")
+                self._actors[info.index] = _Actor(self, info, self._stats[info.index], capacity)
+        for index, actor in self._actors.items():
+            actor.predecessors = [a for i, a in self._actors.items() if index in self._descendants[i]]
+
+    # -- plans -----------------------------------------------------------------------------------------------
+    def _compile_plan(self, event: type[Event], phase: type[Phase]) -> tuple[tuple[Any, ...], ...]:
+        """A plan is a tuple of layers ``(publish, sync, async_)``; each a tuple of steps in linear order."""
+        steps = self._subscribers(event, phase, self._order)
+        dag = nx.DiGraph()
+        dag.add_nodes_from(s.info.index for s in steps)
+        dag.add_edges_from(
+            (a.info.index, b.info.index) for a in steps for b in steps if b.info.index in self._descendants[a.info.index]
+        )
+        by_index = {s.info.index: s for s in steps}
+        position = {i: k for k, i in enumerate(self._order)}
+        layers = []
+        for generation in nx.topological_generations(dag):
+            layer = sorted((by_index[i] for i in generation), key=lambda s: position[s.info.index])
+            publish, sync, async_ = [], [], []
+            for s in layer:
+                if s.info.index in self._actors:
+                    s.extra = self._actors[s.info.index]
+                    publish.append(s)
+                elif s.handler.is_async:
+                    async_.append(s)
+                else:
+                    sync.append(s)
+            layers.append((tuple(publish), tuple(sync), tuple(async_)))
+        return tuple(layers)
+
+    # -- dispatch (worker) -----------------------------------------------------------------------------------
+    async def handle(self, event: Event, phase: Phase) -> None:
+        session = self.session
+        if session is not None:
+            session.check()
+        key = (event.__class__, phase.__class__)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._compile_plan(*key)
+        call = self._call
+        for publish, sync, async_ in plan:
+            for step in publish:
+                actor = self._publish(step, event, phase)
+                if actor is not None:
+                    await self._wait_for_room(actor)
+            for step in sync:
+                await call(step, event, phase)
+            if async_:
+                if len(async_) == 1:
+                    await call(async_[0], event, phase)
+                else:
+                    await self._call_concurrently(async_, event, phase)
+        if isinstance(event, _FLUSH_EVENTS) and self._actors:
+            self._schedule_flush()
+
+    def _publish(self, step: _Step, event: Event, phase: Phase) -> _Actor | None:
+        """Snapshot and queue one event for a detached actor; return the actor if its inbox is now full."""
+        handler = step.handler
+        if handler.accept is not None and not handler.accept(event, phase):
+            return None
+        actor: _Actor = step.extra
+        view = actor.callback.snapshot(event, phase, self._learner)
+        self._seq += 1
+        self._outbox.append((actor, _Item(self._seq, event, phase, view, handler.fn, handler.is_async)))
+        actor.enqueued += 1
+        if actor.policy == "block" and actor.enqueued - actor.processed > actor.capacity:
+            return actor
+        return None
+
+    async def _wait_for_room(self, actor: _Actor) -> None:
+        session = self.session
+        assert session is not None
+        target = actor.enqueued - actor.capacity
+        t0 = _perf()
+
+        async def wait() -> None:
+            self._flush()
+            await actor.wait_processed(target)
+
+        await session.call_host(wait)
+        actor.stats.loop_wait_time += _perf() - t0
+        session.check()
+
+    async def _call_concurrently(self, steps: tuple[_Step, ...], event: Event, phase: Phase) -> None:
+        errors: list[BaseException] = []
+
+        async def one(step: _Step, scope: trio.CancelScope) -> None:
+            try:
+                await self._call(step, event, phase)
+            except Exception as exc:
+                errors.append(exc)
+                scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for step in steps:
+                nursery.start_soon(one, step, nursery.cancel_scope)
+        if errors:
+            first = errors[0]
+            for other in errors[1:]:
+                first.add_note(f"asyncloop: concurrently, another handler raised {other!r}")
+            raise first
+
+    def _schedule_flush(self) -> None:
+        session = self.session
+        if session is None or self._flush_scheduled:
+            return
+        self._flush_scheduled = True
+        try:
+            session.host_token.run_sync_soon(self._flush)
+        except trio.RunFinishedError:  # pragma: no cover
+            self._flush_scheduled = False
+
+    # -- delivery (host) -------------------------------------------------------------------------------------
+    def _flush(self) -> None:
+        """Deliver the outbox, one batch per actor. Runs in the host loop and never raises."""
+        self._flush_scheduled = False
+        try:
+            batches: dict[_Actor, list[_Item]] = {}
+            outbox = self._outbox
+            while True:
+                try:
+                    actor, item = outbox.popleft()
+                except IndexError:
+                    break
+                batches.setdefault(actor, []).append(item)
+                actor.pending.append(item.seq)
+            for actor, batch in batches.items():
+                depth = actor.enqueued - actor.processed
+                if depth > actor.stats.peak_inbox:
+                    actor.stats.peak_inbox = depth
+                actor.send.send_nowait(batch)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+        except BaseException as exc:  # pragma: no cover - never let a run_sync_soon callback raise
+            if self.session is not None:
+                self.session.fail(exc)
+
+    async def _ticker(self) -> None:
+        with trio.CancelScope() as scope:
+            self._ticker_scope = scope
+            while True:
+                await trio.sleep(self.flush_interval)
+                if self._outbox:
+                    self._flush()
+
+    def _request(self, exc: FitException) -> None:
+        session = self.session
+        if session is not None and session.control is None:
+            session.control = exc
+
+    def _wake_all(self) -> None:
+        for actor in self._actors.values():
+            actor.lot.unpark_all()
+
+    # -- session hooks (host) --------------------------------------------------------------------------------
+    async def start(self, session: Session) -> None:
+        await super().start(session)
+        self._seq = 0
+        self._outbox.clear()
+        self._flush_scheduled = False
+        nursery = session.nursery
+        assert nursery is not None
+        for actor in self._actors.values():
+            actor.reset()
+            nursery.start_soon(actor.run, name=f"asyncloop-actor-{actor.callback.name}")
+        if self._actors:
+            nursery.start_soon(self._ticker, name="asyncloop-flush")
+
+    async def drain(self) -> None:
+        self._flush()
+        for actor in self._actors.values():
+            t0 = _perf()
+            await actor.wait_processed(actor.enqueued)
+            actor.stats.loop_wait_time += _perf() - t0
+        session = self.session
+        if session is not None and session.control is not None:
+            session.control = None  # a stop requested after the last event has nothing left to stop
+
+    def close(self) -> None:
+        for actor in self._actors.values():
+            actor.send.close()
+        if self._ticker_scope is not None:
+            self._ticker_scope.cancel()
+            self._ticker_scope = None
+        self._outbox.clear()
+        super().close()

@@ -1,0 +1,173 @@
+"""What every runner shares: compiled per-event plans, handler invocation, statistics (private)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import networkx as nx
+
+from ..callback import Callback, Handler
+from ..events import Event
+from ..exceptions import FitException
+from ..graph import CallbackInfo, analyse, linear_order
+from ..phases import Phase
+from ..state import Protected
+
+if TYPE_CHECKING:
+    from .._session import Session
+    from ..learner import Learner
+
+__all__ = ["Runner", "ActorStatistics"]
+
+_perf = time.perf_counter
+
+
+@dataclass
+class ActorStatistics:
+    """What one callback cost during a fit.
+
+    * ``events``: events handled; ``handler_time``/``max_handler_time``: seconds spent in its handlers;
+    * ``loop_wait_time``: seconds the training loop waited for this actor (a full inbox or the final drain);
+    * ``peak_inbox``: most events queued for it at once; ``peak_lag``: most events it trailed the loop by;
+    * ``coalesced``: events superseded under the ``"latest"`` inbox policy (counted, never silent).
+
+    The last four are zero for awaited callbacks, which never lag.
+    """
+
+    name: str
+    detached: bool = False
+    events: int = 0
+    handler_time: float = 0.0
+    max_handler_time: float = 0.0
+    loop_wait_time: float = 0.0
+    peak_inbox: int = 0
+    peak_lag: int = 0
+    coalesced: int = 0
+
+    def record(self, seconds: float) -> None:
+        self.events += 1
+        self.handler_time += seconds
+        if seconds > self.max_handler_time:
+            self.max_handler_time = seconds
+
+    @property
+    def mean_handler_time(self) -> float:
+        return self.handler_time / self.events if self.events else 0.0
+
+
+@dataclass
+class _Step:
+    """One handler call in a plan."""
+
+    info: CallbackInfo
+    handler: Handler
+    view: Any
+    stats: ActorStatistics
+    extra: Any = field(default=None)
+
+
+def annotate(exc: BaseException, callback: Callback, event: Event, phase: Phase, detached: bool = False) -> None:
+    """Add a note naming the callback and event to an error raised by a handler (once)."""
+    if isinstance(exc, FitException) or getattr(exc, "_asyncloop_annotated", False):
+        return
+    kind = "detached callback" if detached else "callback"
+    exc.add_note(f"asyncloop: raised by {kind} {callback.name} while handling {event!r} in {phase!r}")
+    try:
+        exc._asyncloop_annotated = True  # type: ignore[attr-defined]
+    except AttributeError:  # pragma: no cover - exotic exception types
+        pass
+
+
+class Runner:
+    """Base class of the callback runners. A runner belongs to one learner.
+
+    Plans (which handler runs, in which order, for one event type and phase type) are compiled once per
+    callback set and cached; the hot path is a dict lookup and a loop over the plan.
+    """
+
+    def __init__(self) -> None:
+        self._learner: Learner | None = None
+        self._infos: list[CallbackInfo] = []
+        self._graph: nx.DiGraph = nx.DiGraph()
+        self._order: list[int] = []
+        self._plans: dict[tuple[type[Event], type[Phase]], Any] = {}
+        self._stats: list[ActorStatistics] = []
+        self.session: Session | None = None
+
+    # -- set-up ----------------------------------------------------------------------------------------------
+    def bind(self, learner: Learner) -> None:
+        if self._learner is not None and self._learner is not learner:
+            raise ValueError(
+                f"this {type(self).__name__} already belongs to another Learner; create one runner per learner"
+            )
+        self._learner = learner
+
+    def compile(self, callbacks: Sequence[Callback], graph: nx.DiGraph) -> None:
+        """Take a new callback set (validated, with its graph). Plans are rebuilt lazily, once per event type."""
+        self._infos = analyse(callbacks)
+        self._graph = graph
+        self._order = linear_order(graph)
+        self._plans = {}
+        self._stats = [ActorStatistics(info.callback.name, self._is_detached(info)) for info in self._infos]
+        self._views = [Protected(self._learner, info.access, "Learner") for info in self._infos]
+
+    def _is_detached(self, info: CallbackInfo) -> bool:
+        return False
+
+    def _subscribers(self, event: type[Event], phase: type[Phase], order: Sequence[int]) -> list[_Step]:
+        steps = []
+        for i in order:
+            info = self._infos[i]
+            handler = info.callback.handler(event, phase)
+            if handler is not None:
+                steps.append(_Step(info, handler, self._views[i], self._stats[i]))
+        return steps
+
+    def reset_statistics(self) -> None:
+        """Zero every callback's statistics (done at the start of each fit)."""
+        for stats in self._stats:
+            stats.__init__(stats.name, stats.detached)  # type: ignore[misc]
+
+    def statistics(self) -> list[ActorStatistics]:
+        """Per-callback statistics of the last (or current) fit, in callback order."""
+        return list(self._stats)
+
+    # -- session hooks (host side) ---------------------------------------------------------------------------
+    async def start(self, session: Session) -> None:
+        """Called in the host loop before the worker starts (spawn actors here)."""
+        self.session = session
+
+    async def drain(self) -> None:
+        """Called in the host loop after the worker finished normally: wait until every actor is done."""
+
+    def close(self) -> None:
+        """Called in the host loop when the session ends, however it ends. Must not raise."""
+        self.session = None
+
+    # -- dispatch (worker side) ------------------------------------------------------------------------------
+    async def handle(self, event: Event, phase: Phase) -> None:
+        """Dispatch ``event`` in ``phase`` to every subscribed callback, as this runner's plan says."""
+        raise NotImplementedError
+
+    @staticmethod
+    async def _call(step: _Step, event: Event, phase: Phase) -> None:
+        handler = step.handler
+        if handler.accept is not None and not handler.accept(event, phase):
+            return
+        t0 = _perf()
+        try:
+            if handler.is_async:
+                await handler.fn(event, phase, step.view)
+            else:
+                handler.fn(event, phase, step.view)
+        except BaseException as exc:
+            annotate(exc, step.info.callback, event, phase)
+            raise
+        finally:
+            step.stats.record(_perf() - t0)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

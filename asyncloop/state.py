@@ -1,0 +1,454 @@
+"""Learner state containers and the permission model that guards them.
+
+* :class:`PropDict` -- a dict with attribute access (``learner.step.loss``).
+* :class:`History` -- completed epochs/steps per phase, kept by :class:`asyncloop.Recorder`.
+* :class:`SeriesHistory` -- named series of ``(index, value)`` pairs (metrics, hyperparameters, traces).
+* :class:`Read` / :class:`Write` -- leaves of a callback's ``state_access`` tree.
+* :class:`Protected` -- the view of the learner a handler receives: it enforces the tree at run time.
+
+Permission rules (FluxTraining's, with the shallow-permission hole closed for containers):
+
+* reading a field absent from the tree raises ``ProtectedError("Read access to Learner.model disallowed.")``;
+* writing a field needs ``Write()`` exactly: ``ProtectedError("Write access to Learner.model disallowed.")``;
+* a nested dict in the tree yields a nested protected view;
+* ``Read()`` on a :class:`PropDict` or ``dict`` gives a read-only view of it; other objects (tensors, modules,
+  histories) are returned as they are -- do not mutate what you only declared ``Read()`` on.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .exceptions import ProtectedError
+
+__all__ = [
+    "PropDict",
+    "History",
+    "PhaseDict",
+    "SeriesHistory",
+    "Permission",
+    "Read",
+    "Write",
+    "Protected",
+    "accesses",
+    "validate_state_access",
+    "snapshot",
+    "LEARNER_FIELDS",
+]
+
+#: The learner fields a ``state_access`` tree may name at its top level.
+LEARNER_FIELDS = ("model", "loss_fn", "optimizer", "data", "step", "cbstate", "callbacks", "epoch_data")
+
+
+class PropDict(dict):
+    """A ``dict`` whose keys can also be read and written as attributes: ``d.loss is d["loss"]``.
+
+    A missing key raises ``AttributeError`` on attribute access (so ``hasattr`` works) and ``KeyError`` on
+    item access.
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"PropDict has no key {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        try:
+            del self[name]
+        except KeyError:
+            raise AttributeError(f"PropDict has no key {name!r}") from None
+
+    def __dir__(self) -> list[str]:
+        return [*super().__dir__(), *(k for k in self if isinstance(k, str))]
+
+    def __repr__(self) -> str:
+        return f"PropDict({dict.__repr__(self)})"
+
+    def __snapshot__(self) -> PropDict:
+        return PropDict({k: snapshot(v) for k, v in self.items()})
+
+
+@dataclass
+class History:
+    """Completed units of one phase: ``epochs``, ``steps`` (over all epochs) and ``steps_epoch`` (this epoch)."""
+
+    epochs: int = 0
+    steps: int = 0
+    steps_epoch: int = 0
+
+    def __snapshot__(self) -> History:
+        return History(self.epochs, self.steps, self.steps_epoch)
+
+
+class PhaseDict(defaultdict):
+    """A ``defaultdict`` keyed by phase, e.g. ``cbstate.history[TrainingPhase()]``; missing phases are created."""
+
+    def __snapshot__(self) -> PhaseDict:
+        new = PhaseDict(self.default_factory)
+        for key, value in list(self.items()):
+            new[key] = snapshot(value)
+        return new
+
+    def __repr__(self) -> str:
+        return f"PhaseDict({dict(self)!r})"
+
+
+def _as_python(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return value
+
+
+class SeriesHistory:
+    """Named series of ``(index, value)`` pairs, appended in order (FluxTraining's ``MVHistory``).
+
+    Values may be pushed as one-element tensors so that no host sync happens while training; they are
+    converted to Python numbers when read with :meth:`last` or :meth:`values`.
+    """
+
+    __slots__ = ("_series", "_len", "_frozen")
+
+    def __init__(self) -> None:
+        self._series: dict[str, tuple[list[Any], list[Any]]] = {}
+        self._len: dict[str, int] = {}
+        self._frozen = False
+
+    def push(self, name: str, index: int, value: Any) -> None:
+        """Append ``value`` at ``index`` to the series ``name``."""
+        if self._frozen:
+            raise TypeError("this SeriesHistory is a read-only snapshot; it cannot be pushed to")
+        series = self._series.get(name)
+        if series is None:
+            series = self._series[name] = ([], [])
+        series[0].append(index)
+        series[1].append(value)
+        self._len[name] = len(series[0])
+
+    def _get(self, name: str) -> tuple[list[Any], list[Any], int]:
+        try:
+            n = self._len[name]
+        except KeyError:
+            known = ", ".join(repr(k) for k in self._len) or "none"
+            raise KeyError(f"no series named {name!r} (known: {known})") from None
+        indices, values = self._series[name]
+        return indices, values, n
+
+    def last(self, name: str) -> tuple[int, Any]:
+        """The last ``(index, value)`` pushed to ``name``; ``KeyError`` if there is none."""
+        indices, values, n = self._get(name)
+        values[n - 1] = _as_python(values[n - 1])
+        return indices[n - 1], values[n - 1]
+
+    def values(self, name: str) -> list[Any]:
+        """All values of ``name``, in push order."""
+        _, values, n = self._get(name)
+        for i in range(n):
+            values[i] = _as_python(values[i])
+        return values[:n]
+
+    def indices(self, name: str) -> list[int]:
+        """All indices of ``name``, in push order."""
+        indices, _, n = self._get(name)
+        return indices[:n]
+
+    def keys(self) -> list[str]:
+        """The series names, in the order they were first pushed."""
+        return list(self._len)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._len
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._len))
+
+    def __len__(self) -> int:
+        return len(self._len)
+
+    def __repr__(self) -> str:
+        return f"SeriesHistory({', '.join(f'{k}: {n}' for k, n in self._len.items())})"
+
+    def __snapshot__(self) -> SeriesHistory:
+        """A read-only view of the series as they are now; later pushes stay invisible to it (O(keys))."""
+        view = SeriesHistory.__new__(SeriesHistory)
+        view._series = self._series
+        view._len = dict(self._len)
+        view._frozen = True
+        return view
+
+    def state_dict(self) -> dict[str, Any]:
+        """A plain, serialisable copy of all series."""
+        return {name: (self.indices(name), self.values(name)) for name in self._len}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace all series with ``state`` (as returned by :meth:`state_dict`)."""
+        self._series = {name: (list(idx), list(vals)) for name, (idx, vals) in state.items()}
+        self._len = {name: len(idx) for name, (idx, _) in self._series.items()}
+
+
+class Permission:
+    """A leaf of a ``state_access`` tree. Instances of one permission type are equal."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Read(Permission):
+    """Read access to a learner field (and everything below it)."""
+
+    __slots__ = ()
+
+
+class Write(Permission):
+    """Read and write access. For conflict analysis a ``Write()`` path is a write, not also a read."""
+
+    __slots__ = ()
+
+
+def validate_state_access(tree: Any, owner: str) -> dict[str, Any]:
+    """Check a ``state_access`` tree and return it; raise ``TypeError`` naming the bad part and the fix."""
+    if not isinstance(tree, Mapping):
+        raise TypeError(
+            f"{owner}.state_access must be a dict such as {{'step': {{'loss': Read()}}}}, got {tree!r}"
+        )
+    for key in tree:
+        if key not in LEARNER_FIELDS:
+            raise TypeError(
+                f"{owner}.state_access names {key!r}, which is not a Learner field; "
+                f"use one of: {', '.join(LEARNER_FIELDS)}"
+            )
+    _validate_subtree(tree, owner, "state_access")
+    return dict(tree)
+
+
+def _validate_subtree(tree: Mapping[Any, Any], owner: str, where: str) -> None:
+    for key, value in tree.items():
+        here = f"{where}[{key!r}]"
+        if not isinstance(key, str):
+            raise TypeError(f"{owner}.{here}: keys must be strings, got {type(key).__name__}")
+        if isinstance(value, Permission):
+            continue
+        if isinstance(value, type) and issubclass(value, Permission):
+            raise TypeError(f"{owner}.{here} is the class {value.__name__}; use {value.__name__}() instead")
+        if isinstance(value, Mapping):
+            _validate_subtree(value, owner, here)
+            continue
+        raise TypeError(f"{owner}.{here} must be Read(), Write() or a nested dict, got {value!r}")
+
+
+def accesses(tree: Mapping[str, Any], perm: Permission) -> list[tuple[str, ...]]:
+    """Every path in ``tree`` whose leaf is a ``perm``: ``accesses({"x": Read()}, Read()) == [("x",)]``."""
+    found: list[tuple[str, ...]] = []
+
+    def walk(node: Mapping[str, Any], prefix: tuple[str, ...]) -> None:
+        for key, value in node.items():
+            if isinstance(value, Mapping):
+                walk(value, (*prefix, key))
+            elif type(value) is type(perm):
+                found.append((*prefix, key))
+
+    walk(tree, ())
+    return found
+
+
+class _AllRead(Mapping):
+    """Permission tree that grants read access to every key (used for read-only container views)."""
+
+    def __getitem__(self, key: Any) -> Any:
+        return _READ_ONLY
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return _READ_ONLY
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+_READ = Read()
+_READ_ONLY = _AllRead()
+
+
+def _guard(value: Any, perm: Any) -> Any:
+    if perm.__class__ is Write:
+        return value
+    if perm is _READ_ONLY or perm.__class__ is Read:
+        if isinstance(value, dict):
+            return Protected(value, _READ_ONLY)
+        return value
+    return Protected(value, perm)
+
+
+class Protected:
+    """A view of ``obj`` that allows only the accesses in ``perms`` (see the module docstring for the rules).
+
+    ``key in view``, ``len(view)`` and iteration over keys are not checked (FluxTraining's ``haskey``).
+    """
+
+    __slots__ = ("_obj", "_perms", "_name")
+
+    def __init__(self, obj: Any, perms: Mapping[str, Any], name: str | None = None) -> None:
+        object.__setattr__(self, "_obj", obj)
+        object.__setattr__(self, "_perms", perms)
+        object.__setattr__(self, "_name", name or type(obj).__name__)
+
+    def __getattr__(self, name: str) -> Any:
+        perm = self._perms.get(name)
+        if perm is None:
+            raise ProtectedError(f"Read access to {self._name}.{name} disallowed.")
+        return _guard(getattr(self._obj, name), perm)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self._perms.get(name).__class__ is not Write:
+            raise ProtectedError(f"Write access to {self._name}.{name} disallowed.")
+        setattr(self._obj, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if self._perms.get(name).__class__ is not Write:
+            raise ProtectedError(f"Write access to {self._name}.{name} disallowed.")
+        delattr(self._obj, name)
+
+    def __getitem__(self, key: Any) -> Any:
+        perm = self._perms.get(key)
+        if perm is None:
+            raise ProtectedError(f"Read access to {self._name}[{key!r}] disallowed.")
+        return _guard(self._obj[key], perm)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if self._perms.get(key).__class__ is not Write:
+            raise ProtectedError(f"Write access to {self._name}[{key!r}] disallowed.")
+        self._obj[key] = value
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        """``view[key]`` if the key exists, else ``default``; still checks the permission."""
+        perm = self._perms.get(key)
+        if perm is None:
+            raise ProtectedError(f"Read access to {self._name}[{key!r}] disallowed.")
+        try:
+            value = self._obj[key]
+        except KeyError:
+            return default
+        return _guard(value, perm)
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._obj
+
+    def __len__(self) -> int:
+        return len(self._obj)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._obj)
+
+    def keys(self) -> Any:
+        return self._obj.keys()
+
+    def __repr__(self) -> str:
+        return f"Protected({self._name}, {dict(self._perms)!r})"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Snapshots for detached callbacks
+# --------------------------------------------------------------------------------------------------------------
+
+
+class OptimizerSnapshot:
+    """A frozen copy of an optimizer's state: ``state_dict()`` and ``param_groups``, safe to read from another task."""
+
+    __slots__ = ("_state", "param_groups", "type_name")
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self._state = _clone_tree(optimizer.state_dict())
+        self.param_groups = self._state["param_groups"]
+        self.type_name = type(optimizer).__name__
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._state
+
+    def __repr__(self) -> str:
+        return f"OptimizerSnapshot({self.type_name})"
+
+
+def _clone_tree(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _clone_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clone_tree(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_clone_tree(v) for v in value)
+    return value
+
+
+def snapshot(value: Any) -> Any:
+    """A copy of ``value`` that stays valid while the training loop goes on.
+
+    Fresh tensors are shared (detached, no copy); objects the loop mutates in place are copied: modules are deep
+    copied (weights cloned), optimizers become :class:`OptimizerSnapshot`, containers and histories are copied
+    (objects with a ``__snapshot__`` method decide themselves). Anything else is shared by reference.
+    """
+    if isinstance(value, (int, float, str, bool, type(None))):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    snap = getattr(type(value), "__snapshot__", None)
+    if snap is not None:
+        return snap(value)
+    if isinstance(value, torch.nn.Module):
+        return copy.deepcopy(value)
+    if isinstance(value, torch.optim.Optimizer):
+        return OptimizerSnapshot(value)
+    if isinstance(value, dict):
+        return {k: snapshot(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [snapshot(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(snapshot(v) for v in value)
+    return value
+
+
+#: Learner fields the loop never mutates in place: a snapshot shares them instead of copying.
+_SHARED_FIELDS = frozenset({"data", "epoch_data", "loss_fn", "callbacks"})
+
+
+def snapshot_tree(obj: Any, perms: Mapping[str, Any], top: bool = True) -> PropDict:
+    """Copy exactly the paths of ``perms`` out of ``obj`` (missing keys stay missing).
+
+    At the top level (the learner), ``data``, ``epoch_data``, ``loss_fn`` and ``callbacks`` are shared, not
+    copied: the loop only iterates or calls them.
+    """
+    out = PropDict()
+    is_map = isinstance(obj, Mapping)
+    for key, perm in perms.items():
+        try:
+            value = obj[key] if is_map else getattr(obj, key)
+        except (KeyError, AttributeError):
+            continue
+        if isinstance(perm, Mapping):
+            out[key] = snapshot_tree(value, perm, False)
+        elif top and key in _SHARED_FIELDS:
+            out[key] = value
+        else:
+            out[key] = snapshot(value)
+    return out

@@ -1,0 +1,398 @@
+"""The training loop: ``fit``, ``epoch``, ``step`` and the ``run_epoch``/``run_step`` building blocks.
+
+Every function here is a trio async function. Called from outside a fit, each one opens a session: the loop
+runs on a dedicated worker thread (with its own trio loop), so the caller's event loop stays responsive, and the
+function returns when the worker is done. Called from inside a fit (e.g. ``step`` from a custom phase's
+``epoch``), they run inline on the worker.
+
+Control flow (FluxTraining's, plus fit-level events):
+
+* ``CancelStepException``: the rest of the step and its ``StepEnd`` are skipped;
+* ``CancelEpochException``: the rest of the epoch is skipped and ``EpochEnd`` still fires;
+* ``CancelFittingException``: ``fit`` stops, fires ``FitEnd`` and returns ``FitResult(stopped=True)``;
+  ``epoch``/``step``/``run_*`` let it propagate;
+* any other error propagates as itself, with a note naming the callback and event that raised it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import outcome
+import torch
+import trio
+
+from ._session import Aborted, Session
+from .events import (
+    BackwardBegin,
+    BackwardEnd,
+    EpochBegin,
+    EpochEnd,
+    Event,
+    FitBegin,
+    FitEnd,
+    LossBegin,
+    StepBegin,
+    StepEnd,
+)
+from .exceptions import CancelEpochException, CancelFittingException, CancelStepException
+from .phases import FitPhase, Phase, TrainingPhase, ValidationPhase
+from .state import PropDict
+
+if TYPE_CHECKING:
+    from .learner import Learner
+    from .runners.base import ActorStatistics
+
+__all__ = ["fit", "epoch", "step", "run_epoch", "run_step", "FitResult"]
+
+Handle = Callable[[Event], Awaitable[None]]
+
+_FIT_BEGIN, _FIT_END = FitBegin(), FitEnd()
+_EPOCH_BEGIN, _EPOCH_END = EpochBegin(), EpochEnd()
+_STEP_BEGIN, _STEP_END = StepBegin(), StepEnd()
+_LOSS_BEGIN, _BACKWARD_BEGIN, _BACKWARD_END = LossBegin(), BackwardBegin(), BackwardEnd()
+_FIT_PHASE = FitPhase()
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit` returns.
+
+    * ``epochs``: training epochs completed by this call;
+    * ``stopped``: ``True`` when a ``CancelFittingException`` ended the fit early, and ``reason`` is that
+      exception (e.g. from ``EarlyStopping`` or ``StopOnNaNLoss``: tell them apart by type or message);
+    * ``statistics``: per-callback costs (see :class:`asyncloop.runners.ActorStatistics`);
+    * ``elapsed``: wall-clock seconds.
+    """
+
+    epochs: int
+    stopped: bool = False
+    reason: CancelFittingException | None = None
+    statistics: tuple[ActorStatistics, ...] = field(default=(), repr=False)
+    elapsed: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Sessions
+# ------------------------------------------------------------------------------------------------------------
+
+
+async def _in_session(learner: Learner, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    session = learner._session
+    if session is not None:
+        if session.in_worker():
+            return await fn(*args)
+        raise RuntimeError(
+            "fit() is already running for this learner; await it before starting another, or use a second Learner"
+        )
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        raise RuntimeError(
+            "asyncloop's loop functions are trio async functions: call them as trio.run(asyncloop.fit, learner, 3) "
+            "or 'await asyncloop.fit(learner, 3)' inside trio"
+        ) from None
+    return await _run_session(learner, fn, args)
+
+
+async def _run_session(learner: Learner, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> Any:
+    session = Session(learner)
+    runner = learner.runner
+    learner._session = session
+    result: outcome.Outcome | None = None
+    body_error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            session.nursery = nursery
+            try:
+                await runner.start(session)
+                result = await session.run_worker(fn, *args)
+                if session.error is None and isinstance(result, outcome.Value):
+                    await runner.drain()
+            except BaseException as exc:  # re-raised below, unwrapped
+                body_error = exc
+            finally:
+                runner.close()
+                nursery.cancel_scope.cancel()
+    finally:
+        learner._session = None
+    if result is not None and isinstance(result, outcome.Error) and not isinstance(result.error, Aborted):
+        return result.unwrap()
+    if session.error is not None:
+        raise session.error
+    if body_error is not None:
+        raise body_error
+    assert result is not None
+    return result.unwrap()
+
+
+def _as_data(data: Any) -> PropDict:
+    if isinstance(data, PropDict):
+        return data
+    if isinstance(data, Mapping):
+        return PropDict(data)
+    if isinstance(data, tuple) and len(data) == 0:
+        return PropDict()
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return PropDict(training=data[0], validation=data[1])
+    raise TypeError(
+        f"data must be (), a pair (train_batches, valid_batches) or a mapping with keys 'training'/'validation', "
+        f"got {type(data).__name__}" + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
+    )
+
+
+def _check_phase(phase: Any) -> Phase:
+    if isinstance(phase, type) and issubclass(phase, Phase):
+        raise TypeError(f"pass a phase instance: {phase.__name__}(), not {phase.__name__}")
+    if not isinstance(phase, Phase):
+        raise TypeError(f"phase must be an asyncloop Phase such as TrainingPhase(), got {phase!r}")
+    return phase
+
+
+# ------------------------------------------------------------------------------------------------------------
+# fit
+# ------------------------------------------------------------------------------------------------------------
+
+
+async def fit(learner: Learner, n_epochs: int, data: Any = None) -> FitResult:
+    """Train ``learner`` for ``n_epochs`` epochs of training, each followed by a validation epoch.
+
+    ``data`` overrides ``learner.data`` for this call (a pair or a mapping, as for :class:`Learner`). Without
+    validation data the validation epochs are skipped. Fires ``FitBegin`` first and ``FitEnd`` last (also after a
+    ``CancelFittingException``, which ends the fit cleanly: the result has ``stopped=True``).
+
+    Works as ``trio.run(asyncloop.fit, learner, 3)`` and as ``await asyncloop.fit(learner, 3)`` in a running trio
+    program. The loop runs on a worker thread; cancelling the caller (a cancel scope, Ctrl-C) stops it within
+    about one step, and ``fit`` returns or raises only once the worker and every actor are gone. One fit per
+    learner at a time.
+    """
+    if isinstance(n_epochs, bool) or not isinstance(n_epochs, int) or n_epochs < 0:
+        raise ValueError(f"n_epochs must be an int >= 0, got {n_epochs!r}")
+    batches = learner.data if data is None else _as_data(data)
+    if n_epochs and batches.get("training") is None:
+        raise ValueError(
+            "learner has no training data: pass data=(train_batches, valid_batches) to Learner or to fit"
+        )
+    return await _in_session(learner, _fit, learner, n_epochs, batches)
+
+
+async def _fit(learner: Learner, n_epochs: int, batches: PropDict) -> FitResult:
+    t0 = time.perf_counter()
+    learner._check_optimizer()
+    runner = learner.runner
+    runner.reset_statistics()
+    reason: CancelFittingException | None = None
+    done = 0
+    training, validation = TrainingPhase(), ValidationPhase()
+    try:
+        await runner.handle(_FIT_BEGIN, _FIT_PHASE)
+        for _ in range(n_epochs):
+            await training.epoch(learner, batches["training"])
+            done += 1
+            if batches.get("validation") is not None:
+                await validation.epoch(learner, batches["validation"])
+    except CancelFittingException as exc:
+        reason = exc
+    try:
+        await runner.handle(_FIT_END, _FIT_PHASE)
+    except CancelFittingException as exc:
+        reason = reason or exc
+    return FitResult(done, reason is not None, reason, tuple(runner.statistics()), time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# epoch / run_epoch
+# ------------------------------------------------------------------------------------------------------------
+
+
+async def epoch(learner: Learner, phase: Phase, data: Iterable[Any] | None = None) -> None:
+    """Run one epoch of ``phase`` over ``data`` (default: ``learner.data[phase.data_key]``), as ``phase.epoch``.
+
+    Lets ``CancelFittingException`` propagate.
+    """
+    _check_phase(phase)
+    if data is None:
+        key = phase.data_key
+        data = learner.data.get(key) if key is not None else None
+        if data is None:
+            raise ValueError(
+                f"no data for {phase!r}: pass data to epoch(), or set learner.data[{key!r}]"
+                if key is not None
+                else f"{phase!r} has no data_key; pass data to epoch()"
+            )
+    await _in_session(learner, phase.epoch, learner, data)
+
+
+async def _default_epoch(learner: Learner, phase: Phase, data: Iterable[Any]) -> None:
+    async def epoch_fn(handle: Handle) -> None:
+        session = learner._session
+        for batch in data:
+            if session.abort_requested:  # type: ignore[union-attr]
+                raise Aborted()
+            await phase.step(learner, batch)
+
+    learner.epoch_data = data
+    await run_epoch(epoch_fn, learner, phase)
+
+
+async def run_epoch(epoch_fn: Callable[[Handle], Awaitable[Any]], learner: Learner, phase: Phase) -> None:
+    """Run ``await epoch_fn(handle)`` inside an epoch: ``EpochBegin`` before, ``EpochEnd`` after.
+
+    ``handle(event)`` dispatches an event to the callbacks with this phase. A ``CancelEpochException`` raised
+    anywhere inside (also by an ``EpochBegin`` or ``EpochEnd`` handler) is swallowed and ``EpochEnd`` is
+    dispatched; if that ``EpochEnd`` raises again, the exception propagates.
+    """
+    _check_phase(phase)
+    await _in_session(learner, _run_epoch, epoch_fn, learner, phase)
+
+
+async def _run_epoch(epoch_fn: Callable[[Handle], Awaitable[Any]], learner: Learner, phase: Phase) -> None:
+    runner = learner.runner
+    session: Session = learner._session  # type: ignore[assignment]
+
+    async def handle(event: Event) -> None:
+        await runner.handle(event, phase)
+
+    session.in_epoch += 1
+    try:
+        try:
+            await handle(_EPOCH_BEGIN)
+            await epoch_fn(handle)
+            await handle(_EPOCH_END)
+        except CancelEpochException:
+            await handle(_EPOCH_END)
+    finally:
+        session.in_epoch -= 1
+
+
+# ------------------------------------------------------------------------------------------------------------
+# step / run_step
+# ------------------------------------------------------------------------------------------------------------
+
+
+async def step(learner: Learner, phase: Phase, batch: Any) -> PropDict:
+    """Run one step of ``phase`` on ``batch`` (``phase.step``) and return the step state (``learner.step``)."""
+    _check_phase(phase)
+    return await _in_session(learner, phase.step, learner, batch)
+
+
+async def run_step(
+    step_fn: Callable[[Handle, PropDict], Awaitable[Any]],
+    learner: Learner,
+    phase: Phase,
+    initial_state: Mapping[str, Any] | None = None,
+) -> PropDict:
+    """Run ``await step_fn(handle, state)`` inside a step and return ``state``.
+
+    ``state`` is a fresh :class:`PropDict` (from ``initial_state``) installed as ``learner.step`` before
+    ``StepBegin``. A ``CancelStepException`` raised anywhere inside skips the rest of the step and its
+    ``StepEnd``; the partly filled state is returned.
+    """
+    _check_phase(phase)
+    return await _in_session(learner, _run_step, step_fn, learner, phase, initial_state)
+
+
+async def _run_step(
+    step_fn: Callable[[Handle, PropDict], Awaitable[Any]],
+    learner: Learner,
+    phase: Phase,
+    initial_state: Mapping[str, Any] | None,
+) -> PropDict:
+    runner = learner.runner
+    session: Session = learner._session  # type: ignore[assignment]
+
+    async def handle(event: Event) -> None:
+        await runner.handle(event, phase)
+
+    state = PropDict(initial_state) if initial_state else PropDict()
+    learner.step = state
+    session.in_step += 1
+    try:
+        await handle(_STEP_BEGIN)
+        await step_fn(handle, state)
+        await handle(_STEP_END)
+    except CancelStepException:
+        pass
+    finally:
+        session.in_step -= 1
+    return state
+
+
+def _unpack(batch: Any) -> tuple[Any, Any]:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    desc = type(batch).__name__
+    if isinstance(batch, (tuple, list)):
+        desc += f" of length {len(batch)}"
+    elif isinstance(batch, torch.Tensor):
+        desc = f"a tensor of shape {tuple(batch.shape)}"
+    raise TypeError(
+        f"each batch must be an (xs, ys) pair, got {desc}; make the data yield (inputs, targets) tuples, "
+        f"or give your Phase its own step()"
+    )
+
+
+def _check_loss(loss: Any) -> None:
+    if isinstance(loss, torch.Tensor):
+        if loss.numel() == 1:
+            return
+        raise TypeError(
+            f"loss_fn must return a scalar tensor, got a tensor of shape {tuple(loss.shape)}; "
+            f"reduce it, e.g. with .mean() or reduction='mean'"
+        )
+    raise TypeError(
+        f"loss_fn must return a scalar tensor, got {type(loss).__name__}; compute the loss with torch "
+        f"operations on (preds, targets) so it can be backpropagated"
+    )
+
+
+async def _training_step(learner: Learner, phase: Phase, batch: Any) -> PropDict:
+    xs, ys = _unpack(batch)
+
+    async def body(handle: Handle, state: PropDict) -> None:
+        model = learner.model
+        if getattr(model, "training", True) is False:
+            model.train()
+        state.preds = model(state.xs)
+        await handle(_LOSS_BEGIN)
+        state.loss = learner.loss_fn(state.preds, state.ys)
+        _check_loss(state.loss)
+        await handle(_BACKWARD_BEGIN)
+        optimizer = learner.optimizer
+        accumulate = state.get("accumulate", False)
+        if state.get("zero_grad", True):
+            optimizer.zero_grad(set_to_none=True)
+        scaler = state.get("grad_scaler")
+        loss = state.loss * state["loss_scale"] if "loss_scale" in state else state.loss
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        state.grads = learner._gradients()
+        await handle(_BACKWARD_END)
+        if not accumulate:
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+
+    return await _run_step(body, learner, phase, {"xs": xs, "ys": ys})
+
+
+async def _validation_step(learner: Learner, phase: Phase, batch: Any) -> PropDict:
+    xs, ys = _unpack(batch)
+
+    async def body(handle: Handle, state: PropDict) -> None:
+        model = learner.model
+        if getattr(model, "training", False):
+            model.eval()
+        with torch.no_grad():
+            state.preds = model(state.xs)
+        await handle(_LOSS_BEGIN)
+        with torch.no_grad():
+            state.loss = learner.loss_fn(state.preds, state.ys)
+        _check_loss(state.loss)
+
+    return await _run_step(body, learner, phase, {"xs": xs, "ys": ys})
+
