@@ -171,6 +171,15 @@ class Callback:
     def init(self, learner: Learner) -> None:
         """One-time set-up with the unprotected learner (e.g. create ``cbstate`` entries). Must be idempotent."""
 
+    def teardown(self, learner: Learner) -> None:
+        """Release resources (files, writers, sockets) at the end of every run, however it ends.
+
+        Called after ``FitEnd`` when the fit succeeds or stops early, and also after an error or a cancellation
+        (when ``FitEnd`` is not dispatched); for detached callbacks only once their actor has stopped. Runs in
+        a worker thread, so it may block; ``learner`` is unprotected. Must be idempotent and should not raise
+        (an error here is reported only if the run had no other error).
+        """
+
     def resolve_conflict(self, other: Callback) -> ConflictResolution:
         """How to order this callback against ``other`` when both access the same state. Asked in both orders."""
         return NotDefined()

@@ -119,14 +119,39 @@ async def _run_session(learner: Learner, fn: Callable[..., Awaitable[Any]], args
                 nursery.cancel_scope.cancel()
     finally:
         learner._session = None
+        teardown_error = await _teardown(learner)
     if result is not None and isinstance(result, outcome.Error) and not isinstance(result.error, Aborted):
         return result.unwrap()
     if session.error is not None:
         raise session.error
     if body_error is not None:
         raise body_error
+    if teardown_error is not None:
+        raise teardown_error
     assert result is not None
     return result.unwrap()
+
+
+async def _teardown(learner: Learner) -> BaseException | None:
+    """Run every overridden ``Callback.teardown`` in a thread, shielded; return the first error."""
+    from .callback import Callback
+
+    callbacks = [cb for cb in learner._callbacks if type(cb).teardown is not Callback.teardown]
+    if not callbacks:
+        return None
+
+    def run() -> BaseException | None:
+        first = None
+        for cb in callbacks:
+            try:
+                cb.teardown(learner)
+            except Exception as exc:
+                exc.add_note(f"asyncloop: raised by {cb.name}.teardown()")
+                first = first or exc
+        return first
+
+    with trio.CancelScope(shield=True):
+        return await trio.to_thread.run_sync(run)
 
 
 def _as_data(data: Any) -> PropDict:

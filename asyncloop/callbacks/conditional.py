@@ -100,6 +100,9 @@ class ConditionalCallback(Callback):
     def resolve_conflict(self, other: Callback) -> ConflictResolution:
         return self.callback.resolve_conflict(other)
 
+    def teardown(self, learner: Any) -> None:
+        self.callback.teardown(learner)
+
     def handler(self, event: type[Event], phase: type[Phase]) -> Handler | None:
         inner = self.callback.handler(event, phase)
         if inner is None:
