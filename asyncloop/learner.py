@@ -12,7 +12,7 @@ from .callback import Callback
 from .graph import callback_graph
 from .runners.base import Runner
 from .runners.linear import LinearRunner
-from .state import PropDict
+from .state import Gradients, PropDict
 from .training import _as_data
 
 __all__ = ["Learner"]
@@ -101,7 +101,16 @@ class Learner:
         self._graph = nx.DiGraph()
         self._install(cbs, cbs)
 
-    # -- model / optimizer -----------------------------------------------------------------------------------
+    # -- data / model / optimizer -----------------------------------------------------------------------------------
+    @property
+    def data(self) -> PropDict:
+        """The data iterables by phase key; assign (), a pair or a mapping, as for the constructor."""
+        return self._data
+
+    @data.setter
+    def data(self, data: Any) -> None:
+        self._data = _as_data(data)
+
     @property
     def model(self) -> Any:
         return self._model
@@ -146,8 +155,8 @@ class Learner:
             self._params = tuple(model.named_parameters()) if isinstance(model, torch.nn.Module) else ()
         return self._params
 
-    def _gradients(self) -> dict[str, torch.Tensor]:
-        return {name: p.grad for name, p in self._named_parameters() if p.grad is not None}
+    def _gradients(self) -> Gradients:
+        return Gradients(self._named_parameters())
 
     def _check_optimizer(self) -> None:
         model = self._model
@@ -161,6 +170,36 @@ class Learner:
                 "assign a new optimizer, or pass optimizer as a factory such as "
                 "lambda params: torch.optim.SGD(params, lr=0.1) so that it follows the model"
             )
+
+    # -- training state --------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The full training state as plain data: model, optimizer, stateful callbacks, ``cbstate``, RNG states.
+
+        Everything a fit needs to go on exactly where it stopped (at an epoch boundary); see
+        :mod:`asyncloop.checkpoint`. Tensors are copies.
+        """
+        from .checkpoint import training_state
+
+        return training_state(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict`: weights, optimizer, callbacks' state, ``cbstate``, RNG states.
+
+        Callbacks are matched by class name and occurrence (the second ``Metrics`` gets the second's state).
+        """
+        from .checkpoint import load_training_state
+
+        load_training_state(self, state)
+
+    def load_checkpoint(self, path: Any) -> None:
+        """Restore the training state from a checkpoint file, or from a Checkpointer folder (its latest checkpoint).
+
+        Loads safely (no code is unpickled). ``await fit(learner, n, resume=path)`` does this and then trains ``n``
+        more epochs. A corrupted file raises :class:`asyncloop.checkpoint.CheckpointError` and changes nothing.
+        """
+        from .checkpoint import load_checkpoint
+
+        load_checkpoint(self, path)
 
     # -- callbacks -------------------------------------------------------------------------------------------
     @property

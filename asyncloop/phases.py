@@ -22,6 +22,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from .learner import Learner
 
+_TRAINING_MODULE: Any = None
+
+
+def _training() -> Any:
+    """The training module, imported on first use (it imports this module)."""
+    global _TRAINING_MODULE
+    if _TRAINING_MODULE is None:
+        from . import training
+
+        _TRAINING_MODULE = training
+    return _TRAINING_MODULE
+
+
 __all__ = [
     "Phase",
     "AbstractTrainingPhase",
@@ -53,9 +66,7 @@ class Phase:
 
     async def epoch(self, learner: Learner, data: Any) -> None:
         """Run one epoch over ``data``: ``EpochBegin``, one :meth:`step` per batch, ``EpochEnd``."""
-        from .training import _default_epoch
-
-        await _default_epoch(learner, self, data)
+        await _training()._default_epoch(learner, self, data)
 
     async def step(self, learner: Learner, batch: Any) -> Any:
         """Run one step on ``batch``. Custom phases must implement this, usually with :func:`asyncloop.run_step`."""
@@ -85,9 +96,7 @@ class TrainingPhase(AbstractTrainingPhase):
     __slots__ = ()
 
     async def step(self, learner: Learner, batch: Any) -> Any:
-        from .training import _training_step
-
-        return await _training_step(learner, self, batch)
+        return await _training()._training_step(learner, self, batch)
 
 
 class ValidationPhase(AbstractValidationPhase):
@@ -96,9 +105,7 @@ class ValidationPhase(AbstractValidationPhase):
     __slots__ = ()
 
     async def step(self, learner: Learner, batch: Any) -> Any:
-        from .training import _validation_step
-
-        return await _validation_step(learner, self, batch)
+        return await _training()._validation_step(learner, self, batch)
 
 
 class FitPhase(Phase):

@@ -136,6 +136,13 @@ class SeriesHistory:
         series[1].append(value)
         self._len[name] = len(series[0])
 
+    def replace_last(self, name: str, index: int, value: Any) -> None:
+        """Replace the last ``(index, value)`` of ``name`` (copy-on-write: earlier snapshots keep the old pair)."""
+        if self._frozen:
+            raise TypeError("this SeriesHistory is a read-only snapshot; it cannot be changed")
+        indices, values, n = self._get(name)
+        self._series = {**self._series, name: ([*indices[: n - 1], index], [*values[: n - 1], value])}
+
     def _get(self, name: str) -> tuple[list[Any], list[Any], int]:
         try:
             n = self._len[name]
@@ -195,6 +202,37 @@ class SeriesHistory:
         """Replace all series with ``state`` (as returned by :meth:`state_dict`)."""
         self._series = {name: (list(idx), list(vals)) for name, (idx, vals) in state.items()}
         self._len = {name: len(idx) for name, (idx, _) in self._series.items()}
+
+
+class Gradients(Mapping):
+    """``learner.step.grads``: parameter name -> gradient, read lazily from the model's parameters.
+
+    Creating it costs nothing per step; a snapshot (for detached callbacks) materialises a dict of the current
+    gradient tensors. Parameters without a gradient are absent.
+    """
+
+    __slots__ = ("_params",)
+
+    def __init__(self, params: tuple[tuple[str, torch.nn.Parameter], ...]) -> None:
+        self._params = params
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        for pname, p in self._params:
+            if pname == name and p.grad is not None:
+                return p.grad
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, p in self._params if p.grad is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _, p in self._params if p.grad is not None)
+
+    def __repr__(self) -> str:
+        return f"Gradients({', '.join(self)})"
+
+    def __snapshot__(self) -> dict[str, torch.Tensor]:
+        return {name: p.grad.detach() for name, p in self._params if p.grad is not None}
 
 
 class Permission:
@@ -270,20 +308,14 @@ def accesses(tree: Mapping[str, Any], perm: Permission) -> list[tuple[str, ...]]
     return found
 
 
-class _AllRead(Mapping):
-    """Permission tree that grants read access to every key (used for read-only container views)."""
+class _AllRead(dict):
+    """Permission tree that grants read access to every key (used for read-only container views).
 
-    def __getitem__(self, key: Any) -> Any:
+    A ``dict`` subclass so that ``get`` stays a C call on the hot path: ``__missing__`` answers every key.
+    """
+
+    def __missing__(self, key: Any) -> Any:
         return _READ_ONLY
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        return _READ_ONLY
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
 
 
 _READ = Read()
@@ -295,9 +327,22 @@ def _guard(value: Any, perm: Any) -> Any:
         return value
     if perm is _READ_ONLY or perm.__class__ is Read:
         if isinstance(value, dict):
-            return Protected(value, _READ_ONLY)
+            return _view(value, _READ_ONLY, type(value).__name__)
         return value
-    return Protected(value, perm)
+    return _view(value, perm, type(value).__name__)
+
+
+_set = object.__setattr__
+
+
+def _view(obj: Any, perms: Mapping[str, Any], name: str) -> Protected:
+    """Build a Protected without running ``__init__`` (a hot path: nested views are built per step)."""
+    view = Protected.__new__(Protected)
+    _set(view, "_obj", obj)
+    _set(view, "_perms", perms)
+    _set(view, "_name", name)
+    _set(view, "_views", {})
+    return view
 
 
 class Protected:
@@ -306,18 +351,34 @@ class Protected:
     ``key in view``, ``len(view)`` and iteration over keys are not checked (FluxTraining's ``haskey``).
     """
 
-    __slots__ = ("_obj", "_perms", "_name")
+    __slots__ = ("_obj", "_perms", "_name", "_views")
 
     def __init__(self, obj: Any, perms: Mapping[str, Any], name: str | None = None) -> None:
         object.__setattr__(self, "_obj", obj)
         object.__setattr__(self, "_perms", perms)
         object.__setattr__(self, "_name", name or type(obj).__name__)
+        object.__setattr__(self, "_views", {})
 
     def __getattr__(self, name: str) -> Any:
-        perm = self._perms.get(name)
+        perms = self._perms
+        if perms is _READ_ONLY:  # a read-only container view
+            value = getattr(self._obj, name)
+            return _view(value, _READ_ONLY, type(value).__name__) if isinstance(value, dict) else value
+        perm = perms.get(name)
         if perm is None:
             raise ProtectedError(f"Read access to {self._name}.{name} disallowed.")
-        return _guard(getattr(self._obj, name), perm)
+        value = getattr(self._obj, name)
+        if perm.__class__ is Write:
+            return value
+        # Nested views are cached per field while the field holds the same object (the hot path reads
+        # learner.cbstate.<x> and learner.step.<x> on every event).
+        view = self._views.get(name)
+        if view is not None and view._obj is value:
+            return view
+        view = _guard(value, perm)
+        if view.__class__ is Protected:
+            self._views[name] = view
+        return view
 
     def __setattr__(self, name: str, value: Any) -> None:
         if self._perms.get(name).__class__ is not Write:
@@ -330,7 +391,11 @@ class Protected:
         delattr(self._obj, name)
 
     def __getitem__(self, key: Any) -> Any:
-        perm = self._perms.get(key)
+        perms = self._perms
+        if perms is _READ_ONLY:
+            value = self._obj[key]
+            return _view(value, _READ_ONLY, type(value).__name__) if isinstance(value, dict) else value
+        perm = perms.get(key)
         if perm is None:
             raise ProtectedError(f"Read access to {self._name}[{key!r}] disallowed.")
         return _guard(self._obj[key], perm)
@@ -342,7 +407,7 @@ class Protected:
 
     def get(self, key: Any, default: Any = None) -> Any:
         """``view[key]`` if the key exists, else ``default``; still checks the permission."""
-        perm = self._perms.get(key)
+        perm = _READ_ONLY if self._perms is _READ_ONLY else self._perms.get(key)
         if perm is None:
             raise ProtectedError(f"Read access to {self._name}[{key!r}] disallowed.")
         try:

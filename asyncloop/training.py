@@ -182,12 +182,17 @@ def _check_phase(phase: Any) -> Phase:
 # ------------------------------------------------------------------------------------------------------------
 
 
-async def fit(learner: Learner, n_epochs: int, data: Any = None) -> FitResult:
+async def fit(learner: Learner, n_epochs: int, data: Any = None, *, resume: Any = None) -> FitResult:
     """Train ``learner`` for ``n_epochs`` epochs of training, each followed by a validation epoch.
 
     ``data`` overrides ``learner.data`` for this call (a pair or a mapping, as for :class:`Learner`). Without
     validation data the validation epochs are skipped. Fires ``FitBegin`` first and ``FitEnd`` last (also after a
     ``CancelFittingException``, which ends the fit cleanly: the result has ``stopped=True``).
+
+    ``resume``: a checkpoint file written by :class:`asyncloop.Checkpointer` (or its folder, meaning the latest
+    checkpoint there). The learner's full training state (weights, optimizer, callbacks' state, histories, RNG)
+    is restored first, as :meth:`Learner.load_checkpoint`, then ``n_epochs`` *more* epochs run: 2 epochs, then a
+    resume for 2, end exactly where 4 epochs straight would.
 
     Works as ``trio.run(asyncloop.fit, learner, 3)`` and as ``await asyncloop.fit(learner, 3)`` in a running trio
     program. The loop runs on a worker thread; cancelling the caller (a cancel scope, Ctrl-C) stops it within
@@ -201,6 +206,8 @@ async def fit(learner: Learner, n_epochs: int, data: Any = None) -> FitResult:
         raise ValueError(
             "learner has no training data: pass data=(train_batches, valid_batches) to Learner or to fit"
         )
+    if resume is not None:
+        await trio.to_thread.run_sync(learner.load_checkpoint, resume)
     return await _in_session(learner, _fit, learner, n_epochs, batches)
 
 
@@ -374,50 +381,107 @@ def _check_loss(loss: Any) -> None:
     )
 
 
-async def _training_step(learner: Learner, phase: Phase, batch: Any) -> PropDict:
-    xs, ys = _unpack(batch)
+_TRAINING_EVENTS = (StepBegin, LossBegin, BackwardBegin, BackwardEnd, StepEnd)
+_VALIDATION_EVENTS = (StepBegin, LossBegin, StepEnd)
 
-    async def body(handle: Handle, state: PropDict) -> None:
+
+async def _training_step(learner: Learner, phase: Phase, batch: Any) -> PropDict:
+    """The built-in training step: ``run_step`` semantics, flattened for speed (no closures, no empty events)."""
+    xs, ys = _unpack(batch)
+    runner = learner.runner
+    session: Session = learner._session  # type: ignore[assignment]
+    begin, loss_begin, backward_begin, backward_end, end = runner.step_plans(phase.__class__, _TRAINING_EVENTS)
+    state = PropDict(xs=xs, ys=ys)
+    learner.step = state
+    session.in_step += 1
+    try:
+        if session.abort_requested or session.control is not None:
+            session.check()
+        if begin is not None and (pending := begin(_STEP_BEGIN, phase)) is not None:
+            await pending
         model = learner.model
         if getattr(model, "training", True) is False:
             model.train()
-        state.preds = model(state.xs)
-        await handle(_LOSS_BEGIN)
-        state.loss = learner.loss_fn(state.preds, state.ys)
-        _check_loss(state.loss)
-        await handle(_BACKWARD_BEGIN)
+        state["preds"] = model(state["xs"])
+        if loss_begin is not None and (pending := loss_begin(_LOSS_BEGIN, phase)) is not None:
+            await pending
+        loss = state["loss"] = learner.loss_fn(state["preds"], state["ys"])
+        _check_loss(loss)
+        if backward_begin is not None and (pending := backward_begin(_BACKWARD_BEGIN, phase)) is not None:
+            await pending
         optimizer = learner.optimizer
-        accumulate = state.get("accumulate", False)
-        if state.get("zero_grad", True):
+        if len(state) == 4:  # no step-state controls were set: the common case
             optimizer.zero_grad(set_to_none=True)
-        scaler = state.get("grad_scaler")
-        loss = state.loss * state["loss_scale"] if "loss_scale" in state else state.loss
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-        state.grads = learner._gradients()
-        await handle(_BACKWARD_END)
-        if not accumulate:
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            state["loss"].backward()
+            state["grads"] = learner._gradients()
+            if backward_end is not None and (pending := backward_end(_BACKWARD_END, phase)) is not None:
+                await pending
+            optimizer.step()
+        else:
+            await _controlled_update(learner, phase, state, optimizer, backward_end)
+        if end is not None and (pending := end(_STEP_END, phase)) is not None:
+            await pending
+    except CancelStepException:
+        pass
+    finally:
+        session.in_step -= 1
+    return state
 
-    return await _run_step(body, learner, phase, {"xs": xs, "ys": ys})
+
+async def _controlled_update(learner: Learner, phase: Phase, state: PropDict, optimizer: Any, backward_end: Any) -> None:
+    """Backward and update honouring the step-state controls callbacks may set before ``BackwardBegin`` ends.
+
+    * ``zero_grad`` (default True): zero the gradients before backward (False accumulates);
+    * ``loss_scale``: multiply the loss by it before backward (``loss`` itself is left as computed);
+    * ``grad_scaler``: a ``torch.amp.GradScaler`` used for backward and the optimizer step;
+    * ``accumulate`` (default False, may also be set at ``BackwardEnd``): skip the optimizer step.
+    """
+    if state.get("zero_grad", True):
+        optimizer.zero_grad(set_to_none=True)
+    loss = state["loss"]
+    if "loss_scale" in state:
+        loss = loss * state["loss_scale"]
+    scaler = state.get("grad_scaler")
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    state["grads"] = learner._gradients()
+    if backward_end is not None and (pending := backward_end(_BACKWARD_END, phase)) is not None:
+        await pending
+    if not state.get("accumulate", False):
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
 
 
 async def _validation_step(learner: Learner, phase: Phase, batch: Any) -> PropDict:
+    """The built-in validation step: forward and loss under ``torch.no_grad()`` with the model in eval mode."""
     xs, ys = _unpack(batch)
-
-    async def body(handle: Handle, state: PropDict) -> None:
+    runner = learner.runner
+    session: Session = learner._session  # type: ignore[assignment]
+    begin, loss_begin, end = runner.step_plans(phase.__class__, _VALIDATION_EVENTS)
+    state = PropDict(xs=xs, ys=ys)
+    learner.step = state
+    session.in_step += 1
+    try:
+        if session.abort_requested or session.control is not None:
+            session.check()
+        if begin is not None and (pending := begin(_STEP_BEGIN, phase)) is not None:
+            await pending
         model = learner.model
         if getattr(model, "training", False):
             model.eval()
         with torch.no_grad():
-            state.preds = model(state.xs)
-        await handle(_LOSS_BEGIN)
+            state["preds"] = model(state["xs"])
+        if loss_begin is not None and (pending := loss_begin(_LOSS_BEGIN, phase)) is not None:
+            await pending
         with torch.no_grad():
-            state.loss = learner.loss_fn(state.preds, state.ys)
-        _check_loss(state.loss)
-
-    return await _run_step(body, learner, phase, {"xs": xs, "ys": ys})
-
+            loss = state["loss"] = learner.loss_fn(state["preds"], state["ys"])
+        _check_loss(loss)
+        if end is not None and (pending := end(_STEP_END, phase)) is not None:
+            await pending
+    except CancelStepException:
+        pass
+    finally:
+        session.in_step -= 1
+    return state

@@ -36,20 +36,18 @@ def accuracy(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def _batch_size(ys: Any) -> int:
-    if isinstance(ys, torch.Tensor):
-        return ys.shape[0] if ys.ndim > 0 else 1
     try:
         return len(ys)
-    except TypeError:
+    except TypeError:  # a 0-d tensor or a scalar
         return 1
 
 
 def _detached(value: Any) -> Any:
-    """A step value that never syncs a CPU-less device: CPU tensors become floats, others stay tensors."""
+    """A step value that never syncs an accelerator: CPU tensors become numbers, others stay (detached) tensors."""
     if isinstance(value, torch.Tensor):
-        value = value.detach()
-        if value.device.type == "cpu":
+        if value.is_cpu:
             return value.item()
+        return value.detach()
     return value
 
 
@@ -98,15 +96,16 @@ class _WeightedMean(AbstractMetric):
         self._count = 0
         self._last: Any = None
 
-    def _compute(self, learner: Any) -> Any:
+    def _compute(self, step: Any) -> Any:
         raise NotImplementedError
 
     def update(self, learner: Any, phase: Phase) -> None:
         if not isinstance(phase, self.phase):
             self._last = None
             return
-        value = _detached(self._compute(learner))
-        n = _batch_size(learner.step.ys)
+        step = learner.step
+        value = _detached(self._compute(step))
+        n = _batch_size(step.ys)
         self._sum = self._sum + value * n
         self._count += n
         self._last = value
@@ -153,8 +152,7 @@ class Metric(_WeightedMean):
         self.fn, self.name, self.device, self.phase = fn, name, device, phase
         super().__init__()
 
-    def _compute(self, learner: Any) -> Any:
-        step = learner.step
+    def _compute(self, step: Any) -> Any:
         preds, ys = step.preds, step.ys
         if self.device is not None:
             preds, ys = self.device(preds), self.device(ys)
@@ -171,8 +169,8 @@ class Loss(_WeightedMean):
         self.name = name
         super().__init__()
 
-    def _compute(self, learner: Any) -> Any:
-        return learner.step.loss
+    def _compute(self, step: Any) -> Any:
+        return step.loss
 
     def __repr__(self) -> str:
         return f"Loss({self.name!r})"

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from ..callback import Callback, on
 from ..events import EpochBegin, EpochEnd, FitEnd, StepEnd
 from ..phases import Phase
-from ..state import Read
+from ..state import History, PropDict, Protected, Read
 from .metrics import Metrics
 from .recorder import Recorder
 
@@ -22,18 +22,29 @@ class ProgressPrinter(Callback):
     """Show a tqdm progress bar for every epoch, titled ``"Epoch 3 TrainingPhase()"``.
 
     The total is the length of the iterable the epoch runs over (also when it was passed to ``fit``), when it
-    has one. Detached: the bar never stalls training. ``file`` defaults to ``sys.stderr``; extra keyword
-    arguments go to ``tqdm``. A default callback.
+    has one. Detached with the ``"latest"`` inbox policy: when the bar lags, queued step ticks collapse into the
+    newest one (the bar reads the step count, so no tick is lost) and the bar never stalls training. ``file``
+    defaults to ``sys.stderr``; extra keyword arguments go to ``tqdm``. A default callback.
     """
 
     state_access = {"cbstate": {"history": Read()}, "epoch_data": Read()}
     run_after = (Recorder,)
     detached = True
+    inbox_policy = "latest"
 
     def __init__(self, *, file: TextIO | None = None, **tqdm_kwargs: Any) -> None:
         self.file = file
         self.tqdm_kwargs = {"dynamic_ncols": True, "leave": True, **tqdm_kwargs}
         self._bar: Any = None
+
+    def snapshot(self, event: Any, phase: Phase, learner: Any) -> Any:
+        """Copy only this phase's counters (cheaper than the whole history: this runs every step)."""
+        history = learner.cbstate.history.get(phase) or History()
+        view = PropDict(
+            cbstate=PropDict(history={phase: History(history.epochs, history.steps, history.steps_epoch)}),
+            epoch_data=learner.epoch_data,
+        )
+        return Protected(view, self.state_access, "Learner")
 
     def _close(self) -> None:
         if self._bar is not None:

@@ -8,8 +8,10 @@ event is complete when all awaited handlers are.
 Detached actors (``detached = True``, read-only callbacks only) receive, at their turn in the event's order, a
 snapshot of exactly the state they declared, and handle it later in the caller's trio loop:
 
-* publishing costs the training thread a snapshot and a ``deque.append``; the caller's loop collects the
-  outbox every ``flush_interval`` seconds (and at epoch/fit boundaries) and delivers one batch per actor;
+* publishing costs the training thread a snapshot and a ``deque.append``; when ``flush_interval`` seconds
+  passed since the last hand-off (and at every epoch/fit boundary) the loop wakes the caller's event loop, which
+  delivers the outbox as one batch per actor. Latency is bounded by ``flush_interval`` or the time between two
+  events, whichever is longer;
 * each actor sees its events in order; a ``run_after`` path between two detached actors holds per event;
 * sync handlers run in a worker thread (one hop per batch), async ones as the actor's task; set
   ``blocking = False`` on a callback whose sync handlers are trivial to keep them on the event loop;
@@ -28,7 +30,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
@@ -40,7 +42,7 @@ from ..events import EpochBegin, EpochEnd, Event, FitBegin, FitEnd
 from ..exceptions import FitException
 from ..graph import CallbackInfo
 from ..phases import Phase
-from .base import ActorStatistics, Runner, _Step, annotate
+from .base import ActorStatistics, Plan, Runner, _Step, annotate, call_async, call_sync
 
 if TYPE_CHECKING:
     from .._session import Session
@@ -94,13 +96,19 @@ class _Actor:
         while self.pending and self.pending[0] <= seq and session is not None and session.error is None:
             await self.lot.park()
 
-    def _finished(self, item: _Item, seconds: float) -> None:
-        self.stats.record(seconds)
-        self.processed += 1
-        if self.pending and self.pending[0] == item.seq:
-            self.pending.popleft()
-        elif item.seq in self.pending:  # pragma: no cover - defensive
-            self.pending.remove(item.seq)
+    def _finished(self, items: Sequence[_Item], seconds: Sequence[float]) -> None:
+        """Account for handled items (in delivery order) and wake whoever waits on this actor's progress."""
+        stats, pending = self.stats, self.pending
+        for item, dt in zip(items, seconds):
+            stats.events += 1
+            stats.handler_time += dt
+            if dt > stats.max_handler_time:
+                stats.max_handler_time = dt
+            if pending and pending[0] == item.seq:
+                pending.popleft()
+            elif item.seq in pending:  # pragma: no cover - defensive
+                pending.remove(item.seq)
+        self.processed += len(items)
         self.lot.unpark_all()
 
     def _coalesce(self, batch: list[_Item]) -> list[_Item]:
@@ -109,14 +117,27 @@ class _Actor:
                 batch.extend(self.recv.receive_nowait())
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
+        # Keep the newest item of each (event type, phase) between epoch/fit boundaries, which are always kept.
         kept: list[_Item] = []
-        for item in batch:
-            if kept and type(kept[-1].event) is type(item.event) and kept[-1].phase == item.phase:
-                dropped = kept.pop()
-                self.stats.coalesced += 1
-                self._finished(dropped, 0.0)
-                self.stats.events -= 1
-            kept.append(item)
+        dropped: list[_Item] = []
+        seen: set[tuple[type, Phase]] = set()
+        for item in reversed(batch):
+            if isinstance(item.event, _FLUSH_EVENTS):
+                seen.clear()
+                kept.append(item)
+                continue
+            key = (type(item.event), item.phase)
+            if key in seen:
+                dropped.append(item)
+            else:
+                seen.add(key)
+                kept.append(item)
+        if dropped:
+            self.stats.coalesced += len(dropped)
+            dropped.reverse()
+            self._finished(dropped, [0.0] * len(dropped))
+            self.stats.events -= len(dropped)
+        kept.reverse()
         return kept
 
     async def run(self) -> None:
@@ -150,7 +171,7 @@ class _Actor:
                 except Exception as exc:
                     annotate(exc, self.callback, item.event, item.phase, detached=True)
                     raise
-                self._finished(item, _perf() - t0)
+                self._finished((item,), (_perf() - t0,))
                 i += 1
                 continue
             j = i
@@ -163,14 +184,14 @@ class _Actor:
                 results = await trio.to_thread.run_sync(self._run_sync, run, limiter=self.limiter)
             else:
                 results = self._run_sync(run)
-            for it, (seconds, exc) in zip(run, results):
+            for it, (_, exc) in zip(run, results):
                 if exc is not None:
                     if isinstance(exc, FitException):
                         self.runner._request(exc)
                     else:
                         annotate(exc, self.callback, it.event, it.phase, detached=True)
                         raise exc
-                self._finished(it, seconds)
+            self._finished(run[: len(results)], [seconds for seconds, _ in results])
             if len(results) < len(run):
                 return
             i = j
@@ -207,14 +228,15 @@ class ActorRunner(Runner):
     Args:
         inbox_size: default bound of a detached actor's inbox, in events (a callback's ``inbox_size`` attribute
             overrides it). A full inbox makes the training loop wait.
-        flush_interval: seconds between deliveries of queued events to detached actors (also delivered at every
-            epoch and fit boundary). Smaller is fresher, larger is cheaper.
+        flush_interval: the loop hands queued events to the detached actors at most this often (seconds), and
+            at every epoch and fit boundary. Each hand-off wakes the caller's event loop, which competes with
+            the training thread for the GIL: smaller is fresher, larger is cheaper.
 
     See the module docstring and docs/actors.md for semantics. For the same seeded run it produces the same
     weights, history and metrics as :class:`LinearRunner`.
     """
 
-    def __init__(self, *, inbox_size: int = 1024, flush_interval: float = 0.005) -> None:
+    def __init__(self, *, inbox_size: int = 1024, flush_interval: float = 0.02) -> None:
         super().__init__()
         if isinstance(inbox_size, bool) or not isinstance(inbox_size, int) or inbox_size < 1:
             raise ValueError(f"inbox_size must be an int >= 1, got {inbox_size!r}")
@@ -226,7 +248,7 @@ class ActorRunner(Runner):
         self._seq = 0
         self._outbox: deque[tuple[_Actor, _Item]] = deque()
         self._flush_scheduled = False
-        self._ticker_scope: trio.CancelScope | None = None
+        self._last_flush = 0.0
 
     def _is_detached(self, info: CallbackInfo) -> bool:
         return bool(info.callback.detached)
@@ -245,9 +267,12 @@ class ActorRunner(Runner):
             actor.predecessors = [a for i, a in self._actors.items() if index in self._descendants[i]]
 
     # -- plans -----------------------------------------------------------------------------------------------
-    def _compile_plan(self, event: type[Event], phase: type[Phase]) -> tuple[tuple[Any, ...], ...]:
-        """A plan is a tuple of layers ``(publish, sync, async_)``; each a tuple of steps in linear order."""
+    def _compile_plan(self, event: type[Event], phase: type[Phase]) -> Plan | None:
+        """Layers ``(publish, sync, async_)`` of steps, each in linear order; a sync closure when possible."""
         steps = self._subscribers(event, phase, self._order)
+        flush = issubclass(event, _FLUSH_EVENTS) and bool(self._actors)
+        if not steps:
+            return self._flush_only if flush else None
         dag = nx.DiGraph()
         dag.add_nodes_from(s.info.index for s in steps)
         dag.add_edges_from(
@@ -263,64 +288,83 @@ class ActorRunner(Runner):
                 if s.info.index in self._actors:
                     s.extra = self._actors[s.info.index]
                     publish.append(s)
-                elif s.handler.is_async:
+                elif s.is_async:
                     async_.append(s)
                 else:
                     sync.append(s)
             layers.append((tuple(publish), tuple(sync), tuple(async_)))
-        return tuple(layers)
+        plan = tuple(layers)
+        publish_ = self._publish
+        after = self._after
+
+        if any(layer[2] for layer in plan):
+
+            async def run_async(event: Event, phase: Phase) -> None:
+                for publish, sync, async_ in plan:
+                    full = [a for a in (publish_(s, event, phase) for s in publish) if a is not None]
+                    if full:
+                        await self._wait_for_room(full)
+                    for step in sync:
+                        call_sync(step, event, phase)
+                    if len(async_) == 1:
+                        await call_async(async_[0], event, phase)
+                    elif async_:
+                        await self._call_concurrently(async_, event, phase)
+                if flush or _perf() - self._last_flush >= self.flush_interval:
+                    self._schedule_flush()
+
+            return run_async
+
+        def run(event: Event, phase: Phase) -> Awaitable[None] | None:
+            full = None
+            for publish, sync, _ in plan:
+                for step in publish:
+                    actor = publish_(step, event, phase)
+                    if actor is not None:
+                        full = [actor] if full is None else [*full, actor]
+                for step in sync:
+                    call_sync(step, event, phase)
+            return after(full, flush)
+
+        return run
+
+    def _flush_only(self, event: Event, phase: Phase) -> None:
+        self._schedule_flush()
+
+    def _after(self, full: list[_Actor] | None, flush: bool) -> Awaitable[None] | None:
+        if flush or _perf() - self._last_flush >= self.flush_interval:
+            self._schedule_flush()
+        return self._wait_for_room(full) if full else None
 
     # -- dispatch (worker) -----------------------------------------------------------------------------------
-    async def handle(self, event: Event, phase: Phase) -> None:
-        session = self.session
-        if session is not None:
-            session.check()
-        key = (event.__class__, phase.__class__)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._plans[key] = self._compile_plan(*key)
-        call = self._call
-        for publish, sync, async_ in plan:
-            for step in publish:
-                actor = self._publish(step, event, phase)
-                if actor is not None:
-                    await self._wait_for_room(actor)
-            for step in sync:
-                await call(step, event, phase)
-            if async_:
-                if len(async_) == 1:
-                    await call(async_[0], event, phase)
-                else:
-                    await self._call_concurrently(async_, event, phase)
-        if isinstance(event, _FLUSH_EVENTS) and self._actors:
-            self._schedule_flush()
-
     def _publish(self, step: _Step, event: Event, phase: Phase) -> _Actor | None:
         """Snapshot and queue one event for a detached actor; return the actor if its inbox is now full."""
-        handler = step.handler
-        if handler.accept is not None and not handler.accept(event, phase):
+        accept = step.accept
+        if accept is not None and not accept(event, phase):
             return None
         actor: _Actor = step.extra
         view = actor.callback.snapshot(event, phase, self._learner)
         self._seq += 1
-        self._outbox.append((actor, _Item(self._seq, event, phase, view, handler.fn, handler.is_async)))
+        self._outbox.append((actor, _Item(self._seq, event, phase, view, step.fn, step.is_async)))
         actor.enqueued += 1
         if actor.policy == "block" and actor.enqueued - actor.processed > actor.capacity:
             return actor
         return None
 
-    async def _wait_for_room(self, actor: _Actor) -> None:
+    async def _wait_for_room(self, actors: list[_Actor]) -> None:
+        """Block the loop until each full inbox has room again (a hop to the caller's loop)."""
         session = self.session
         assert session is not None
-        target = actor.enqueued - actor.capacity
-        t0 = _perf()
+        for actor in actors:
+            target = actor.enqueued - actor.capacity
+            t0 = _perf()
 
-        async def wait() -> None:
-            self._flush()
-            await actor.wait_processed(target)
+            async def wait(actor: _Actor = actor, target: int = target) -> None:
+                self._flush()
+                await actor.wait_processed(target)
 
-        await session.call_host(wait)
-        actor.stats.loop_wait_time += _perf() - t0
+            await session.call_host(wait)
+            actor.stats.loop_wait_time += _perf() - t0
         session.check()
 
     async def _call_concurrently(self, steps: tuple[_Step, ...], event: Event, phase: Phase) -> None:
@@ -328,7 +372,7 @@ class ActorRunner(Runner):
 
         async def one(step: _Step, scope: trio.CancelScope) -> None:
             try:
-                await self._call(step, event, phase)
+                await call_async(step, event, phase)
             except Exception as exc:
                 errors.append(exc)
                 scope.cancel()
@@ -343,10 +387,12 @@ class ActorRunner(Runner):
             raise first
 
     def _schedule_flush(self) -> None:
+        """From the worker: have the caller's loop deliver the outbox soon (one wake-up, ~10 us)."""
         session = self.session
-        if session is None or self._flush_scheduled:
+        if session is None or self._flush_scheduled or not self._outbox:
             return
         self._flush_scheduled = True
+        self._last_flush = _perf()
         try:
             session.host_token.run_sync_soon(self._flush)
         except trio.RunFinishedError:  # pragma: no cover
@@ -377,14 +423,6 @@ class ActorRunner(Runner):
             if self.session is not None:
                 self.session.fail(exc)
 
-    async def _ticker(self) -> None:
-        with trio.CancelScope() as scope:
-            self._ticker_scope = scope
-            while True:
-                await trio.sleep(self.flush_interval)
-                if self._outbox:
-                    self._flush()
-
     def _request(self, exc: FitException) -> None:
         session = self.session
         if session is not None and session.control is None:
@@ -405,8 +443,6 @@ class ActorRunner(Runner):
         for actor in self._actors.values():
             actor.reset()
             nursery.start_soon(actor.run, name=f"asyncloop-actor-{actor.callback.name}")
-        if self._actors:
-            nursery.start_soon(self._ticker, name="asyncloop-flush")
 
     async def drain(self) -> None:
         self._flush()
@@ -421,8 +457,5 @@ class ActorRunner(Runner):
     def close(self) -> None:
         for actor in self._actors.values():
             actor.send.close()
-        if self._ticker_scope is not None:
-            self._ticker_scope.cancel()
-            self._ticker_scope = None
         self._outbox.clear()
         super().close()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
 
 import networkx as nx
 
@@ -58,15 +58,63 @@ class ActorStatistics:
         return self.handler_time / self.events if self.events else 0.0
 
 
-@dataclass
 class _Step:
-    """One handler call in a plan."""
+    """One handler call in a plan (slotted: read on the hot path)."""
 
-    info: CallbackInfo
-    handler: Handler
-    view: Any
-    stats: ActorStatistics
-    extra: Any = field(default=None)
+    __slots__ = ("info", "callback", "fn", "is_async", "accept", "view", "stats", "extra")
+
+    def __init__(self, info: CallbackInfo, handler: Handler, view: Any, stats: ActorStatistics) -> None:
+        self.info = info
+        self.callback = info.callback
+        self.fn = handler.fn
+        self.is_async = handler.is_async
+        self.accept = handler.accept
+        self.view = view
+        self.stats = stats
+        self.extra: Any = None
+
+
+#: A compiled plan: ``run(event, phase)`` handles the event and returns ``None`` when it finished
+#: synchronously, or an awaitable for the part that must wait (async handlers, a full inbox).
+Plan = Callable[[Event, Phase], Optional[Awaitable[None]]]
+
+
+def call_sync(step: _Step, event: Event, phase: Phase) -> None:
+    """Run one sync handler: filter, time, annotate errors."""
+    accept = step.accept
+    if accept is not None and not accept(event, phase):
+        return
+    t0 = _perf()
+    try:
+        step.fn(event, phase, step.view)
+    except BaseException as exc:
+        annotate(exc, step.callback, event, phase)
+        raise
+    finally:
+        dt = _perf() - t0
+        stats = step.stats
+        stats.events += 1
+        stats.handler_time += dt
+        if dt > stats.max_handler_time:
+            stats.max_handler_time = dt
+
+
+async def call_async(step: _Step, event: Event, phase: Phase) -> None:
+    """Run one handler that may be async: filter, time, annotate errors."""
+    if not step.is_async:
+        call_sync(step, event, phase)
+        return
+    accept = step.accept
+    if accept is not None and not accept(event, phase):
+        return
+    t0 = _perf()
+    try:
+        await step.fn(event, phase, step.view)
+    except BaseException as exc:
+        annotate(exc, step.callback, event, phase)
+        raise
+    finally:
+        step.stats.record(_perf() - t0)
 
 
 def annotate(exc: BaseException, callback: Callback, event: Event, phase: Phase, detached: bool = False) -> None:
@@ -94,6 +142,7 @@ class Runner:
         self._graph: nx.DiGraph = nx.DiGraph()
         self._order: list[int] = []
         self._plans: dict[tuple[type[Event], type[Phase]], Any] = {}
+        self._step_plans: dict[Any, tuple[Any, ...]] = {}
         self._stats: list[ActorStatistics] = []
         self.session: Session | None = None
 
@@ -111,6 +160,7 @@ class Runner:
         self._graph = graph
         self._order = linear_order(graph)
         self._plans = {}
+        self._step_plans: dict[Any, tuple[Plan | None, ...]] = {}
         self._stats = [ActorStatistics(info.callback.name, self._is_detached(info)) for info in self._infos]
         self._views = [Protected(self._learner, info.access, "Learner") for info in self._infos]
 
@@ -148,26 +198,37 @@ class Runner:
         self.session = None
 
     # -- dispatch (worker side) ------------------------------------------------------------------------------
-    async def handle(self, event: Event, phase: Phase) -> None:
-        """Dispatch ``event`` in ``phase`` to every subscribed callback, as this runner's plan says."""
+    def plan(self, event: type[Event], phase: type[Phase]) -> Plan | None:
+        """The compiled plan for ``(event, phase)``, or ``None`` when no callback handles it (cached)."""
+        key = (event, phase)
+        try:
+            return self._plans[key]
+        except KeyError:
+            plan = self._plans[key] = self._compile_plan(event, phase)
+            return plan
+
+    def _compile_plan(self, event: type[Event], phase: type[Phase]) -> Plan | None:
         raise NotImplementedError
 
-    @staticmethod
-    async def _call(step: _Step, event: Event, phase: Phase) -> None:
-        handler = step.handler
-        if handler.accept is not None and not handler.accept(event, phase):
-            return
-        t0 = _perf()
+    def step_plans(self, phase: type[Phase], events: tuple[type[Event], ...]) -> tuple[Plan | None, ...]:
+        """The plans of several events at once (cached): what a built-in step looks up once per step."""
+        key = (phase, events)
         try:
-            if handler.is_async:
-                await handler.fn(event, phase, step.view)
-            else:
-                handler.fn(event, phase, step.view)
-        except BaseException as exc:
-            annotate(exc, step.info.callback, event, phase)
-            raise
-        finally:
-            step.stats.record(_perf() - t0)
+            return self._step_plans[key]
+        except KeyError:
+            plans = self._step_plans[key] = tuple(self.plan(e, phase) for e in events)
+            return plans
+
+    async def handle(self, event: Event, phase: Phase) -> None:
+        """Dispatch ``event`` in ``phase`` to every subscribed callback, as this runner's plan says."""
+        session = self.session
+        if session is not None:
+            session.check()
+        run = self.plan(event.__class__, phase.__class__)
+        if run is not None:
+            pending = run(event, phase)
+            if pending is not None:
+                await pending
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..events import Event
 from ..phases import Phase
-from .base import Runner, _Step
+from .base import Plan, Runner, call_async, call_sync
 
 __all__ = ["LinearRunner"]
 
@@ -17,17 +17,20 @@ class LinearRunner(Runner):
     :class:`asyncloop.ActorRunner` is tested against.
     """
 
-    async def handle(self, event: Event, phase: Phase) -> None:
-        session = self.session
-        if session is not None:
-            session.check()
-        key = (event.__class__, phase.__class__)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._plans[key] = self._compile_plan(*key)
-        call = self._call
-        for step in plan:
-            await call(step, event, phase)
+    def _compile_plan(self, event: type[Event], phase: type[Phase]) -> Plan | None:
+        steps = tuple(self._subscribers(event, phase, self._order))
+        if not steps:
+            return None
+        if any(s.is_async for s in steps):
 
-    def _compile_plan(self, event: type[Event], phase: type[Phase]) -> tuple[_Step, ...]:
-        return tuple(self._subscribers(event, phase, self._order))
+            async def run_async(event: Event, phase: Phase) -> None:
+                for step in steps:
+                    await call_async(step, event, phase)
+
+            return run_async
+
+        def run(event: Event, phase: Phase) -> None:
+            for step in steps:
+                call_sync(step, event, phase)
+
+        return run

@@ -1,0 +1,417 @@
+"""ActorRunner: concurrency by graph layer, detached actors, backpressure, ordering, errors, equivalence."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import pytest
+import torch
+import trio
+
+import asyncloop as al
+from asyncloop.phases import FitPhase
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+def learner(*callbacks: al.Callback, runner: al.ActorRunner | None = None, **kw) -> al.Learner:
+    torch.manual_seed(0)
+    return al.test_learner(*callbacks, runner=runner or al.ActorRunner(), **kw)
+
+
+class Observer(al.Callback):
+    """A detached reader that records (event, phase, steps) and optionally blocks."""
+
+    state_access = {"cbstate": {"history": al.Read()}}
+    run_after = (al.Recorder,)
+    detached = True
+
+    def __init__(self, sleep: float = 0.0) -> None:
+        self.sleep = sleep
+        self.seen: list[tuple[str, str, int]] = []
+        self.intervals: list[tuple[float, float]] = []
+        self.threads: set[int] = set()
+
+    @al.on(al.Event)
+    def record(self, event, phase, learner) -> None:
+        t0 = time.perf_counter()
+        self.threads.add(threading.get_ident())
+        steps = learner.cbstate.history[phase].steps if not isinstance(phase, FitPhase) else -1
+        self.seen.append((type(event).__name__, type(phase).__name__, steps))
+        if self.sleep:
+            time.sleep(self.sleep)
+        self.intervals.append((t0, time.perf_counter()))
+
+
+class StepClock(al.Callback):
+    """An awaited callback that records when each training step ends (optionally slowing the step)."""
+
+    def __init__(self, sleep: float = 0.0) -> None:
+        self.sleep = sleep
+        self.ends: list[float] = []
+
+    @al.on(al.StepEnd, al.AbstractTrainingPhase)
+    def tick(self, event, phase, learner) -> None:
+        if self.sleep:
+            time.sleep(self.sleep)
+        self.ends.append(time.perf_counter())
+
+
+class TestConstruction:
+    def test_inbox_size_must_be_positive(self) -> None:
+        """A non-positive inbox size is rejected with a message naming the fix."""
+        with pytest.raises(ValueError, match=r"^inbox_size must be an int >= 1, got 0$"):
+            al.ActorRunner(inbox_size=0)
+
+    def test_flush_interval_must_be_positive(self) -> None:
+        """A non-positive flush interval is rejected."""
+        with pytest.raises(ValueError, match=r"^flush_interval must be a number of seconds > 0, got 0$"):
+            al.ActorRunner(flush_interval=0)
+
+    def test_detached_writer_is_an_error_at_construction(self) -> None:
+        """A detached callback that declares Write() access fails when the learner is built."""
+
+        class Bad(al.Callback):
+            state_access = {"cbstate": {"history": al.Write()}}
+            detached = True
+
+        with pytest.raises(al.DetachedWriterError, match=r"^Bad sets detached = True but declares Write\(\) access"):
+            learner(Bad())
+
+    def test_bad_inbox_policy(self) -> None:
+        """An unknown inbox policy is rejected when the learner is built."""
+
+        class Bad(Observer):
+            inbox_policy = "drop"
+
+        with pytest.raises(ValueError, match=r"^Bad.inbox_policy must be 'block' or 'latest', got 'drop'$"):
+            learner(al.Recorder(), Bad())
+
+    def test_runner_belongs_to_one_learner(self) -> None:
+        """A runner instance cannot be shared by two learners."""
+        runner = al.ActorRunner()
+        learner(runner=runner)
+        with pytest.raises(ValueError, match=r"^this ActorRunner already belongs to another Learner"):
+            learner(runner=runner)
+
+
+class TestDetached:
+    async def test_every_event_in_order_when_fit_returns(self) -> None:
+        """When fit returns, a detached actor has handled every event, in order, off the event loop."""
+        obs = Observer(sleep=0.001)
+        lrn = learner(al.Recorder(), obs, n_batches=4)
+        result = await al.fit(lrn, 2)
+        names = [e for e, _, _ in obs.seen]
+        assert names[0] == "FitBegin" and names[-1] == "FitEnd"
+        assert names.count("StepEnd") == 16 and names.count("EpochEnd") == 4
+        train_steps = [s for e, p, s in obs.seen if e == "StepEnd" and p == "TrainingPhase"]
+        assert train_steps == list(range(1, 9))
+        assert threading.get_ident() not in obs.threads
+        stats = {s.name: s for s in result.statistics}["Observer"]
+        assert stats.detached and stats.events == len(obs.seen)
+
+    async def test_snapshot_holds_state_of_the_event(self) -> None:
+        """A lagging actor sees the counters as they were when the event fired, not live ones."""
+        obs = Observer(sleep=0.002)
+        lrn = learner(al.Recorder(), obs, n_batches=8)
+        await al.fit(lrn, 1)
+        steps = [s for e, p, s in obs.seen if e == "StepEnd" and p == "TrainingPhase"]
+        assert steps == list(range(1, 9))
+
+    async def test_model_reader_gets_cloned_weights(self) -> None:
+        """A detached reader of the model receives the weights as of the event (a clone, not the live module)."""
+
+        class Weights(al.Callback):
+            state_access = {"model": al.Read()}
+            detached = True
+
+            def __init__(self) -> None:
+                self.values: list[float] = []
+
+            @al.on(al.StepEnd, al.AbstractTrainingPhase)
+            def grab(self, event, phase, learner) -> None:
+                time.sleep(0.002)
+                self.values.append(float(learner.model.c.detach()))
+
+        class Live(al.Callback):
+            state_access = {"model": al.Read()}
+
+            def __init__(self) -> None:
+                self.values: list[float] = []
+
+            @al.on(al.StepEnd, al.AbstractTrainingPhase)
+            def grab(self, event, phase, learner) -> None:
+                self.values.append(float(learner.model.c.detach()))
+
+        w, live = Weights(), Live()
+        lrn = learner(w, live, n_batches=6)
+        await al.fit(lrn, 1)
+        assert w.values == live.values
+
+    async def test_observer_overlaps_training(self) -> None:
+        """A blocking detached observer runs while the loop keeps stepping (recorded intervals overlap)."""
+        obs, clock = Observer(sleep=0.01), StepClock(sleep=0.003)
+        lrn = learner(al.Recorder(), obs, clock, n_batches=30, runner=al.ActorRunner(flush_interval=0.001))
+        await al.fit(lrn, 1)
+        step_ends = clock.ends
+        overlapping = sum(1 for t0, t1 in obs.intervals if any(t0 < t < t1 for t in step_ends))
+        assert overlapping >= 3
+
+    async def test_linear_runner_ignores_detached(self) -> None:
+        """Under the LinearRunner a detached callback runs inline on the training thread."""
+        obs, clock = Observer(sleep=0.002), StepClock()
+        lrn = learner(al.Recorder(), obs, clock, runner=al.LinearRunner(), n_batches=5)
+        await al.fit(lrn, 1)
+        assert not any(any(t0 < t < t1 for t in clock.ends) for t0, t1 in obs.intervals)
+
+
+class TestBackpressure:
+    async def test_full_inbox_makes_the_loop_wait_and_drops_nothing(self) -> None:
+        """With a tiny inbox a slow actor throttles the loop; every event is still handled."""
+
+        class Slow(Observer):
+            inbox_size = 2
+
+        obs = Slow(sleep=0.003)
+        lrn = learner(al.Recorder(), obs, n_batches=10)
+        result = await al.fit(lrn, 1)
+        stats = {s.name: s for s in result.statistics}["Slow"]
+        assert [e for e, _, _ in obs.seen].count("StepEnd") == 20
+        assert stats.loop_wait_time > 0
+        assert stats.peak_inbox <= 3
+        assert stats.coalesced == 0
+
+    async def test_latest_policy_coalesces_and_counts(self) -> None:
+        """Under the 'latest' policy a lagging actor skips superseded step events and counts them."""
+
+        class Latest(Observer):
+            inbox_policy = "latest"
+
+        obs = Latest(sleep=0.005)
+        lrn = learner(al.Recorder(), obs, n_batches=40, runner=al.ActorRunner(flush_interval=0.001))
+        result = await al.fit(lrn, 1)
+        stats = {s.name: s for s in result.statistics}["Latest"]
+        names = [e for e, _, _ in obs.seen]
+        assert names.count("EpochBegin") == 2 and names.count("EpochEnd") == 2
+        assert stats.coalesced > 0
+        assert stats.events + stats.coalesced == 2 + (2 + 40 * 5) + (2 + 40 * 3)
+        last_train = [s for e, p, s in obs.seen if e == "StepEnd" and p == "TrainingPhase"][-1]
+        assert last_train == 40
+
+
+class TestOrdering:
+    async def test_run_after_between_detached_actors_holds_per_event(self) -> None:
+        """If B runs after A, B starts each event only after A finished that event."""
+        log: list[tuple[str, int, str]] = []
+
+        class A(al.Callback):
+            detached = True
+
+            def __init__(self) -> None:
+                self.n = 0
+
+            @al.on(al.StepEnd)
+            def handle(self, event, phase, learner) -> None:
+                self.n += 1
+                log.append(("A", self.n, "start"))
+                time.sleep(0.002)
+                log.append(("A", self.n, "end"))
+
+        class B(al.Callback):
+            detached = True
+            run_after = (A,)
+
+            def __init__(self) -> None:
+                self.n = 0
+
+            @al.on(al.StepEnd)
+            def handle(self, event, phase, learner) -> None:
+                self.n += 1
+                log.append(("B", self.n, "start"))
+
+        lrn = learner(B(), A(), n_batches=5)
+        await al.fit(lrn, 1)
+        for n in range(1, 11):
+            assert log.index(("A", n, "end")) < log.index(("B", n, "start"))
+
+    async def test_async_handlers_in_one_layer_run_concurrently(self) -> None:
+        """Two awaited async handlers with no path between them overlap; the event waits for both."""
+        spans: dict[str, tuple[float, float]] = {}
+
+        def make(name: str) -> al.Callback:
+            class Sleeper(al.Callback):
+                @al.on(al.FitBegin)
+                async def begin(self, event, phase, learner) -> None:
+                    t0 = time.perf_counter()
+                    await trio.sleep(0.05)
+                    spans[name] = (t0, time.perf_counter())
+
+            Sleeper.__name__ = name
+            return Sleeper()
+
+        class After(al.Callback):
+            @al.on(al.FitBegin)
+            def begin(self, event, phase, learner) -> None:
+                spans["after"] = (time.perf_counter(), time.perf_counter())
+
+        lrn = learner(make("x"), make("y"), n_batches=1)
+        lrn.add_callback(After())
+        await al.fit(lrn, 0)
+        (x0, x1), (y0, y1) = spans["x"], spans["y"]
+        assert x0 < y1 and y0 < x1
+
+    async def test_layers_run_in_sequence(self) -> None:
+        """An async handler that runs after another one starts only when the first is done."""
+        order: list[str] = []
+
+        class First(al.Callback):
+            @al.on(al.FitBegin)
+            async def begin(self, event, phase, learner) -> None:
+                await trio.sleep(0.02)
+                order.append("first")
+
+        class Second(al.Callback):
+            run_after = (First,)
+
+            @al.on(al.FitBegin)
+            async def begin(self, event, phase, learner) -> None:
+                order.append("second")
+
+        await al.fit(learner(Second(), First(), n_batches=1), 0)
+        assert order == ["first", "second"]
+
+
+class TestErrors:
+    async def test_detached_error_ends_fit_unwrapped_with_note(self) -> None:
+        """An error in a detached actor ends the fit with that error, not an ExceptionGroup."""
+
+        class Boom(al.Callback):
+            detached = True
+
+            @al.on(al.StepEnd, al.AbstractTrainingPhase)
+            def boom(self, event, phase, learner) -> None:
+                raise ValueError("boom")
+
+        lrn = learner(Boom(), n_batches=200)
+        with pytest.raises(ValueError, match="^boom") as info:
+            await al.fit(lrn, 5)
+        assert any("detached callback Boom" in note and "StepEnd()" in note for note in info.value.__notes__)
+
+    async def test_concurrent_async_error_is_unwrapped(self) -> None:
+        """An error from one of several concurrent async handlers propagates as itself."""
+
+        class Fail(al.Callback):
+            @al.on(al.FitBegin)
+            async def begin(self, event, phase, learner) -> None:
+                raise KeyError("bad")
+
+        class Sleep(al.Callback):
+            @al.on(al.FitBegin)
+            async def begin(self, event, phase, learner) -> None:
+                await trio.sleep(1)
+
+        with pytest.raises(KeyError):
+            await al.fit(learner(Fail(), Sleep(), n_batches=1), 1)
+
+    async def test_cancel_fitting_from_detached_stops_at_next_boundary(self) -> None:
+        """A CancelFittingException from a detached actor ends the fit cleanly with stopped=True."""
+
+        class Stopper(al.Callback):
+            detached = True
+
+            @al.on(al.StepEnd, al.AbstractTrainingPhase)
+            def stop(self, event, phase, learner) -> None:
+                raise al.CancelFittingException("enough")
+
+        lrn = learner(al.Recorder(), Stopper(), n_batches=50)
+        result = await al.fit(lrn, 20)
+        assert result.stopped and str(result.reason) == "enough"
+        assert lrn.cbstate.history[al.TrainingPhase()].epochs < 20
+
+    def test_cancel_fitting_from_awaited_matches_linear(self) -> None:
+        """An awaited CancelFittingException stops exactly where the LinearRunner stops."""
+
+        def run(runner: al.runners.Runner) -> tuple[int, int]:
+            stop = al.CustomCallback(
+                lambda l: (_ for _ in ()).throw(al.CancelFittingException("x")), al.StepEnd, al.TrainingPhase
+            )
+            lrn = learner(al.Recorder(), stop, runner=runner, n_batches=4)
+            trio.run(al.fit, lrn, 3)
+            h = lrn.cbstate.history[al.TrainingPhase()]
+            return h.epochs, h.steps
+
+        assert run(al.ActorRunner()) == run(al.LinearRunner()) == (0, 0)
+
+    async def test_external_cancel_is_prompt_and_leaves_nothing_behind(self) -> None:
+        """A cancel scope ends a fit with a blocked detached actor promptly; no asyncloop thread survives."""
+        obs = Observer(sleep=0.02)
+        lrn = learner(al.Recorder(), obs, n_batches=1000)
+        t0 = time.perf_counter()
+        with trio.move_on_after(0.3):
+            await al.fit(lrn, 100)
+        assert time.perf_counter() - t0 < 5
+        assert lrn._session is None
+        await trio.sleep(0.05)
+        assert not [t for t in threading.enumerate() if t.name.startswith("asyncloop")]
+        for actor in lrn.runner._actors.values():
+            assert actor.send.statistics().open_send_channels == 0
+
+
+class TestStatisticsAndConcurrency:
+    async def test_statistics_per_actor(self) -> None:
+        """Statistics name every callback and report events, handler time, inbox use and lag."""
+        obs = Observer(sleep=0.001)
+        lrn = learner(al.Recorder(), obs, n_batches=20)
+        result = await al.fit(lrn, 1)
+        stats = {s.name: s for s in lrn.runner.statistics()}
+        assert set(stats) == {"Recorder", "Observer"}
+        assert stats["Recorder"].events == 2 * 20 + 4 and not stats["Recorder"].detached
+        assert stats["Observer"].peak_inbox >= 1 and stats["Observer"].peak_lag >= 1
+        assert stats["Observer"].handler_time > 0
+        assert result.statistics[1] is stats["Observer"] or result.statistics[0] is stats["Recorder"]
+
+    async def test_two_fits_in_one_trio_loop(self) -> None:
+        """Two learners fit concurrently in one trio program, each with its own actors."""
+        a, b = Observer(), Observer()
+        la, lb = learner(al.Recorder(), a, n_batches=5), learner(al.Recorder(), b, n_batches=5)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(al.fit, la, 2)
+            nursery.start_soon(al.fit, lb, 2)
+        assert a.seen == b.seen and len(a.seen) == 2 + 2 * ((2 + 5 * 5) + (2 + 5 * 3))
+
+
+def _representative(runner: al.runners.Runner) -> al.Learner:
+    torch.manual_seed(1)
+    return al.test_learner(
+        al.Recorder(),
+        al.Metrics(al.Metric(lambda p, y: (p - y).abs().max(), name="MaxErr")),
+        al.StopOnNaNLoss(),
+        al.ProgressPrinter(file=io.StringIO()),
+        al.MetricsPrinter(file=io.StringIO()),
+        Observer(),
+        runner=runner,
+        n_batches=6,
+    )
+
+
+def test_equivalent_to_linear_runner() -> None:
+    """Same seeded run: identical weights, history and metrics under both runners."""
+    results = []
+    for runner in (al.LinearRunner(), al.ActorRunner()):
+        lrn = _representative(runner)
+        trio.run(al.fit, lrn, 3)
+        cb = lrn.cbstate
+        results.append(
+            (
+                lrn.model.c.detach().clone(),
+                {p: (h.epochs, h.steps) for p, h in cb.history.items()},
+                {p: {k: h.values(k) for k in h.keys()} for p, h in cb.metrics_step.items()},
+                {p: {k: h.values(k) for k in h.keys()} for p, h in cb.metrics_epoch.items()},
+                lrn.get_callback(Observer).seen,
+            )
+        )
+    (w1, *rest1), (w2, *rest2) = results
+    assert torch.equal(w1, w2)
+    assert rest1 == rest2
