@@ -133,9 +133,12 @@ class Session:
             except trio.RunFinishedError:  # pragma: no cover - host loop gone
                 pass
 
-        trio.lowlevel.start_thread_soon(
-            lambda: trio.run(self._worker_main, fn, args), deliver, name="asyncloop-worker"
-        )
+        def main() -> None:
+            deliver(outcome.capture(trio.run, self._worker_main, fn, args))
+
+        # A dedicated thread (not trio's thread cache): when the session ends, the thread is gone.
+        thread = threading.Thread(target=main, name="asyncloop-worker", daemon=True)
+        thread.start()
         try:
             await done.wait()
         except BaseException:
@@ -143,6 +146,8 @@ class Session:
             with trio.CancelScope(shield=True):
                 await done.wait()
             raise
+        finally:
+            thread.join()  # returns at once: the thread's last act was to deliver its outcome
         return box[0]
 
     async def _worker_main(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:

@@ -362,12 +362,26 @@ class Protected:
     def __getattr__(self, name: str) -> Any:
         perms = self._perms
         if perms is _READ_ONLY:  # a read-only container view
-            value = getattr(self._obj, name)
+            obj = self._obj
+            if obj.__class__ is PropDict:
+                try:
+                    value = obj[name]
+                except KeyError:
+                    raise AttributeError(f"PropDict has no key {name!r}") from None
+            else:
+                value = getattr(obj, name)
             return _view(value, _READ_ONLY, type(value).__name__) if isinstance(value, dict) else value
         perm = perms.get(name)
         if perm is None:
             raise ProtectedError(f"Read access to {self._name}.{name} disallowed.")
-        value = getattr(self._obj, name)
+        obj = self._obj
+        if obj.__class__ is PropDict:  # skip PropDict.__getattr__: this is the hot path of every handler
+            try:
+                value = obj[name]
+            except KeyError:
+                raise AttributeError(f"PropDict has no key {name!r}") from None
+        else:
+            value = getattr(obj, name)
         if perm.__class__ is Write:
             return value
         # Nested views are cached per field while the field holds the same object (the hot path reads

@@ -415,3 +415,51 @@ def test_equivalent_to_linear_runner() -> None:
     (w1, *rest1), (w2, *rest2) = results
     assert torch.equal(w1, w2)
     assert rest1 == rest2
+
+
+_SIGINT_SCRIPT = """
+import sys, time, trio, torch, asyncloop as al
+
+class Slow(al.Callback):
+    detached = True
+    @al.on(al.StepEnd)
+    def handle(self, event, phase, learner):
+        time.sleep(0.001)
+
+class Ready(al.Callback):
+    @al.on(al.FitBegin)
+    def begin(self, event, phase, learner):
+        print("ready", flush=True)
+
+runner = al.ActorRunner() if sys.argv[1] == "actor" else al.LinearRunner()
+learner = al.test_learner(Slow(), Ready(), n_batches=100000, runner=runner)
+try:
+    trio.run(al.fit, learner, 1000)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("runner", ["linear", "actor"])
+def test_ctrl_c_stops_a_fit_promptly(runner: str, tmp_path) -> None:
+    """SIGINT (Ctrl-C) ends a long fit within about a step: fit raises KeyboardInterrupt, not a group."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "sigint.py"
+    script.write_text(_SIGINT_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), runner], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+        t0 = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+        elapsed = time.perf_counter() - t0
+    finally:
+        proc.kill()
+    assert proc.returncode == 3 and "interrupted" in out
+    assert elapsed < 10

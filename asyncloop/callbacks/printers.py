@@ -34,7 +34,7 @@ class ProgressPrinter(Callback):
 
     def __init__(self, *, file: TextIO | None = None, **tqdm_kwargs: Any) -> None:
         self.file = file
-        self.tqdm_kwargs = {"dynamic_ncols": True, "leave": True, **tqdm_kwargs}
+        self.tqdm_kwargs = {"leave": True, **tqdm_kwargs}
         self._bar: Any = None
 
     def snapshot(self, event: Any, phase: Phase, learner: Any) -> Any:
