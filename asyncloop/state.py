@@ -341,7 +341,7 @@ def _view(obj: Any, perms: Mapping[str, Any], name: str) -> Protected:
     _set(view, "_obj", obj)
     _set(view, "_perms", perms)
     _set(view, "_name", name)
-    _set(view, "_views", {})
+    _set(view, "_views", None)
     return view
 
 
@@ -357,7 +357,7 @@ class Protected:
         object.__setattr__(self, "_obj", obj)
         object.__setattr__(self, "_perms", perms)
         object.__setattr__(self, "_name", name or type(obj).__name__)
-        object.__setattr__(self, "_views", {})
+        object.__setattr__(self, "_views", None)
 
     def __getattr__(self, name: str) -> Any:
         perms = self._perms
@@ -386,12 +386,16 @@ class Protected:
             return value
         # Nested views are cached per field while the field holds the same object (the hot path reads
         # learner.cbstate.<x> and learner.step.<x> on every event).
-        view = self._views.get(name)
+        views = self._views
+        if views is None:
+            views = {}
+            _set(self, "_views", views)
+        view = views.get(name)
         if view is not None and view._obj is value:
             return view
         view = _guard(value, perm)
         if view.__class__ is Protected:
-            self._views[name] = view
+            views[name] = view
         return view
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -407,7 +411,11 @@ class Protected:
     def __getitem__(self, key: Any) -> Any:
         perms = self._perms
         if perms is _READ_ONLY:
-            value = self._obj[key]
+            obj = self._obj
+            if isinstance(obj, defaultdict) and key not in obj:
+                value = obj.default_factory()  # reading must not insert the key
+            else:
+                value = obj[key]
             return _view(value, _READ_ONLY, type(value).__name__) if isinstance(value, dict) else value
         perm = perms.get(key)
         if perm is None:

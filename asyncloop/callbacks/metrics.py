@@ -8,7 +8,7 @@ reduced on the device, so the loop syncs with the host once per epoch, not once 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -36,9 +36,16 @@ def accuracy(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def _batch_size(ys: Any) -> int:
+    """Rows in a batch of targets: the first dimension of a tensor, of the first tensor of a tuple or dict."""
+    if isinstance(ys, torch.Tensor):
+        return len(ys) if ys.ndim else 1
+    if isinstance(ys, (tuple, list)) and ys and isinstance(ys[0], torch.Tensor):
+        return _batch_size(ys[0])
+    if isinstance(ys, Mapping) and ys:
+        return _batch_size(next(iter(ys.values())))
     try:
         return len(ys)
-    except TypeError:  # a 0-d tensor or a scalar
+    except TypeError:  # a scalar
         return 1
 
 

@@ -25,6 +25,22 @@ __all__ = ["Runner", "ActorStatistics"]
 _perf = time.perf_counter
 
 
+def _builtin_dispatches() -> tuple[tuple[type[Event], type[Phase]], ...]:
+    from ..events import BackwardBegin, BackwardEnd, EpochBegin, EpochEnd, FitBegin, FitEnd, LossBegin, StepBegin, StepEnd
+    from ..phases import FitPhase, TrainingPhase, ValidationPhase
+
+    both = (EpochBegin, EpochEnd, StepBegin, LossBegin, StepEnd)
+    return (
+        *((e, FitPhase) for e in (FitBegin, FitEnd)),
+        *((e, p) for e in both for p in (TrainingPhase, ValidationPhase)),
+        *((e, TrainingPhase) for e in (BackwardBegin, BackwardEnd)),
+    )
+
+
+#: The (event, phase) pairs the built-in loop dispatches: handler lookups for them are checked at compile time.
+_BUILTIN_DISPATCHES = _builtin_dispatches()
+
+
 @dataclass
 class ActorStatistics:
     """What one callback cost during a fit.
@@ -163,6 +179,18 @@ class Runner:
         self._step_plans: dict[Any, tuple[Plan | None, ...]] = {}
         self._stats = [ActorStatistics(info.callback.name, self._is_detached(info)) for info in self._infos]
         self._views = [Protected(self._learner, info.access, "Learner") for info in self._infos]
+        self._handlers: list[dict[tuple[type[Event], type[Phase]], Handler | None]] = [{} for _ in self._infos]
+        for info in self._infos:  # ambiguous handlers fail now, not at their first event mid-fit
+            for event, phase in _BUILTIN_DISPATCHES:
+                self._handler(info.index, event, phase)
+
+    def _handler(self, index: int, event: type[Event], phase: type[Phase]) -> Handler | None:
+        """Callback ``index``'s handler for ``(event, phase)``, asked once per callback set."""
+        cache = self._handlers[index]
+        key = (event, phase)
+        if key not in cache:
+            cache[key] = self._infos[index].callback.handler(event, phase)
+        return cache[key]
 
     def _is_detached(self, info: CallbackInfo) -> bool:
         return False
@@ -171,7 +199,7 @@ class Runner:
         steps = []
         for i in order:
             info = self._infos[i]
-            handler = info.callback.handler(event, phase)
+            handler = self._handler(i, event, phase)
             if handler is not None:
                 steps.append(_Step(info, handler, self._views[i], self._stats[i]))
         return steps

@@ -1,0 +1,160 @@
+"""Pin asyncloop's public surface: ``__all__`` and the import-surface table of API.md."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+import asyncloop
+
+#: Every name ``asyncloop.__all__`` exports today, sorted. Changing the public surface means changing this list.
+EXPORTED = [
+    "AbstractMetric", "AbstractTrainingPhase", "AbstractValidationPhase", "ActorRunner", "BackwardBegin",
+    "BackwardEnd", "CSVBackend", "Callback", "CallbackCondition", "CallbackCycleError", "CallbackGraphError",
+    "CancelEpochException", "CancelFittingException", "CancelStepException", "Check", "Checkpointer",
+    "ConditionalCallback", "ConflictResolution", "CustomCallback", "DetachedWriterError", "EarlyStopping",
+    "EpochBegin", "EpochEnd", "Event", "EventLogBackend", "FitBegin", "FitEnd", "FitException", "FitResult",
+    "FrequencyThrottle", "GarbageCollect", "GradientAccumulation", "GradientClipping", "History", "HyperParameter",
+    "Learner", "LearningRate", "LinearRunner", "LogHistograms", "LogHyperParams", "LogMetrics", "LogTraces",
+    "LogVisualization", "LoggerBackend", "Loss", "LossBegin", "Metric", "Metrics", "MetricsPrinter", "MixedPrecision",
+    "NoConflict", "NotDefined", "Phase", "ProgressPrinter", "PropDict", "ProtectedError", "Read", "Recorder",
+    "RunFirst", "SanityCheck", "SanityCheckException", "Scheduler", "StepBegin", "StepEnd", "StopOnNaNLoss",
+    "StreamBackend", "StreamServer", "TensorBoardBackend", "TimeThrottle", "ToDevice", "ToGPU", "Traces",
+    "TrainingPhase", "Unresolvable", "ValidationPhase", "Write", "WriteConflictError", "accesses", "accuracy",
+    "callback_graph", "epoch", "events", "fit", "load_model", "log_to", "loggables", "on", "one_cycle", "phases",
+    "run_epoch", "run_step", "save_model", "set_hyperparameter", "step", "stopping", "subscribe", "test_learner",
+    "throttle",
+]
+
+#: The names of API.md's import-surface table that ``asyncloop`` provides at the top level, with their own module.
+API_PROVIDED = {
+    # training
+    "Learner": "asyncloop.learner",
+    **dict.fromkeys(["fit", "epoch", "step", "run_step", "run_epoch", "FitResult"], "asyncloop.training"),
+    # events
+    **dict.fromkeys(
+        ["Event", "FitBegin", "FitEnd", "EpochBegin", "EpochEnd", "StepBegin", "LossBegin", "BackwardBegin",
+         "BackwardEnd", "StepEnd"],
+        "asyncloop.events",
+    ),
+    # phases
+    **dict.fromkeys(
+        ["Phase", "AbstractTrainingPhase", "AbstractValidationPhase", "TrainingPhase", "ValidationPhase"],
+        "asyncloop.phases",
+    ),
+    # callbacks API
+    **dict.fromkeys(
+        ["Callback", "on", "ConflictResolution", "NotDefined", "NoConflict", "RunFirst", "Unresolvable"],
+        "asyncloop.callback",
+    ),
+    **dict.fromkeys(["Read", "Write", "accesses"], "asyncloop.state"),
+    "callback_graph": "asyncloop.graph",
+    # runners
+    "LinearRunner": "asyncloop.runners.linear",
+    "ActorRunner": "asyncloop.runners.actor",
+    # control flow
+    **dict.fromkeys(
+        ["FitException", "CancelStepException", "CancelEpochException", "CancelFittingException", "ProtectedError",
+         "SanityCheckException"],
+        "asyncloop.exceptions",
+    ),
+    # state
+    **dict.fromkeys(["PropDict", "History"], "asyncloop.state"),
+    # built-in callbacks
+    "Recorder": "asyncloop.callbacks.recorder",
+    **dict.fromkeys(["Metrics", "Metric", "AbstractMetric", "Loss", "accuracy"], "asyncloop.callbacks.metrics"),
+    **dict.fromkeys(["ProgressPrinter", "MetricsPrinter"], "asyncloop.callbacks.printers"),
+    "StopOnNaNLoss": "asyncloop.callbacks.stoponnan",
+    "Checkpointer": "asyncloop.callbacks.checkpointer",
+    "EarlyStopping": "asyncloop.callbacks.earlystopping",
+    "Scheduler": "asyncloop.callbacks.scheduler",
+    **dict.fromkeys(["ToDevice", "ToGPU"], "asyncloop.callbacks.todevice"),
+    "GarbageCollect": "asyncloop.callbacks.garbagecollect",
+    "CustomCallback": "asyncloop.callbacks.custom",
+    **dict.fromkeys(
+        ["ConditionalCallback", "CallbackCondition", "FrequencyThrottle", "TimeThrottle", "throttle"],
+        "asyncloop.callbacks.conditional",
+    ),
+    **dict.fromkeys(["SanityCheck", "Check"], "asyncloop.callbacks.sanitycheck"),
+    "Traces": "asyncloop.callbacks.traces",
+    # logging
+    **dict.fromkeys(["LoggerBackend", "log_to"], "asyncloop.logging.backend"),
+    "TensorBoardBackend": "asyncloop.logging.tensorboard",
+    **dict.fromkeys(
+        ["LogMetrics", "LogHyperParams", "LogHistograms", "LogVisualization", "LogTraces"],
+        "asyncloop.logging.callbacks",
+    ),
+    # hyperparameters
+    **dict.fromkeys(
+        ["HyperParameter", "LearningRate", "set_hyperparameter", "one_cycle"], "asyncloop.hyperparameters"
+    ),
+    # helpers
+    **dict.fromkeys(["save_model", "load_model"], "asyncloop.checkpoint"),
+    "test_learner": "asyncloop.testing",
+}
+
+#: API.md's early stopping criteria, which live in ``asyncloop.stopping``.
+STOPPING = [
+    "Patience", "NumberSinceBest", "InvalidValue", "TimeLimit", "NumberLimit", "Threshold", "GL", "PQ", "Warmup",
+    "Disjunction", "Never",
+]
+
+#: Names of API.md's table that live in a namespace module: ``asyncloop.<module>.<name>``.
+API_IN_MODULE = {
+    **dict.fromkeys(STOPPING, "stopping"),
+    **dict.fromkeys(["Value", "Text", "Image", "Histogram"], "loggables"),
+}
+
+#: API.md names that ``asyncloop`` does not provide at the top level although API.md asks for every name there.
+API_NOT_AT_TOP_LEVEL = set(STOPPING)
+
+
+class TestAll:
+    def test_all_is_pinned(self) -> None:
+        """asyncloop.__all__ holds exactly the pinned names, without duplicates."""
+        assert sorted(asyncloop.__all__) == EXPORTED
+        assert len(set(asyncloop.__all__)) == len(asyncloop.__all__)
+
+    @pytest.mark.parametrize("name", EXPORTED)
+    def test_exported_name_exists(self, name: str) -> None:
+        """Every name in __all__ is an attribute of the package."""
+        assert hasattr(asyncloop, name)
+
+    def test_star_import(self) -> None:
+        """'from asyncloop import *' binds exactly __all__."""
+        namespace: dict[str, object] = {}
+        exec("from asyncloop import *", namespace)
+        assert sorted(k for k in namespace if k != "__builtins__") == EXPORTED
+
+
+class TestApiSurface:
+    @pytest.mark.parametrize(("name", "module"), sorted(API_PROVIDED.items()))
+    def test_importable_from_package_and_module(self, name: str, module: str) -> None:
+        """Each provided API.md name is importable from asyncloop and from its own module, as the same object."""
+        assert name in asyncloop.__all__
+        assert getattr(importlib.import_module(module), name) is getattr(asyncloop, name)
+
+    @pytest.mark.parametrize(("name", "module"), sorted(API_IN_MODULE.items()))
+    def test_namespace_modules(self, name: str, module: str) -> None:
+        """Stopping criteria and loggables are reachable as asyncloop.stopping.X / asyncloop.loggables.X."""
+        assert module in asyncloop.__all__
+        namespace = getattr(asyncloop, module)
+        assert namespace is importlib.import_module(f"asyncloop.{module}")
+        assert hasattr(namespace, name)
+
+    def test_names_missing_at_top_level_are_known(self) -> None:
+        """The API.md names absent from the top level are exactly the ones listed as such."""
+        absent = {name for name in (*API_PROVIDED, *STOPPING) if not hasattr(asyncloop, name)}
+        assert absent == API_NOT_AT_TOP_LEVEL
+
+    def test_runners_subpackage(self) -> None:
+        """Both runners are importable from asyncloop.runners too."""
+        from asyncloop import runners
+
+        assert runners.LinearRunner is asyncloop.LinearRunner
+        assert runners.ActorRunner is asyncloop.ActorRunner
+
+    def test_version(self) -> None:
+        """The package has a version string."""
+        assert isinstance(asyncloop.__version__, str)

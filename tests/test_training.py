@@ -1,0 +1,864 @@
+"""Tests for asyncloop.training: fit, epoch, step, run_epoch, run_step, FitResult and the loop's control flow."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+import torch
+import trio
+import trio.testing
+
+from asyncloop import (
+    AbstractTrainingPhase,
+    BackwardBegin,
+    Callback,
+    CancelEpochException,
+    CancelFittingException,
+    CancelStepException,
+    CustomCallback,
+    EpochBegin,
+    EpochEnd,
+    Event,
+    FitBegin,
+    FitEnd,
+    FitResult,
+    Learner,
+    LossBegin,
+    Phase,
+    PropDict,
+    ProtectedError,
+    Read,
+    Recorder,
+    StepBegin,
+    StepEnd,
+    TrainingPhase,
+    ValidationPhase,
+    Write,
+    epoch,
+    fit,
+    on,
+    run_epoch,
+    run_step,
+    step,
+    test_learner,
+)
+from matchers import exact
+
+T, V, F = "TrainingPhase", "ValidationPhase", "FitPhase"
+TRAIN_STEP = [("StepBegin", T), ("LossBegin", T), ("BackwardBegin", T), ("BackwardEnd", T), ("StepEnd", T)]
+VALID_STEP = [("StepBegin", V), ("LossBegin", V), ("StepEnd", V)]
+
+
+def raiser(exc: BaseException, *, times: int | None = None, after: int = 0) -> Any:
+    """A function for CustomCallback that raises ``exc`` on call ``after+1`` onwards (``times`` times at most)."""
+    calls = {"n": 0, "raised": 0}
+
+    def fn(learner: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] > after and (times is None or calls["raised"] < times):
+            calls["raised"] += 1
+            raise exc
+
+    return fn
+
+
+def history(learner: Learner, phase: Phase = TrainingPhase()) -> tuple[int, int, int]:
+    """``(epochs, steps, steps_epoch)`` of ``phase``."""
+    h = learner.cbstate.history[phase]
+    return h.epochs, h.steps, h.steps_epoch
+
+
+class CustomPhase(AbstractTrainingPhase):
+    """FluxTraining's ``TestPhase``: a custom training phase with its own step."""
+
+    __test__ = False
+
+    async def step(self, learner: Learner, batch: Any) -> PropDict:
+        async def step_fn(handle: Any, state: PropDict) -> None:
+            state.preds = learner.model(state.xs)
+            state.loss = (state.preds - state.ys).abs().sum()
+
+        xs, ys = batch
+        return await run_step(step_fn, learner, self, {"xs": xs, "ys": ys})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fit
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class TestFit:
+    def test_event_order(self, event_log: Any) -> None:
+        """fit fires FitBegin, a training epoch, a validation epoch (per epoch), then FitEnd, in FitPhase."""
+        trio.run(fit, test_learner(event_log, n_batches=2), 1)
+        assert event_log.events == [
+            ("FitBegin", F),
+            ("EpochBegin", T), *TRAIN_STEP, *TRAIN_STEP, ("EpochEnd", T),
+            ("EpochBegin", V), *VALID_STEP, *VALID_STEP, ("EpochEnd", V),
+            ("FitEnd", F),
+        ]
+
+    def test_step_state_at_each_event(self, event_log: Any) -> None:
+        """learner.step holds xs, ys at StepBegin, then preds, loss and grads as they become available."""
+        trio.run(fit, test_learner(event_log, n_batches=1), 1)
+        keys = [k for _, k in event_log.step_keys[2:7]] + [k for _, k in event_log.step_keys[9:12]]
+        xy = {"xs", "ys"}
+        assert keys == [
+            xy, xy | {"preds"}, xy | {"preds", "loss"}, xy | {"preds", "loss", "grads"},
+            xy | {"preds", "loss", "grads"},
+            xy, xy | {"preds"}, xy | {"preds", "loss"},
+        ]
+
+    def test_result(self) -> None:
+        """fit returns a FitResult with the epochs run, stopped=False, no reason and per-callback statistics."""
+        result = trio.run(fit, test_learner(Recorder(), n_batches=2), 3)
+        assert isinstance(result, FitResult)
+        assert (result.epochs, result.stopped, result.reason) == (3, False, None)
+        assert result.elapsed > 0
+        assert [s.name for s in result.statistics] == ["Recorder"]
+
+    def test_zero_epochs(self, event_log: Any) -> None:
+        """fit(learner, 0) only fires FitBegin and FitEnd."""
+        result = trio.run(fit, test_learner(event_log, n_batches=2), 0)
+        assert event_log.events == [("FitBegin", F), ("FitEnd", F)]
+        assert result.epochs == 0
+
+    def test_data_argument_overrides_learner_data(self) -> None:
+        """fit(learner, n, data) runs over the given data instead of learner.data."""
+        learner = test_learner(Recorder(), n_batches=4)
+        trio.run(fit, learner, 1, (learner.data.training[:1], learner.data.validation[:2]))
+        assert history(learner) == (1, 1, 1)
+        assert history(learner, ValidationPhase()) == (1, 2, 2)
+
+    def test_validation_is_skipped_without_validation_data(self, event_log: Any) -> None:
+        """Without validation data, fit runs only training epochs."""
+        learner = test_learner(event_log, n_batches=1)
+        learner.data = {"training": learner.data.training}
+        trio.run(fit, learner, 2)
+        assert all(phase != V for _, phase in event_log.events)
+        assert event_log.events.count(("EpochEnd", T)) == 2
+
+    def test_convergence(self) -> None:
+        """Seed #16: test_learner(coeff=3) trained for 5 epochs ends with c within 0.1 of 3."""
+        learner = test_learner(coeff=3.0)
+        trio.run(fit, learner, 5)
+        assert abs(learner.model.c.item() - 3.0) < 0.1
+
+    def test_validation_does_not_change_weights(self) -> None:
+        """A validation epoch runs the model in eval mode under no_grad and leaves the weights as they were."""
+        seen = []
+
+        class Mode(Callback):
+            state_access = {"model": Read(), "step": Read()}
+
+            @on(LossBegin)
+            def h(self, event: Event, phase: Phase, learner: Any) -> None:
+                seen.append((type(phase).__name__, learner.model.training, learner.step.preds.requires_grad))
+
+        learner = test_learner(Mode(), n_batches=1)
+        before = learner.model.c.detach().clone()
+        trio.run(epoch, learner, ValidationPhase())
+        assert torch.equal(learner.model.c.detach(), before)
+        trio.run(epoch, learner, TrainingPhase())
+        assert not torch.equal(learner.model.c.detach(), before)
+        assert seen == [(V, False, False), (T, True, True)]
+
+    def test_step_begin_handler_may_replace_inputs(self) -> None:
+        """A StepBegin handler with Write() on step.xs/ys changes what the model and the loss see (as ToDevice)."""
+
+        class Double(Callback):
+            state_access = {"step": {"xs": Write(), "ys": Write()}}
+
+            @on(StepBegin)
+            def h(self, event: Event, phase: Phase, learner: Any) -> None:
+                learner.step.xs = learner.step.xs * 2
+                learner.step.ys = learner.step.ys * 0
+
+        learner = test_learner(Double(), n_batches=1)
+        xs, ys = learner.data.training[0]
+        state = trio.run(step, learner, ValidationPhase(), (xs, ys))
+        assert torch.equal(state.xs, xs * 2)
+        assert torch.equal(state.preds, (xs * 2) * learner.model.c.detach())
+        assert state.loss.item() == pytest.approx(state.preds.abs().mean().item())
+
+    def test_step_is_read_only_without_write(self) -> None:
+        """A handler that only reads the step cannot assign to it."""
+
+        class Sneaky(Callback):
+            state_access = {"step": Read()}
+
+            @on(StepBegin)
+            def h(self, event: Event, phase: Phase, learner: Any) -> None:
+                learner.step.xs = None
+
+        learner = test_learner(Sneaky(), n_batches=1)
+        with pytest.raises(ProtectedError, match=r"^Write access to PropDict\.xs disallowed\.\n"):
+            trio.run(step, learner, TrainingPhase(), learner.data.training[0])
+
+    def test_sync_entry_point(self) -> None:
+        """trio.run(fit, learner, n) works from synchronous code."""
+        learner = test_learner(Recorder(), n_batches=2)
+        trio.run(fit, learner, 2)
+        assert history(learner) == (2, 4, 2)
+
+    async def test_async_entry_point(self) -> None:
+        """await fit(learner, n) works inside a running trio program."""
+        learner = test_learner(Recorder(), n_batches=2)
+        result = await fit(learner, 2)
+        assert result.epochs == 2
+        assert history(learner) == (2, 4, 2)
+
+    def test_not_under_trio(self) -> None:
+        """Awaiting fit outside trio (here under asyncio) raises RuntimeError showing the two ways to call it."""
+        with pytest.raises(
+            RuntimeError,
+            match=exact(
+                "asyncloop's loop functions are trio async functions: call them as "
+                "trio.run(asyncloop.fit, learner, 3) or 'await asyncloop.fit(learner, 3)' inside trio"
+            ),
+        ):
+            asyncio.run(fit(test_learner(n_batches=1), 1))  # type: ignore[arg-type]
+
+    def test_learner_is_reusable(self) -> None:
+        """A learner can be fitted again; histories keep counting."""
+        learner = test_learner(Recorder(), n_batches=2)
+        trio.run(fit, learner, 1)
+        trio.run(fit, learner, 1)
+        assert history(learner) == (2, 4, 2)
+
+    def test_torch_thread_count_is_the_callers(self) -> None:
+        """The loop (and so every handler) runs with the caller's torch thread count."""
+        previous = torch.get_num_threads()
+        wanted = 1 if previous != 1 else 2
+        seen: list[int] = []
+        learner = test_learner(CustomCallback(lambda _: seen.append(torch.get_num_threads()), StepBegin), n_batches=1)
+        torch.set_num_threads(wanted)
+        try:
+            trio.run(fit, learner, 1)
+        finally:
+            torch.set_num_threads(previous)
+        assert seen == [wanted, wanted]
+
+    def test_handlers_run_on_one_worker_thread(self) -> None:
+        """Handlers run on the loop's worker thread, not the caller's, and all on the same thread."""
+        threads: set[int] = set()
+        learner = test_learner(CustomCallback(lambda _: threads.add(threading.get_ident()), Event), n_batches=1)
+        trio.run(fit, learner, 1)
+        assert len(threads) == 1
+        assert threading.get_ident() not in threads
+
+
+class TestFitBadInput:
+    @pytest.mark.parametrize("n", [-1, 1.5, True, "3"])
+    def test_bad_epoch_count(self, n: Any) -> None:
+        """n_epochs must be a non-negative int."""
+        with pytest.raises(ValueError, match=exact(f"n_epochs must be an int >= 0, got {n!r}")):
+            trio.run(fit, test_learner(n_batches=1), n)
+
+    def test_no_training_data(self) -> None:
+        """fit without training data says where to pass it."""
+        learner = test_learner()
+        learner.data = ()
+        with pytest.raises(
+            ValueError,
+            match=exact("learner has no training data: pass data=(train_batches, valid_batches) to Learner or to fit"),
+        ):
+            trio.run(fit, learner, 1)
+
+    @pytest.mark.parametrize(
+        ("batch", "desc"),
+        [(torch.ones(8), "a tensor of shape (8,)"), ((torch.ones(8),) * 3, "tuple of length 3"), (5, "int")],
+    )
+    def test_batch_not_a_pair(self, batch: Any, desc: str) -> None:
+        """A batch that is not an (xs, ys) pair is rejected, saying what it was and what to do."""
+        learner = test_learner()
+        learner.data = ([batch], [])
+        with pytest.raises(
+            TypeError,
+            match=exact(
+                f"each batch must be an (xs, ys) pair, got {desc}; make the data yield (inputs, targets) tuples, "
+                "or give your Phase its own step()"
+            ),
+        ):
+            trio.run(fit, learner, 1)
+
+    def test_loss_not_scalar(self) -> None:
+        """A loss_fn returning a non-scalar tensor is rejected with how to reduce it."""
+        learner = test_learner(n_batches=1)
+        learner.loss_fn = lambda preds, ys: (preds - ys).abs()
+        with pytest.raises(
+            TypeError,
+            match=exact(
+                "loss_fn must return a scalar tensor, got a tensor of shape (8,); "
+                "reduce it, e.g. with .mean() or reduction='mean'"
+            ),
+        ):
+            trio.run(fit, learner, 1)
+
+    def test_loss_not_a_tensor(self) -> None:
+        """A loss_fn returning a Python number is rejected."""
+        learner = test_learner(n_batches=1)
+        learner.loss_fn = lambda preds, ys: 1.0
+        with pytest.raises(
+            TypeError,
+            match=exact(
+                "loss_fn must return a scalar tensor, got float; compute the loss with torch operations on "
+                "(preds, targets) so it can be backpropagated"
+            ),
+        ):
+            trio.run(fit, learner, 1)
+
+    def test_non_scalar_validation_loss(self) -> None:
+        """The scalar-loss check also applies to validation steps."""
+        learner = test_learner(n_batches=1)
+        learner.loss_fn = lambda preds, ys: (preds - ys).abs()
+        with pytest.raises(TypeError, match=r"^loss_fn must return a scalar tensor, got a tensor of shape \(8,\)"):
+            trio.run(epoch, learner, ValidationPhase())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Control flow
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class TestCancelStep:
+    def test_skips_rest_of_step_and_step_end(self, event_log: Any) -> None:
+        """CancelStepException at BackwardBegin skips backward, the update and StepEnd; the epoch goes on."""
+        cancel = CustomCallback(raiser(CancelStepException("skip")), BackwardBegin, TrainingPhase)
+        learner = test_learner(Recorder(), cancel, event_log, n_batches=2)
+        before = learner.model.c.detach().clone()
+        trio.run(epoch, learner, TrainingPhase())
+        assert ("BackwardBegin", T) in event_log.events
+        assert ("StepEnd", T) not in event_log.events
+        assert ("BackwardEnd", T) not in event_log.events
+        assert event_log.events.count(("StepBegin", T)) == 2
+        assert event_log.events[-1] == ("EpochEnd", T)
+        assert history(learner) == (1, 0, 0)
+        assert torch.equal(learner.model.c.detach(), before)
+
+    def test_in_step_end_skips_remaining_step_end_handlers(self) -> None:
+        """CancelStepException in a StepEnd handler skips the StepEnd handlers that would run after it."""
+        cancel = CustomCallback(raiser(CancelStepException("skip")), StepEnd)
+        learner = test_learner(Recorder(), cancel, n_batches=3)
+        trio.run(epoch, learner, TrainingPhase())
+        assert history(learner) == (1, 0, 0)
+
+    def test_in_validation(self, event_log: Any) -> None:
+        """CancelStepException at a validation LossBegin skips that step's StepEnd."""
+        cancel = CustomCallback(raiser(CancelStepException("skip"), times=1), LossBegin, ValidationPhase)
+        learner = test_learner(Recorder(), cancel, event_log, n_batches=2)
+        trio.run(epoch, learner, ValidationPhase())
+        assert event_log.events.count(("StepEnd", V)) == 1
+        assert history(learner, ValidationPhase()) == (1, 1, 1)
+
+    def test_step_returns_partial_state(self) -> None:
+        """step() of a cancelled step returns the state filled so far."""
+        cancel = CustomCallback(raiser(CancelStepException("skip")), LossBegin)
+        learner = test_learner(cancel, n_batches=1)
+        state = trio.run(step, learner, TrainingPhase(), learner.data.training[0])
+        assert set(state) == {"xs", "ys", "preds"}
+
+    def test_in_epoch_begin_propagates(self) -> None:
+        """CancelStepException outside a step (in EpochBegin) is not caught, as in FluxTraining."""
+        cancel = CustomCallback(raiser(CancelStepException("skip")), EpochBegin)
+        with pytest.raises(CancelStepException, match=exact("skip")):
+            trio.run(fit, test_learner(cancel, n_batches=1), 1)
+
+
+class TestCancelEpoch:
+    def test_mid_epoch_still_fires_epoch_end(self, event_log: Any) -> None:
+        """CancelEpochException at the second StepBegin skips the rest of the epoch; EpochEnd still fires."""
+        cancel = CustomCallback(raiser(CancelEpochException("stop"), after=1, times=1), StepBegin, TrainingPhase)
+        learner = test_learner(Recorder(), cancel, event_log, n_batches=4)
+        trio.run(fit, learner, 1)
+        training = [e for e in event_log.events if e[1] == T]
+        assert training == [("EpochBegin", T), *TRAIN_STEP, ("StepBegin", T), ("EpochEnd", T)]
+        assert history(learner) == (1, 1, 1)
+        assert history(learner, ValidationPhase()) == (1, 4, 4)
+
+    def test_in_epoch_begin_still_fires_epoch_end(self, event_log: Any) -> None:
+        """CancelEpochException from an EpochBegin handler skips the steps and still fires EpochEnd once."""
+        cancel = CustomCallback(raiser(CancelEpochException("stop")), EpochBegin, TrainingPhase)
+        learner = test_learner(Recorder(), cancel, event_log, n_batches=2)
+        trio.run(epoch, learner, TrainingPhase())
+        assert event_log.events == [("EpochBegin", T), ("EpochEnd", T)]
+        assert history(learner) == (1, 0, 0)
+
+    def test_in_epoch_end_fires_epoch_end_again(self, event_log: Any) -> None:
+        """CancelEpochException from an EpochEnd handler dispatches EpochEnd once more and is swallowed."""
+        cancel = CustomCallback(raiser(CancelEpochException("stop"), times=1), EpochEnd)
+        learner = test_learner(Recorder(), cancel, event_log, n_batches=1)
+        trio.run(epoch, learner, TrainingPhase())
+        assert event_log.events.count(("EpochEnd", T)) == 2
+        assert history(learner) == (1, 1, 1)
+
+    def test_raised_again_in_epoch_end_propagates(self) -> None:
+        """If the second EpochEnd raises CancelEpochException again, it propagates."""
+        cancel = CustomCallback(raiser(CancelEpochException("again")), EpochEnd)
+        with pytest.raises(CancelEpochException, match=exact("again")):
+            trio.run(epoch, test_learner(cancel, n_batches=1), TrainingPhase())
+
+
+class TestCancelFitting:
+    def test_stops_fit_cleanly(self, event_log: Any) -> None:
+        """CancelFittingException stops the fit: FitEnd still fires and the result says stopped, with the reason."""
+        exc = CancelFittingException("enough")
+        cancel = CustomCallback(raiser(exc, after=3), StepEnd, TrainingPhase)
+        learner = test_learner(Recorder(), cancel, event_log, n_batches=2)
+        result = trio.run(fit, learner, 5)
+        assert result.stopped is True
+        assert result.reason is exc
+        assert result.epochs == 1
+        assert event_log.events[-2:] == [("StepEnd", T), ("FitEnd", F)]
+        assert ("EpochEnd", T) not in event_log.events[-3:]
+        assert history(learner) == (1, 3, 1)
+
+    def test_in_fit_begin(self, event_log: Any) -> None:
+        """CancelFittingException in FitBegin skips every epoch and still fires FitEnd."""
+        cancel = CustomCallback(raiser(CancelFittingException("no")), FitBegin)
+        result = trio.run(fit, test_learner(cancel, event_log, n_batches=1), 3)
+        assert event_log.events == [("FitBegin", F), ("FitEnd", F)]
+        assert (result.epochs, result.stopped) == (0, True)
+
+    def test_in_fit_end(self) -> None:
+        """CancelFittingException in FitEnd is reported as a stop, not raised."""
+        exc = CancelFittingException("late")
+        result = trio.run(fit, test_learner(CustomCallback(raiser(exc), FitEnd), n_batches=1), 1)
+        assert (result.epochs, result.stopped, result.reason) == (1, True, exc)
+
+    def test_epoch_propagates(self) -> None:
+        """Seed #9 shape: epoch() lets CancelFittingException propagate."""
+        cancel = CustomCallback(raiser(CancelFittingException("test")), StepEnd, TrainingPhase)
+        learner = test_learner(Recorder(), cancel, n_batches=2)
+        with pytest.raises(CancelFittingException, match=exact("test")):
+            trio.run(epoch, learner, TrainingPhase())
+        assert history(learner) == (0, 0, 0)
+
+    def test_step_propagates(self) -> None:
+        """step() lets CancelFittingException propagate."""
+        cancel = CustomCallback(raiser(CancelFittingException("test")), StepBegin)
+        learner = test_learner(cancel, n_batches=1)
+        with pytest.raises(CancelFittingException, match=exact("test")):
+            trio.run(step, learner, TrainingPhase(), learner.data.training[0])
+
+
+class Boom(Callback):
+    """Raises ValueError('boom') at the first training StepEnd."""
+
+    @on(StepEnd, TrainingPhase)
+    def h(self, event: Event, phase: Phase, learner: Any) -> None:
+        raise ValueError("boom")
+
+
+class AsyncBoom(Callback):
+    """Raises KeyError('async boom') from an async handler at the first validation StepBegin."""
+
+    @on(StepBegin, ValidationPhase)
+    async def h(self, event: Event, phase: Phase, learner: Any) -> None:
+        await trio.sleep(0)
+        raise KeyError("async boom")
+
+
+class TestErrors:
+    def test_error_propagates_as_itself_with_a_note(self) -> None:
+        """An error in a handler propagates as itself (no ExceptionGroup), noted with the callback and event."""
+        with pytest.raises(ValueError) as info:
+            trio.run(fit, test_learner(Boom(), n_batches=1), 1)
+        assert type(info.value) is ValueError
+        assert info.value.args == ("boom",)
+        assert info.value.__notes__ == [
+            "asyncloop: raised by callback Boom while handling StepEnd() in TrainingPhase()"
+        ]
+
+    async def test_async_handler_error_propagates_with_a_note(self) -> None:
+        """An error in an async handler propagates as itself from await fit(...), noted once."""
+        with pytest.raises(KeyError) as info:
+            await fit(test_learner(AsyncBoom(), n_batches=1), 1)
+        assert type(info.value) is KeyError
+        assert info.value.__notes__ == [
+            "asyncloop: raised by callback AsyncBoom while handling StepBegin() in ValidationPhase()"
+        ]
+
+    def test_error_from_epoch_and_step(self) -> None:
+        """epoch() and step() propagate handler errors as themselves too."""
+        learner = test_learner(Boom(), n_batches=1)
+        with pytest.raises(ValueError, match=r"^boom\n"):
+            trio.run(epoch, learner, TrainingPhase())
+        with pytest.raises(ValueError, match=r"^boom\n"):
+            trio.run(step, learner, TrainingPhase(), learner.data.training[0])
+
+    def test_error_in_loop_code_has_no_note(self) -> None:
+        """An error raised by the model or loss (not a callback) propagates without an asyncloop note."""
+
+        def bad_loss(preds: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+            raise ArithmeticError("bad loss")
+
+        learner = test_learner(n_batches=1)
+        learner.loss_fn = bad_loss
+        with pytest.raises(ArithmeticError, match=exact("bad loss")) as info:
+            trio.run(fit, learner, 1)
+        assert not getattr(info.value, "__notes__", [])
+
+    def test_fit_end_does_not_fire_after_an_error(self, event_log: Any) -> None:
+        """After an error (not a CancelFittingException), FitEnd is not dispatched."""
+        with pytest.raises(ValueError):
+            trio.run(fit, test_learner(event_log, Boom(), n_batches=1), 1)
+        assert ("FitEnd", F) not in event_log.events
+
+    def test_learner_is_usable_after_an_error(self) -> None:
+        """After a failed fit the learner can be fitted again."""
+        learner = test_learner(Recorder(), Boom(), n_batches=1)
+        with pytest.raises(ValueError):
+            trio.run(fit, learner, 1)
+        learner.remove_callback(Boom)
+        assert trio.run(fit, learner, 1).epochs == 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Concurrency and cancellation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class SlowSteps(Callback):
+    """Blocks the loop for 20 ms at every step (time.sleep), counting steps."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    @on(StepEnd)
+    def h(self, event: Event, phase: Phase, learner: Any) -> None:
+        time.sleep(0.02)
+        self.steps += 1
+
+
+def worker_threads() -> list[threading.Thread]:
+    """The threads currently running an asyncloop loop."""
+    return [t for t in threading.enumerate() if t.name == "asyncloop-worker"]
+
+
+class TestCancellation:
+    async def test_cancel_scope_stops_fit_promptly(self) -> None:
+        """Cancelling the caller stops the fit within about one step, and leaves no worker thread behind."""
+        slow = SlowSteps()
+        learner = test_learner(slow, n_batches=50)
+        total = 2 * 2 * 50
+        scope = trio.CancelScope()
+
+        async def run() -> None:
+            with scope:
+                await fit(learner, 2)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            while slow.steps < 3:
+                await trio.sleep(0.005)
+            at_cancel = slow.steps
+            scope.cancel()
+        assert scope.cancelled_caught
+        assert slow.steps <= at_cancel + 5
+        assert slow.steps < total / 2
+        await trio.testing.wait_all_threads_completed()
+        assert worker_threads() == []
+        assert trio.testing.active_thread_count() == 0
+
+    async def test_move_on_after(self) -> None:
+        """trio.move_on_after around await fit(...) ends the fit early, far fewer steps than asked for."""
+        slow = SlowSteps()
+        with trio.move_on_after(0.3) as scope:
+            await fit(test_learner(slow, n_batches=50), 2)
+        assert scope.cancelled_caught
+        assert slow.steps < 2 * 2 * 50 / 2
+        assert worker_threads() == []
+
+    async def test_learner_usable_after_cancellation(self) -> None:
+        """After a cancelled fit the same learner can be fitted again."""
+        slow = SlowSteps()
+        learner = test_learner(Recorder(), slow, n_batches=50)
+        with trio.move_on_after(0.1):
+            await fit(learner, 1)
+        result = await fit(learner, 1, (learner.data.training[:1], []))
+        assert result.epochs == 1
+
+    async def test_two_learners_fit_concurrently(self) -> None:
+        """Two fits of different learners run at the same time in one nursery, each with its own results."""
+        barrier = threading.Barrier(2, timeout=30)
+        learners = [
+            test_learner(Recorder(), CustomCallback(lambda _: barrier.wait(), FitBegin), n_batches=2, coeff=c)
+            for c in (2.0, 3.0)
+        ]
+        results: dict[int, FitResult] = {}
+
+        async def run(i: int) -> None:
+            results[i] = await fit(learners[i], 2)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, 0)
+            nursery.start_soon(run, 1)
+        assert [results[i].epochs for i in (0, 1)] == [2, 2]
+        assert [history(learner) for learner in learners] == [(2, 4, 2), (2, 4, 2)]
+
+    async def test_second_fit_of_same_learner_is_refused(self) -> None:
+        """A second fit of a learner that is already fitting raises RuntimeError; the first one completes."""
+        started, release = threading.Event(), threading.Event()
+
+        def hold(_: Any) -> None:
+            started.set()
+            release.wait(30)
+
+        learner = test_learner(Recorder(), CustomCallback(hold, FitBegin), n_batches=1)
+        results: list[FitResult] = []
+
+        async def first() -> None:
+            results.append(await fit(learner, 1))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(first)
+            while not started.is_set():
+                await trio.sleep(0.001)
+            try:
+                with pytest.raises(
+                    RuntimeError,
+                    match=exact(
+                        "fit() is already running for this learner; await it before starting another, "
+                        "or use a second Learner"
+                    ),
+                ):
+                    await fit(learner, 1)
+                with pytest.raises(RuntimeError, match=r"^fit\(\) is already running for this learner"):
+                    await epoch(learner, TrainingPhase())
+            finally:
+                release.set()
+        assert results[0].epochs == 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# epoch / step / run_epoch / run_step (seed cases #12-#15)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class TestEpochAndStep:
+    def test_epoch_uses_learner_data(self, event_log: Any) -> None:
+        """epoch(learner, phase) runs over learner.data[phase.data_key]."""
+        learner = test_learner(event_log, n_batches=3)
+        trio.run(epoch, learner, ValidationPhase())
+        assert event_log.events == [("EpochBegin", V), *VALID_STEP * 3, ("EpochEnd", V)]
+
+    def test_epoch_with_data(self, event_log: Any) -> None:
+        """epoch(learner, phase, data) runs over the given batches."""
+        learner = test_learner(event_log, n_batches=3)
+        trio.run(epoch, learner, TrainingPhase(), learner.data.training[:1])
+        assert event_log.events == [("EpochBegin", T), *TRAIN_STEP, ("EpochEnd", T)]
+
+    def test_epoch_without_data(self) -> None:
+        """epoch() for a phase without data says how to provide it."""
+        learner = test_learner()
+        learner.data = {"training": learner.data.training}
+        with pytest.raises(
+            ValueError,
+            match=exact("no data for ValidationPhase(): pass data to epoch(), or set learner.data['validation']"),
+        ):
+            trio.run(epoch, learner, ValidationPhase())
+
+    def test_epoch_for_phase_without_data_key(self) -> None:
+        """epoch() for a phase with no data_key needs explicit data."""
+
+        class Plain(Phase):
+            pass
+
+        with pytest.raises(ValueError, match=exact("Plain() has no data_key; pass data to epoch()")):
+            trio.run(epoch, test_learner(), Plain())
+
+    @pytest.mark.parametrize("fn", [epoch, step])
+    def test_phase_class_instead_of_instance(self, fn: Any) -> None:
+        """Passing a phase class instead of an instance says to instantiate it."""
+        learner = test_learner(n_batches=1)
+        args = (learner.data.training[0],) if fn is step else ()
+        with pytest.raises(TypeError, match=exact("pass a phase instance: TrainingPhase(), not TrainingPhase")):
+            trio.run(fn, learner, TrainingPhase, *args)
+
+    def test_not_a_phase(self) -> None:
+        """Passing something that is not a Phase is rejected."""
+        with pytest.raises(
+            TypeError, match=exact("phase must be an asyncloop Phase such as TrainingPhase(), got 'training'")
+        ):
+            trio.run(epoch, test_learner(), "training")
+
+    def test_training_step_state(self) -> None:
+        """Seed #14: a training step inside run_epoch returns state with xs, ys, preds, grads and a scalar loss."""
+        learner = test_learner(n_batches=1)
+        states = []
+
+        async def epoch_fn(handle: Any) -> None:
+            states.append(await step(learner, TrainingPhase(), learner.data.training[0]))
+
+        trio.run(run_epoch, epoch_fn, learner, TrainingPhase())
+        (state,) = states
+        assert set(state) == {"xs", "ys", "preds", "loss", "grads"}
+        assert state.preds.shape == state.xs.shape == (8,)
+        assert state.loss.ndim == 0
+        assert set(state.grads) == {"c"}
+        assert state.grads["c"].shape == ()
+
+    def test_validation_step_state(self) -> None:
+        """Seed #15: a validation step returns state with xs, ys, preds and loss, and no grads."""
+        learner = test_learner(n_batches=1)
+        states = []
+
+        async def epoch_fn(handle: Any) -> None:
+            states.append(await step(learner, ValidationPhase(), learner.data.validation[0]))
+
+        trio.run(run_epoch, epoch_fn, learner, ValidationPhase())
+        assert set(states[0]) == {"xs", "ys", "preds", "loss"}
+
+    def test_step_outside_an_epoch(self, event_log: Any) -> None:
+        """step() can be called on its own; it fires only the step's events."""
+        learner = test_learner(event_log, n_batches=1)
+        trio.run(step, learner, TrainingPhase(), learner.data.training[0])
+        assert event_log.events == TRAIN_STEP
+
+    def test_each_step_gets_a_new_state(self) -> None:
+        """learner.step is a fresh PropDict per step, so an old reference stays as it was."""
+        learner = test_learner(n_batches=2)
+        first = trio.run(step, learner, TrainingPhase(), learner.data.training[0])
+        second = trio.run(step, learner, TrainingPhase(), learner.data.training[1])
+        assert first is not second
+        assert learner.step is second
+        assert first.xs is learner.data.training[0][0]
+
+
+class TestRunStepRunEpoch:
+    def test_run_step_returns_state(self, event_log: Any) -> None:
+        """Seed #12: run_step with a custom phase returns the state its step_fn filled, between StepBegin/StepEnd."""
+        learner = test_learner(event_log, n_batches=1)
+
+        async def step_fn(handle: Any, state: PropDict) -> None:
+            state.xs, state.ys = learner.data.training[0]
+            state.loss = (state.xs - state.ys).abs().sum()
+
+        state = trio.run(run_step, step_fn, learner, CustomPhase())
+        assert isinstance(state.xs, torch.Tensor)
+        assert state.loss.ndim == 0
+        assert event_log.events == [("StepBegin", "CustomPhase"), ("StepEnd", "CustomPhase")]
+
+    def test_run_step_initial_state_is_visible_at_step_begin(self, event_log: Any) -> None:
+        """The initial state is installed as learner.step before StepBegin."""
+        learner = test_learner(event_log, n_batches=1)
+
+        async def step_fn(handle: Any, state: PropDict) -> None:
+            await handle(LossBegin())
+
+        state = trio.run(run_step, step_fn, learner, CustomPhase(), {"xs": 1, "ys": 2})
+        assert state == PropDict(xs=1, ys=2)
+        assert event_log.step_keys[0] == ("StepBegin", frozenset({"xs", "ys"}))
+        assert event_log.events == [("StepBegin", "CustomPhase"), ("LossBegin", "CustomPhase"),
+                                    ("StepEnd", "CustomPhase")]
+
+    def test_run_epoch_swallows_cancel_epoch(self, event_log: Any) -> None:
+        """Seed #13: run_epoch with an epoch_fn raising CancelEpochException lets nothing escape; EpochEnd fires."""
+        learner = test_learner(event_log, n_batches=1)
+
+        async def epoch_fn(handle: Any) -> None:
+            raise CancelEpochException("test")
+
+        trio.run(run_epoch, epoch_fn, learner, CustomPhase())
+        assert event_log.events == [("EpochBegin", "CustomPhase"), ("EpochEnd", "CustomPhase")]
+
+    def test_handle_dispatches_custom_events(self) -> None:
+        """handle(event) inside run_epoch dispatches any event, including custom ones, with the epoch's phase."""
+
+        class Midway(Event):
+            pass
+
+        seen = []
+        learner = test_learner(CustomCallback(lambda _: seen.append("midway"), Midway, AbstractTrainingPhase))
+
+        async def epoch_fn(handle: Any) -> None:
+            await handle(Midway())
+
+        trio.run(run_epoch, epoch_fn, learner, CustomPhase())
+        assert seen == ["midway"]
+
+    def test_custom_phase_trains(self) -> None:
+        """A custom training phase runs through epoch(), reaches AbstractTrainingPhase handlers and is recorded."""
+        learner = test_learner(Recorder(), n_batches=3)
+        trio.run(epoch, learner, CustomPhase())
+        assert history(learner, CustomPhase()) == (1, 3, 3)
+        assert history(learner, TrainingPhase()) == (0, 0, 0)
+
+    def test_run_step_propagates_other_errors(self) -> None:
+        """Errors from step_fn other than CancelStepException propagate from run_step."""
+
+        async def step_fn(handle: Any, state: PropDict) -> None:
+            raise LookupError("inside")
+
+        with pytest.raises(LookupError, match=exact("inside")):
+            trio.run(run_step, step_fn, test_learner(), CustomPhase())
+
+    def test_run_step_swallows_cancel_step(self, event_log: Any) -> None:
+        """CancelStepException in step_fn skips StepEnd and returns the partial state."""
+        learner = test_learner(event_log)
+
+        async def step_fn(handle: Any, state: PropDict) -> None:
+            state.a = 1
+            raise CancelStepException("skip")
+
+        state = trio.run(run_step, step_fn, learner, CustomPhase())
+        assert state == PropDict(a=1)
+        assert event_log.events == [("StepBegin", "CustomPhase")]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Callback.teardown
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Closing(Callback):
+    """Records every teardown call with the learner it received."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.torn_down: list[Any] = []
+        self.fail = fail
+
+    def teardown(self, learner: Any) -> None:
+        self.torn_down.append(learner)
+        if self.fail:
+            raise OSError("cannot close")
+
+
+class TestTeardown:
+    def test_after_success(self) -> None:
+        """teardown runs once after a successful fit, with the unprotected learner."""
+        cb = Closing()
+        learner = test_learner(cb, n_batches=1)
+        trio.run(fit, learner, 1)
+        assert cb.torn_down == [learner]
+
+    def test_after_stop_and_error(self) -> None:
+        """teardown also runs when the fit stops early and when it fails."""
+        stop, fail = Closing(), Closing()
+        trio.run(fit, test_learner(stop, CustomCallback(raiser(CancelFittingException("x")), StepEnd), n_batches=1), 1)
+        with pytest.raises(ValueError):
+            trio.run(fit, test_learner(fail, Boom(), n_batches=1), 1)
+        assert len(stop.torn_down) == 1
+        assert len(fail.torn_down) == 1
+
+    async def test_after_cancellation(self) -> None:
+        """teardown runs when the caller cancels the fit."""
+        cb = Closing()
+        with trio.move_on_after(0.05):
+            await fit(test_learner(cb, SlowSteps(), n_batches=50), 1)
+        assert len(cb.torn_down) == 1
+
+    def test_teardown_error_is_raised_with_a_note(self) -> None:
+        """An error in teardown after an otherwise successful fit is raised, noted with the callback."""
+        with pytest.raises(OSError, match=exact("cannot close\nasyncloop: raised by Closing.teardown()")):
+            trio.run(fit, test_learner(Closing(fail=True), n_batches=1), 1)
+
+    def test_teardown_error_does_not_hide_the_fit_error(self) -> None:
+        """When the fit itself failed, that error is raised, not the teardown's."""
+        with pytest.raises(ValueError, match=r"^boom\n"):
+            trio.run(fit, test_learner(Closing(fail=True), Boom(), n_batches=1), 1)
