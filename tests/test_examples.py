@@ -1,0 +1,94 @@
+"""The examples and the documentation's code run as they are shown.
+
+Each example runs in its own interpreter (``sys.executable``), in quick mode where it has one. The ```python
+blocks of README.md and docs/callbacks.md run top to bottom as one script per file; README's quick-start block
+must be examples/quickstart.py (which runs on its own), so it is compared rather than run again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 180
+
+
+def run_python(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``python *args`` from the repository root; fail with its output if it exits non-zero."""
+    proc = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    output = f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, f"{args[0]} exited with {proc.returncode}\n{output}"
+    return proc
+
+
+def python_blocks(path: Path) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", path.read_text(), flags=re.S | re.M)
+
+
+def quickstart_code() -> str:
+    """examples/quickstart.py without its module docstring."""
+    text = (ROOT / "examples" / "quickstart.py").read_text()
+    return re.sub(r'\A""".*?"""\n\n', "", text, flags=re.S)
+
+
+class TestExamples:
+    def test_demo_learns(self, tmp_path: Path) -> None:
+        """The quick demo (under the LinearRunner; CI runs it under the ActorRunner) learns the spirals."""
+        proc = run_python(["examples/demo.py", "--quick", "--runner", "linear"], tmp_path)
+        match = re.search(r"final validation accuracy (\d\.\d+)", proc.stdout)
+        assert match, proc.stdout[-2000:]
+        assert float(match.group(1)) >= 0.75
+        assert "Accuracy" in proc.stdout  # the metrics table
+        assert "Epoch 1 TrainingPhase()" in proc.stderr  # the progress bar
+
+    def test_demo_rejects_bad_arguments(self, tmp_path: Path) -> None:
+        """A bad option is an argparse error, not a traceback."""
+        args = [sys.executable, "examples/demo.py", "--epochs", "0"]
+        proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+        assert proc.returncode == 2
+        assert "--epochs must be at least 1" in proc.stderr
+
+    def test_quickstart(self, tmp_path: Path) -> None:
+        """The quick-start trains 5 epochs of 12 steps without stopping."""
+        proc = run_python(["examples/quickstart.py"], tmp_path)
+        assert "5 False\n5 60\n" in proc.stdout
+
+    def test_custom_callback(self, tmp_path: Path) -> None:
+        """The custom phase trains, its epoch is cut short once, and the async report is written for every epoch."""
+        proc = run_python(["examples/custom_callback.py", "--quick"], tmp_path)
+        report = re.findall(r"^epoch (\d+): (\d+) steps", proc.stdout, flags=re.M)
+        assert [int(e) for e, _ in report] == [1, 2, 3, 4]
+        assert any(int(steps) < 64 for _, steps in report)  # CancelEpochException cut an epoch short
+        assert "custom_callback: 4 epochs" in proc.stdout
+
+
+class TestDocs:
+    def test_readme_quickstart_is_the_example(self) -> None:
+        """README's quick-start block is examples/quickstart.py, verbatim."""
+        blocks = python_blocks(ROOT / "README.md")
+        assert blocks, "README.md has no python block"
+        assert blocks[0] == quickstart_code()
+
+    @pytest.mark.parametrize("doc", ["README.md", "docs/callbacks.md"])
+    def test_snippets_run(self, doc: str, tmp_path: Path) -> None:
+        """Every python block of the page runs, in order, as one script."""
+        blocks = python_blocks(ROOT / doc)
+        if doc == "README.md":
+            blocks = blocks[1:]  # the quick-start is examples/quickstart.py
+        assert blocks, f"{doc} has no python block to run"
+        script = tmp_path / "snippets.py"
+        script.write_text("\n\n".join(blocks))
+        run_python([str(script)], tmp_path)
