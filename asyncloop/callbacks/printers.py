@@ -6,7 +6,13 @@ import sys
 from collections.abc import Sized
 from typing import Any, TextIO
 
-from tqdm.auto import tqdm
+from tqdm.std import tqdm as _tqdm
+
+
+class tqdm(_tqdm):  # noqa: N801 - tqdm's own name
+    """tqdm without its monitor thread (a thread that would outlive the fit)."""
+
+    monitor_interval = 0
 
 from ..callback import Callback, on
 from ..events import EpochBegin, EpochEnd, FitEnd, StepEnd

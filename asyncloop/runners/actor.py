@@ -9,7 +9,8 @@ Detached actors (``detached = True``, read-only callbacks only) receive, at thei
 snapshot of exactly the state they declared, and handle it later in the caller's trio loop:
 
 * publishing costs the training thread a snapshot and a ``deque.append``; when ``flush_interval`` seconds
-  passed since the last hand-off (and at every epoch/fit boundary) the loop wakes the caller's event loop, which
+  passed since the last hand-off (or an inbox is half full, and at every epoch/fit boundary) the loop wakes the
+  caller's event loop, which
   delivers the outbox as one batch per actor. Latency is bounded by ``flush_interval`` or the time between two
   events, whichever is longer;
 * each actor sees its events in order; a ``run_after`` path between two detached actors holds per event;
@@ -236,7 +237,7 @@ class ActorRunner(Runner):
     weights, history and metrics as :class:`LinearRunner`.
     """
 
-    def __init__(self, *, inbox_size: int = 1024, flush_interval: float = 0.02) -> None:
+    def __init__(self, *, inbox_size: int = 1024, flush_interval: float = 0.05) -> None:
         super().__init__()
         if isinstance(inbox_size, bool) or not isinstance(inbox_size, int) or inbox_size < 1:
             raise ValueError(f"inbox_size must be an int >= 1, got {inbox_size!r}")
@@ -347,8 +348,11 @@ class ActorRunner(Runner):
         self._seq += 1
         self._outbox.append((actor, _Item(self._seq, event, phase, view, step.fn, step.is_async)))
         actor.enqueued += 1
-        if actor.policy == "block" and actor.enqueued - actor.processed > actor.capacity:
-            return actor
+        queued = actor.enqueued - actor.processed
+        if queued * 2 > actor.capacity:
+            if actor.policy == "block" and queued > actor.capacity:
+                return actor
+            self._schedule_flush()  # half full: hand over now rather than at the next interval
         return None
 
     async def _wait_for_room(self, actors: list[_Actor]) -> None:
