@@ -153,10 +153,12 @@ class Learner:
         if self._params is None:
             model = self._model
             self._params = tuple(model.named_parameters()) if isinstance(model, torch.nn.Module) else ()
+            self._params_index = dict(self._params)
         return self._params
 
     def _gradients(self) -> Gradients:
-        return Gradients(self._named_parameters())
+        params = self._named_parameters()
+        return Gradients(params, self._params_index)
 
     def _check_optimizer(self) -> None:
         model = self._model

@@ -211,22 +211,31 @@ class Gradients(Mapping):
     gradient tensors. Parameters without a gradient are absent.
     """
 
-    __slots__ = ("_params",)
+    __slots__ = ("_params", "_index")
 
-    def __init__(self, params: tuple[tuple[str, torch.nn.Parameter], ...]) -> None:
+    def __init__(
+        self, params: tuple[tuple[str, torch.nn.Parameter], ...], index: Mapping[str, torch.nn.Parameter] | None = None
+    ) -> None:
         self._params = params
+        self._index = dict(params) if index is None else index
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        for pname, p in self._params:
-            if pname == name and p.grad is not None:
-                return p.grad
-        raise KeyError(name)
+        grad = self._index[name].grad
+        if grad is None:
+            raise KeyError(name)
+        return grad
 
     def __iter__(self) -> Iterator[str]:
         return (name for name, p in self._params if p.grad is not None)
 
     def __len__(self) -> int:
         return sum(1 for _, p in self._params if p.grad is not None)
+
+    def items(self) -> Any:
+        return [(name, p.grad) for name, p in self._params if p.grad is not None]
+
+    def values(self) -> Any:
+        return [p.grad for _, p in self._params if p.grad is not None]
 
     def __repr__(self) -> str:
         return f"Gradients({', '.join(self)})"
@@ -432,10 +441,10 @@ class Protected:
         perm = _READ_ONLY if self._perms is _READ_ONLY else self._perms.get(key)
         if perm is None:
             raise ProtectedError(f"Read access to {self._name}[{key!r}] disallowed.")
-        try:
-            value = self._obj[key]
-        except KeyError:
+        obj = self._obj
+        if key not in obj:  # also for a defaultdict: reading must not insert the key
             return default
+        value = obj[key]
         return _guard(value, perm)
 
     def __contains__(self, key: Any) -> bool:

@@ -12,10 +12,21 @@ Control flow (FluxTraining's, plus fit-level events):
 * ``CancelFittingException``: ``fit`` stops, fires ``FitEnd`` and returns ``FitResult(stopped=True)``;
   ``epoch``/``step``/``run_*`` let it propagate;
 * any other error propagates as itself, with a note naming the callback and event that raised it.
+
+Step-state controls: callbacks with ``Write()`` access to these ``learner.step`` keys steer the built-in steps
+(:mod:`asyncloop.callbacks.helpers` uses them; an unset key costs nothing):
+
+* ``autocast`` (set at ``StepBegin``): a context manager entered around the forward pass and around the loss,
+  on the training thread, and always left (training and validation steps);
+* ``zero_grad`` (default True), ``loss_scale`` (multiplies the loss for backward only) and ``grad_scaler`` (a
+  ``torch.amp.GradScaler`` for backward and the optimizer step), set before ``BackwardBegin`` ends;
+* ``accumulate`` (default False, until ``BackwardEnd``): skip the optimizer step.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -65,7 +76,7 @@ class FitResult:
     * ``stopped``: ``True`` when a ``CancelFittingException`` ended the fit early, and ``reason`` is that
       exception (e.g. from ``EarlyStopping`` or ``StopOnNaNLoss``: tell them apart by type or message);
     * ``statistics``: per-callback costs (see :class:`asyncloop.runners.ActorStatistics`);
-    * ``elapsed``: wall-clock seconds.
+    * ``elapsed``: wall-clock seconds of the whole call (including the wait for detached actors to finish).
     """
 
     epochs: int
@@ -115,6 +126,7 @@ async def _run_session(learner: Learner, fn: Callable[..., Awaitable[Any]], args
             except BaseException as exc:  # re-raised below, unwrapped
                 body_error = exc
             finally:
+                session.abort_requested = True  # actors' worker threads stop between two items
                 runner.close()
                 nursery.cancel_scope.cancel()
     finally:
@@ -206,9 +218,11 @@ async def fit(learner: Learner, n_epochs: int, data: Any = None, *, resume: Any 
         raise ValueError(
             "learner has no training data: pass data=(train_batches, valid_batches) to Learner or to fit"
         )
+    t0 = time.perf_counter()
     if resume is not None:
         await trio.to_thread.run_sync(learner.load_checkpoint, resume)
-    return await _in_session(learner, _fit, learner, n_epochs, batches)
+    result = await _in_session(learner, _fit, learner, n_epochs, batches)
+    return dataclasses.replace(result, elapsed=time.perf_counter() - t0)  # detached actors' drain included
 
 
 async def _fit(learner: Learner, n_epochs: int, batches: PropDict) -> FitResult:
@@ -381,6 +395,7 @@ def _check_loss(loss: Any) -> None:
     )
 
 
+_NO_AUTOCAST = contextlib.nullcontext()
 _TRAINING_EVENTS = (StepBegin, LossBegin, BackwardBegin, BackwardEnd, StepEnd)
 _VALIDATION_EVENTS = (StepBegin, LossBegin, StepEnd)
 
@@ -397,15 +412,25 @@ async def _training_step(learner: Learner, phase: Phase, batch: Any) -> PropDict
     try:
         if session.abort_requested or session.control is not None:
             session.check()
+        model = learner.model
+        if getattr(model, "training", True) is False:
+            model.train()  # before StepBegin, so that its handlers see the mode the step runs in
         if begin is not None and (pending := begin(_STEP_BEGIN, phase)) is not None:
             await pending
         model = learner.model
-        if getattr(model, "training", True) is False:
-            model.train()
-        state["preds"] = model(state["xs"])
+        autocast = state.get("autocast")
+        if autocast is None:
+            state["preds"] = model(state["xs"])
+        else:
+            with autocast:
+                state["preds"] = model(state["xs"])
         if loss_begin is not None and (pending := loss_begin(_LOSS_BEGIN, phase)) is not None:
             await pending
-        loss = state["loss"] = learner.loss_fn(state["preds"], state["ys"])
+        if autocast is None:
+            loss = state["loss"] = learner.loss_fn(state["preds"], state["ys"])
+        else:
+            with autocast:
+                loss = state["loss"] = learner.loss_fn(state["preds"], state["ys"])
         _check_loss(loss)
         if backward_begin is not None and (pending := backward_begin(_BACKWARD_BEGIN, phase)) is not None:
             await pending
@@ -466,16 +491,18 @@ async def _validation_step(learner: Learner, phase: Phase, batch: Any) -> PropDi
     try:
         if session.abort_requested or session.control is not None:
             session.check()
+        model = learner.model
+        if getattr(model, "training", False):
+            model.eval()  # before StepBegin, so that its handlers see the mode the step runs in
         if begin is not None and (pending := begin(_STEP_BEGIN, phase)) is not None:
             await pending
         model = learner.model
-        if getattr(model, "training", False):
-            model.eval()
-        with torch.no_grad():
+        autocast = state.get("autocast") or _NO_AUTOCAST
+        with torch.no_grad(), autocast:
             state["preds"] = model(state["xs"])
         if loss_begin is not None and (pending := loss_begin(_LOSS_BEGIN, phase)) is not None:
             await pending
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             loss = state["loss"] = learner.loss_fn(state["preds"], state["ys"])
         _check_loss(loss)
         if end is not None and (pending := end(_STEP_END, phase)) is not None:

@@ -344,7 +344,11 @@ class ActorRunner(Runner):
         if accept is not None and not accept(event, phase):
             return None
         actor: _Actor = step.extra
-        view = actor.callback.snapshot(event, phase, self._learner)
+        try:
+            view = actor.callback.snapshot(event, phase, self._learner)
+        except BaseException as exc:
+            annotate(exc, actor.callback, event, phase, detached=True)
+            raise
         self._seq += 1
         self._outbox.append((actor, _Item(self._seq, event, phase, view, step.fn, step.is_async)))
         actor.enqueued += 1

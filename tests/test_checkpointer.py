@@ -1,0 +1,432 @@
+"""Tests for asyncloop.callbacks.checkpointer: checkpoints per epoch, top-k, durability, detached writes, resume."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import trio
+from torch.utils.data import DataLoader, TensorDataset
+
+from asyncloop import (
+    AbstractMetric,
+    ActorRunner,
+    Callback,
+    Checkpointer,
+    EarlyStopping,
+    EpochEnd,
+    GradientClipping,
+    Learner,
+    LearningRate,
+    LinearRunner,
+    Metrics,
+    Phase,
+    Read,
+    Recorder,
+    Scheduler,
+    StepEnd,
+    TrainingPhase,
+    ValidationPhase,
+    accuracy,
+    epoch,
+    fit,
+    on,
+    one_cycle,
+    test_learner,
+)
+from asyncloop import checkpoint as checkpoint_module
+from asyncloop.checkpoint import CheckpointError, read_checkpoint
+from asyncloop.stopping import NumberLimit, NumberSinceBest
+from matchers import exact
+
+RUNNERS = [LinearRunner, ActorRunner]
+
+
+def checkpoints(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("checkpoint_"))
+
+
+def same_tree(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same_tree(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_tree(a[k], b[k]) for k in a)
+    return a == b or (a != a and b != b)
+
+
+class Scripted(AbstractMetric):
+    """A validation metric whose epoch values are given in advance."""
+
+    def __init__(self, name: str, values: list[float]) -> None:
+        self.name, self.values, self.epoch, self._seen = name, values, -1, False
+
+    def reset(self) -> None:
+        self._seen = False
+
+    def update(self, learner: Any, phase: Phase) -> None:
+        if isinstance(phase, ValidationPhase) and not self._seen:
+            self._seen = True
+            self.epoch += 1
+
+    def step_value(self) -> Any:
+        return None
+
+    def epoch_value(self) -> Any:
+        return self.values[self.epoch] if self._seen else None
+
+
+class TestSeedCases:
+    def test_one_checkpoint_per_epoch(self, tmp_path: Path) -> None:
+        """Seed #18: no files before; fit(5) leaves 5 checkpoints (and the 'latest' pointer)."""
+        learner = test_learner(Checkpointer(tmp_path), Recorder(), Metrics())
+        assert checkpoints(tmp_path) == []
+        trio.run(fit, learner, 5)
+        names = checkpoints(tmp_path)
+        assert len(names) == 5
+        assert (tmp_path / "latest").read_text() == names[-1] + "\n"
+        assert sorted(os.listdir(tmp_path)) == sorted([*names, "latest"])
+
+    def test_top_k(self, tmp_path: Path) -> None:
+        """Seed #19: keep_top_k=8 keeps 5, then 8; a loss of 1e5 is kept as the latest and named '100000.0'."""
+        learner = test_learner(Checkpointer(tmp_path, keep_top_k=8), Recorder(), Metrics())
+        trio.run(fit, learner, 5)
+        assert len(checkpoints(tmp_path)) == 5
+        trio.run(fit, learner, 5)
+        assert len(checkpoints(tmp_path)) == 8
+        learner.loss_fn = lambda preds, ys: (preds * 0).sum() + 1e5
+        trio.run(fit, learner, 1)
+        assert learner.cbstate.metrics_epoch[TrainingPhase()].last("Loss")[1] == 1e5
+        names = checkpoints(tmp_path)
+        assert len(names) == 9
+        assert any("100000.0" in name for name in names)
+        assert (tmp_path / "latest").read_text().strip() == "checkpoint_epoch_011_loss_100000.0.pt"
+
+
+class TestNamingAndRetention:
+    def test_name_uses_epoch_and_training_loss(self, tmp_path: Path) -> None:
+        """checkpoint_epoch_{epoch:03d}_loss_{value!r}.pt with the training loss of that epoch."""
+        learner = test_learner(Checkpointer(tmp_path), Recorder(), Metrics(), n_batches=2)
+        trio.run(fit, learner, 2)
+        losses = learner.cbstate.metrics_epoch[TrainingPhase()].values("Loss")
+        assert checkpoints(tmp_path) == [f"checkpoint_epoch_{i + 1:03d}_loss_{v!r}.pt" for i, v in enumerate(losses)]
+
+    def test_top_k_by_a_validation_metric_in_max_mode(self, tmp_path: Path) -> None:
+        """keep_top_k ranks by any monitored metric; the most recent is kept even when it is the worst."""
+        values = [0.5, 0.9, 0.7, 0.8, 0.6]
+        cb = Checkpointer(tmp_path, keep_top_k=2, monitor="Accuracy", mode="max", phase=ValidationPhase)
+        learner = test_learner(cb, Recorder(), Metrics(Scripted("Accuracy", values)), n_batches=2)
+        trio.run(fit, learner, 5)
+        assert checkpoints(tmp_path) == [
+            "checkpoint_epoch_002_accuracy_0.9.pt",
+            "checkpoint_epoch_004_accuracy_0.8.pt",
+            "checkpoint_epoch_005_accuracy_0.6.pt",
+        ]
+        assert cb.best == tmp_path / "checkpoint_epoch_002_accuracy_0.9.pt"
+        assert cb.paths == [tmp_path / n for n in checkpoints(tmp_path)]
+
+    def test_without_validation_data(self, tmp_path: Path) -> None:
+        """Without validation every epoch is still checkpointed (at the next epoch or at FitEnd)."""
+        learner = test_learner(Checkpointer(tmp_path), Recorder(), Metrics(), n_batches=2)
+        learner.data = {"training": learner.data.training}
+        trio.run(fit, learner, 3)
+        assert len(checkpoints(tmp_path)) == 3
+
+    def test_manual_epochs(self, tmp_path: Path) -> None:
+        """With epoch() calls, an epoch's checkpoint is written when the next training epoch begins."""
+        learner = test_learner(Checkpointer(tmp_path), Recorder(), Metrics(), n_batches=2)
+        trio.run(epoch, learner, TrainingPhase())
+        assert checkpoints(tmp_path) == []
+        trio.run(epoch, learner, TrainingPhase())
+        assert len(checkpoints(tmp_path)) == 1 and checkpoints(tmp_path)[0].startswith("checkpoint_epoch_001_")
+
+    def test_early_stop_writes_the_last_epoch(self, tmp_path: Path) -> None:
+        """When EarlyStopping ends the fit, the stopped epoch's checkpoint is written at FitEnd, with its state."""
+        learner = test_learner(
+            Checkpointer(tmp_path), EarlyStopping(NumberLimit(2)), Recorder(), Metrics(), n_batches=2
+        )
+        result = trio.run(fit, learner, 5)
+        assert result.stopped and len(checkpoints(tmp_path)) == 2
+        state = read_checkpoint(tmp_path)
+        assert state["callbacks"]["EarlyStopping"] == {"state": 2}
+        assert state["epoch"] == 2
+
+
+class TestBadInput:
+    def test_unwritable_folder(self, tmp_path: Path) -> None:
+        """A folder that cannot be created is an error at construction, naming it."""
+        (tmp_path / "file").write_text("x")
+        folder = tmp_path / "file" / "ckpt"
+        with pytest.raises(
+            CheckpointError,
+            match=exact(
+                f"Checkpointer cannot write to {folder}: Not a directory; pass a folder it can create and write to"
+            ),
+        ):
+            Checkpointer(folder)
+
+    @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root can write anywhere")
+    def test_read_only_folder(self, tmp_path: Path) -> None:
+        """A read-only folder is an error at construction."""
+        tmp_path.chmod(0o500)
+        try:
+            with pytest.raises(CheckpointError, match=r"^Checkpointer cannot write to .*: Permission denied"):
+                Checkpointer(tmp_path)
+        finally:
+            tmp_path.chmod(0o700)
+
+    def test_bad_arguments(self, tmp_path: Path) -> None:
+        """keep_top_k, mode, monitor and phase are checked."""
+        with pytest.raises(ValueError, match=exact("Checkpointer: keep_top_k must be None or an int >= 1, got 0")):
+            Checkpointer(tmp_path, keep_top_k=0)
+        with pytest.raises(ValueError, match=exact("Checkpointer: mode must be 'min' or 'max', got 'best'")):
+            Checkpointer(tmp_path, mode="best")
+        with pytest.raises(
+            TypeError, match=exact("Checkpointer: monitor must be a metric name such as 'Loss', got ''")
+        ):
+            Checkpointer(tmp_path, monitor="")
+        with pytest.raises(
+            TypeError, match=exact("Checkpointer: phase must be a Phase class such as ValidationPhase, got 3")
+        ):
+            Checkpointer(tmp_path, phase=3)  # type: ignore[arg-type]
+
+    def test_needs_a_recorder(self, tmp_path: Path) -> None:
+        """Without a Recorder there are no epoch numbers: a clear error at the first epoch."""
+        learner = test_learner(Checkpointer(tmp_path))
+        with pytest.raises(RuntimeError) as info:
+            trio.run(fit, learner, 1)
+        assert str(info.value) == (
+            "Checkpointer numbers checkpoints by the epochs the Recorder counts, and there is no Recorder; "
+            "add Recorder() (a default callback)"
+        )
+
+    @pytest.mark.parametrize("runner", RUNNERS)
+    def test_unknown_monitor(self, tmp_path: Path, runner: type) -> None:
+        """An unknown monitor is an error at the first checkpoint, naming the recorded metrics; nothing is written."""
+        learner = test_learner(Checkpointer(tmp_path, monitor="Acc"), Recorder(), Metrics(), runner=runner())
+        with pytest.raises(ValueError) as info:
+            trio.run(fit, learner, 2)
+        assert str(info.value) == (
+            "Checkpointer monitors 'Acc', which Metrics did not record for TrainingPhase() (recorded: 'Loss'); "
+            "pass monitor= one of those, or add the metric to Metrics(...)"
+        )
+        assert checkpoints(tmp_path) == []
+
+    @pytest.mark.parametrize("runner", RUNNERS)
+    def test_failed_write_keeps_earlier_checkpoints(
+        self, tmp_path: Path, runner: type, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A write that fails ends the fit with a clear error; earlier files, 'latest' and the folder are intact."""
+        learner = test_learner(
+            Checkpointer(tmp_path, keep_top_k=1), Recorder(), Metrics(), n_batches=2, runner=runner()
+        )
+        trio.run(fit, learner, 2)
+        before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+        real_save = torch.save
+
+        def full_disk(obj: Any, f: Any, *args: Any, **kw: Any) -> None:
+            real_save(obj, f, *args, **kw)
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(torch, "save", full_disk)
+        with pytest.raises(CheckpointError) as info:
+            trio.run(fit, learner, 1)
+        monkeypatch.setattr(torch, "save", real_save)
+        assert re.fullmatch(
+            rf"Checkpointer could not write {re.escape(str(tmp_path))}/checkpoint_epoch_003_loss_[0-9.e+-]+\.pt: "
+            r"No space left on device; earlier checkpoints are untouched",
+            str(info.value),
+        )
+        after = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+        assert after == before
+
+    def test_corrupted_latest_checkpoint(self, tmp_path: Path) -> None:
+        """A corrupted checkpoint is a clear error on resume; the earlier checkpoints still resume."""
+        learner = test_learner(Checkpointer(tmp_path), Recorder(), Metrics(), n_batches=2)
+        trio.run(fit, learner, 2)
+        first, last = checkpoints(tmp_path)
+        (tmp_path / last).write_bytes(b"garbage")
+        earlier = (tmp_path / first).read_bytes()
+        fresh = test_learner(Checkpointer(tmp_path), Recorder(), Metrics(), n_batches=2)
+        with pytest.raises(
+            CheckpointError,
+            match=exact(
+                f"cannot load {tmp_path / last}: the file is truncated or corrupted; load an earlier checkpoint instead"
+            ),
+        ):
+            trio.run(lambda: fit(fresh, 1, resume=tmp_path))
+        assert (tmp_path / first).read_bytes() == earlier
+        trio.run(lambda: fit(fresh, 1, resume=tmp_path / first))
+        assert fresh.cbstate.history[TrainingPhase()].epochs == 2
+
+
+class StepClock(Callback):
+    """Record when each step ends; make each step take a few milliseconds (as real steps do)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    @on(StepEnd)
+    def tick(self, event: Any, phase: Any, learner: Any) -> None:
+        time.sleep(0.004)
+        self.times.append(time.perf_counter())
+
+
+class TestDetached:
+    @pytest.mark.parametrize("runner", RUNNERS)
+    def test_slow_writes_overlap_with_training_only_when_detached(
+        self, tmp_path: Path, runner: type, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Under ActorRunner training steps run while a (slow) checkpoint is written; under LinearRunner none do."""
+        intervals: list[tuple[float, float]] = []
+        real = checkpoint_module._fsync
+
+        def slow_fsync(fd: int) -> None:
+            t0 = time.perf_counter()
+            if stat.S_ISREG(os.fstat(fd).st_mode) and os.fstat(fd).st_size > 100:  # a checkpoint, not 'latest'
+                time.sleep(0.1)
+            real(fd)
+            intervals.append((t0, time.perf_counter()))
+
+        monkeypatch.setattr(checkpoint_module, "_fsync", slow_fsync)
+        clock = StepClock()
+        learner = test_learner(Checkpointer(tmp_path), Recorder(), Metrics(), clock, n_batches=16, runner=runner())
+        trio.run(fit, learner, 3)
+        overlapping = [t for t in clock.times if any(a < t < b for a, b in intervals)]
+        assert len(checkpoints(tmp_path)) == 3
+        if runner is ActorRunner:
+            assert overlapping
+        else:
+            assert not overlapping
+
+    def test_snapshot_is_consistent(self, tmp_path: Path) -> None:
+        """Under ActorRunner the checkpoint of epoch 1 holds the weights at the end of epoch 1, not later ones."""
+        weights: list[torch.Tensor] = []
+
+        class Weights(Callback):
+            state_access = {"model": Read()}
+
+            @on(EpochEnd, ValidationPhase)
+            def keep(self, event: Any, phase: Any, learner: Any) -> None:
+                weights.append(learner.model.c.detach().clone())
+
+        learner = test_learner(
+            Checkpointer(tmp_path), Recorder(), Metrics(), Weights(), n_batches=8, runner=ActorRunner()
+        )
+        trio.run(fit, learner, 3)
+        for i, name in enumerate(checkpoints(tmp_path)):
+            assert torch.equal(read_checkpoint(tmp_path / name)["model"]["c"], weights[i])
+
+    def test_declarations(self, tmp_path: Path) -> None:
+        """Read-only and detached, with a small inbox."""
+        cb = Checkpointer(tmp_path)
+        assert cb.detached and cb.inbox_size == 4
+        assert cb.state_access == {"model": Read(), "optimizer": Read(), "cbstate": Read(), "callbacks": Read()}
+        assert repr(Checkpointer(tmp_path, 3)) == f"Checkpointer({str(tmp_path)!r}, keep_top_k=3)"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Exact resume and runner parity
+# ------------------------------------------------------------------------------------------------------------
+
+
+class Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = torch.nn.Linear(4, 16)
+        self.drop = torch.nn.Dropout(0.3)
+        self.l2 = torch.nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l2(self.drop(torch.relu(self.l1(x))))
+
+
+def classifier(folder: Path, runner: type, seed: int) -> Learner:
+    """A dropout MLP on shuffled data with Adam, a one-cycle schedule, early stopping, clipping and accuracy."""
+    g = torch.Generator().manual_seed(1234)
+    xs = torch.randn(64, 4, generator=g)
+    ys = (xs.sum(1) > 0).long() + (xs[:, 0] > 1).long()
+    train = DataLoader(TensorDataset(xs[:48], ys[:48]), batch_size=8, shuffle=True)
+    valid = DataLoader(TensorDataset(xs[48:], ys[48:]), batch_size=8)
+    torch.manual_seed(seed)
+    return Learner(
+        Net(),
+        torch.nn.functional.cross_entropy,
+        data=(train, valid),
+        optimizer=lambda params: torch.optim.Adam(params, lr=1e-2),
+        callbacks=[
+            Scheduler({LearningRate: one_cycle(24, 0.05)}),
+            EarlyStopping(NumberSinceBest(50), monitor="Accuracy", mode="max"),
+            GradientClipping(0.5),
+            Metrics(accuracy),
+            Checkpointer(folder, keep_top_k=2),
+            Recorder(),
+        ],
+        use_default_callbacks=False,
+        runner=runner(),
+    )
+
+
+def assert_same_run(a: Learner, b: Learner) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    for key in ("model", "optimizer", "callbacks", "cbstate", "epoch", "step"):
+        assert same_tree(sa[key], sb[key]), key
+
+
+class TestResume:
+    @pytest.mark.parametrize("runner", RUNNERS)
+    def test_two_plus_two_equals_four(self, tmp_path: Path, runner: type) -> None:
+        """2 epochs, then a resume for 2 more, give bit-exactly the weights, history and checkpoints of 4 straight."""
+        straight = classifier(tmp_path / "straight", runner, seed=7)
+        trio.run(fit, straight, 4)
+
+        half = classifier(tmp_path / "resumed", runner, seed=7)
+        trio.run(fit, half, 2)
+        resumed = classifier(tmp_path / "resumed", runner, seed=99)  # a new process: other initial weights
+        assert not torch.equal(resumed.model.l1.weight, straight.model.l1.weight)
+        result = trio.run(lambda: fit(resumed, 2, resume=tmp_path / "resumed"))
+
+        assert result.epochs == 2
+        assert_same_run(straight, resumed)
+        assert checkpoints(tmp_path / "straight") == checkpoints(tmp_path / "resumed")
+        for name in checkpoints(tmp_path / "straight"):
+            assert same_tree(
+                read_checkpoint(tmp_path / "straight" / name), read_checkpoint(tmp_path / "resumed" / name)
+            )
+
+    def test_load_checkpoint_then_fit(self, tmp_path: Path) -> None:
+        """learner.load_checkpoint(path) then fit is the same as fit(..., resume=path)."""
+        half = classifier(tmp_path / "a", LinearRunner, seed=7)
+        trio.run(fit, half, 1)
+        path = tmp_path / "a" / checkpoints(tmp_path / "a")[0]
+        one = classifier(tmp_path / "b", LinearRunner, seed=1)
+        one.load_checkpoint(path)
+        trio.run(fit, one, 1)
+        two = classifier(tmp_path / "c", LinearRunner, seed=2)
+        trio.run(lambda: fit(two, 1, resume=path))
+        assert_same_run(one, two)
+
+
+class TestRunnerParity:
+    def test_library_set_is_identical_under_both_runners(self, tmp_path: Path) -> None:
+        """Scheduler, EarlyStopping, Checkpointer, GradientClipping, Metrics: identical results under both runners."""
+        runs = {}
+        for runner in RUNNERS:
+            learner = classifier(tmp_path / runner.__name__, runner, seed=3)
+            runs[runner] = (learner, trio.run(fit, learner, 3))
+        (a, ra), (b, rb) = runs[LinearRunner], runs[ActorRunner]
+        assert (ra.epochs, ra.stopped) == (rb.epochs, rb.stopped)
+        assert_same_run(a, b)
+        names = checkpoints(tmp_path / "LinearRunner")
+        assert names == checkpoints(tmp_path / "ActorRunner") and len(names) == 2
+        for name in names:
+            assert same_tree(
+                read_checkpoint(tmp_path / "LinearRunner" / name), read_checkpoint(tmp_path / "ActorRunner" / name)
+            )

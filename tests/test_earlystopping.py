@@ -1,0 +1,203 @@
+"""Tests for asyncloop.callbacks.earlystopping: EarlyStopping driven by any recorded metric."""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import pytest
+import torch
+import trio
+
+from asyncloop import (
+    AbstractMetric,
+    ActorRunner,
+    EarlyStopping,
+    FitEnd,
+    LinearRunner,
+    Metrics,
+    Phase,
+    ProgressPrinter,
+    Read,
+    Recorder,
+    TrainingPhase,
+    ValidationPhase,
+    fit,
+    test_learner,
+)
+from asyncloop.callbacks import CustomCallback
+from asyncloop.stopping import EarlyStopped, InvalidValue, NumberLimit, NumberSinceBest, Patience, Threshold
+from matchers import exact
+
+RUNNERS = [LinearRunner, ActorRunner]
+
+
+class Scripted(AbstractMetric):
+    """A validation metric whose epoch values are given in advance."""
+
+    def __init__(self, name: str, values: list[float]) -> None:
+        self.name, self.values, self.epoch, self._seen = name, values, -1, False
+
+    def reset(self) -> None:
+        self._seen = False
+
+    def update(self, learner: Any, phase: Phase) -> None:
+        if isinstance(phase, ValidationPhase) and not self._seen:
+            self._seen = True
+            self.epoch += 1
+
+    def step_value(self) -> Any:
+        return None
+
+    def epoch_value(self) -> Any:
+        return self.values[self.epoch] if self._seen else None
+
+
+class TestEarlyStopping:
+    def test_seed_stop_early(self) -> None:
+        """Seed #21: EarlyStopping(1) with a large learning rate stops a 100-epoch fit early."""
+        learner = test_learner(
+            Recorder(), Metrics(), EarlyStopping(1), ProgressPrinter(file=io.StringIO()), coeff=3.0, lr=0.1
+        )
+        result = trio.run(fit, learner, 100)
+        assert result.stopped and result.epochs < 100
+        assert isinstance(result.reason, EarlyStopped)
+        assert str(result.reason) == "Stop triggered by NumberSinceBest(1) stopping criterion. "
+
+    def test_print_and_repr(self) -> None:
+        """Seed #21: printing EarlyStopping(1) and EarlyStopping(NumberLimit(2)) works."""
+        assert repr(EarlyStopping(1)) == "EarlyStopping(NumberSinceBest(1))"
+        assert str(EarlyStopping(NumberLimit(2))) == "EarlyStopping(NumberLimit(2))"
+        assert repr(EarlyStopping(3, InvalidValue(), monitor="Accuracy", mode="max")) == (
+            "EarlyStopping(Disjunction(NumberSinceBest(3), InvalidValue()), monitor='Accuracy', mode='max')"
+        )
+
+    def test_int_means_no_improvement_for_n_epochs(self) -> None:
+        """EarlyStopping(2) stops after 2 epochs without a new best, also on a plateau (Patience would not)."""
+        values = [3.0, 2.0, 2.0, 2.0, 1.0, 0.5]
+        learner = test_learner(Recorder(), Metrics(Scripted("Score", values)), EarlyStopping(2, monitor="Score"))
+        result = trio.run(fit, learner, 6)
+        assert result.stopped and result.epochs == 4
+        plateau = test_learner(
+            Recorder(), Metrics(Scripted("Score", values)), EarlyStopping(Patience(2), monitor="Score")
+        )
+        assert not trio.run(fit, plateau, 6).stopped
+
+    @pytest.mark.parametrize("runner", RUNNERS)
+    def test_monitor_any_metric_in_max_mode(self, runner: type) -> None:
+        """mode='max' stops when the metric stops increasing; the reason names criterion, monitor and value."""
+        values = [0.5, 0.7, 0.9, 0.8, 0.9, 0.95]
+        learner = test_learner(
+            Recorder(),
+            Metrics(Scripted("Accuracy", values)),
+            EarlyStopping(NumberSinceBest(2), monitor="Accuracy", mode="max"),
+            runner=runner(),
+        )
+        result = trio.run(fit, learner, 6)
+        assert result.epochs == 5
+        reason = result.reason
+        assert isinstance(reason, EarlyStopped)
+        assert (reason.monitor, reason.value, reason.epoch) == ("Accuracy", 0.9, 5)
+        assert reason.criterion == NumberSinceBest(2)
+
+    def test_threshold_in_max_mode_sees_negated_values(self) -> None:
+        """With mode='max' the criteria see -value: Threshold(-0.85) stops once the metric exceeds 0.85."""
+        learner = test_learner(
+            Recorder(),
+            Metrics(Scripted("Accuracy", [0.5, 0.9, 0.95])),
+            EarlyStopping(Threshold(-0.85), monitor="Accuracy", mode="max"),
+        )
+        assert trio.run(fit, learner, 3).epochs == 2
+
+    def test_training_values_are_fed(self) -> None:
+        """The training loss reaches update_training: InvalidValue stops on a NaN training loss at its EpochEnd."""
+        learner = test_learner(Recorder(), Metrics(), EarlyStopping(InvalidValue()), coeff=math.nan)
+        result = trio.run(fit, learner, 3)
+        assert result.stopped and result.epochs == 0
+        assert learner.cbstate.history[TrainingPhase()].epochs == 1
+        assert learner.cbstate.history[ValidationPhase()].epochs == 0
+        assert str(result.reason) == "Stopping early as `NaN`, `Inf` or `-Inf` encountered. "
+
+    def test_fit_end_fires_after_the_stop(self) -> None:
+        """The stop ends the fit cleanly: FitEnd still fires."""
+        ends = []
+        learner = test_learner(
+            Recorder(), Metrics(), EarlyStopping(NumberLimit(1)), CustomCallback(lambda _: ends.append(1), FitEnd)
+        )
+        result = trio.run(fit, learner, 5)
+        assert (result.stopped, result.epochs, ends) == (True, 1, [1])
+
+    def test_unknown_monitor(self) -> None:
+        """A monitor Metrics does not record is an error at the first validation EpochEnd, naming the known ones."""
+        learner = test_learner(Recorder(), Metrics(), EarlyStopping(2, monitor="Acc"))
+        with pytest.raises(ValueError) as info:
+            trio.run(fit, learner, 1)
+        assert str(info.value) == (
+            "EarlyStopping monitors 'Acc', which Metrics did not record for ValidationPhase() (recorded: 'Loss'); "
+            "pass monitor= one of those, or add the metric to Metrics(...)"
+        )
+
+    def test_needs_metrics(self) -> None:
+        """Without Metrics there is nothing to judge: a clear error at the first epoch."""
+        learner = test_learner(Recorder(), EarlyStopping(2))
+        with pytest.raises(RuntimeError) as info:
+            trio.run(fit, learner, 1)
+        assert str(info.value) == (
+            "EarlyStopping judges the epoch values Metrics records, counted by the Recorder; add Metrics() and "
+            "Recorder() (both default callbacks)"
+        )
+
+    def test_validation_only_metric_is_skipped_in_training(self) -> None:
+        """A metric only recorded in validation is no error in training epochs."""
+        learner = test_learner(Recorder(), Metrics(Scripted("Score", [1.0, 1.0])), EarlyStopping(1, monitor="Score"))
+        assert trio.run(fit, learner, 2).stopped
+
+    def test_bad_arguments(self) -> None:
+        """Bad criteria, modes and phases are rejected with a message saying what to pass."""
+        with pytest.raises(
+            TypeError,
+            match=exact("EarlyStopping needs a criterion, e.g. EarlyStopping(3) or EarlyStopping(Patience(5))"),
+        ):
+            EarlyStopping()
+        with pytest.raises(ValueError, match=exact("EarlyStopping: mode must be 'min' or 'max', got 'up'")):
+            EarlyStopping(3, mode="up")
+        with pytest.raises(TypeError, match=r"^EarlyStopping takes stopping criteria from asyncloop.stopping"):
+            EarlyStopping("3")
+        with pytest.raises(
+            ValueError,
+            match=exact(
+                "EarlyStopping: test_phase Phase and train_phase AbstractTrainingPhase overlap; pick phase types that "
+                "do not include each other"
+            ),
+        ):
+            EarlyStopping(3, test_phase=Phase)
+
+    def test_state_dict_round_trip(self) -> None:
+        """The criterion's state is saved and restored."""
+        cb = EarlyStopping(3)
+        learner = test_learner(Recorder(), Metrics(), cb, n_batches=2)
+        trio.run(fit, learner, 2)
+        state = cb.state_dict()
+        assert state["state"][1] in (0, 1)
+        fresh = EarlyStopping(3)
+        fresh.load_state_dict(state)
+        assert fresh.state == cb.state
+
+    def test_declarations(self) -> None:
+        """It reads the epoch metrics and history, runs after Metrics, and is never detached."""
+        cb = EarlyStopping(1)
+        assert cb.state_access == {"cbstate": {"metrics_epoch": Read(), "history": Read()}}
+        assert Metrics in cb.run_after and not cb.detached
+
+    @pytest.mark.parametrize("runner", RUNNERS)
+    def test_stops_at_the_same_epoch_under_both_runners(self, runner: type) -> None:
+        """The stop is exact under both runners: same epoch, same weights."""
+        torch.manual_seed(1)
+        learner = test_learner(Recorder(), Metrics(), EarlyStopping(1), lr=0.1, runner=runner())
+        result = trio.run(fit, learner, 50)
+        torch.manual_seed(1)
+        reference = test_learner(Recorder(), Metrics(), EarlyStopping(1), lr=0.1)
+        expected = trio.run(fit, reference, 50)
+        assert result.epochs == expected.epochs
+        assert torch.equal(learner.model.c, reference.model.c)
