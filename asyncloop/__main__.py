@@ -1,0 +1,5 @@
+"""``python -m asyncloop``: the command line (see :mod:`asyncloop.cli`)."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""The backend interface: :class:`LoggerBackend` and :func:`log_to`, which fans one loggable out to backends."""
+
+from __future__ import annotations
+
+import abc
+import secrets
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from ..loggables import Loggable
+
+__all__ = ["LoggerBackend", "log_to", "default_run_name"]
+
+
+class LoggerBackend(abc.ABC):
+    """Where logging callbacks send :mod:`asyncloop.loggables` (FluxTraining's ``LoggerBackend``).
+
+    To support a new destination, subclass it and implement :meth:`log_to`; override :meth:`flush` and
+    :meth:`close` if it holds resources. Semantics every backend follows:
+
+    * ``log_to`` is plain sync code and may block: asyncloop only calls it from a detached logger's worker
+      thread (or, under the ``LinearRunner``, from the training thread), never on a trio event loop;
+    * it may be called from several threads at once (one per logging callback): guard shared state with a lock;
+    * it opens its resources lazily and :meth:`close` is idempotent; a closed backend reopens on the next
+      ``log_to`` (one backend object can serve several fits);
+    * it logs the loggable kinds it can show and silently skips the others.
+
+    The logging callbacks call :meth:`flush` at ``FitEnd`` and :meth:`close` when the run ends, however it ends
+    (``Callback.teardown``).
+    """
+
+    @abc.abstractmethod
+    def log_to(self, loggable: Loggable, name: str, index: int, group: tuple[str, ...] = ()) -> None:
+        """Log ``loggable`` under ``group`` and ``name`` at step ``index`` (unique per group and name)."""
+
+    def flush(self) -> None:
+        """Push buffered data to its destination. Default: nothing to do."""
+
+    def close(self) -> None:
+        """Flush and release resources (files, writers). Idempotent. Default: :meth:`flush`."""
+        self.flush()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _as_group(group: Any) -> tuple[str, ...]:
+    if isinstance(group, str):
+        return (group,)
+    if isinstance(group, tuple) and all(isinstance(g, str) for g in group):
+        return group
+    if isinstance(group, list) and all(isinstance(g, str) for g in group):
+        return tuple(group)
+    raise TypeError(f"group must be a str or a tuple of str, got {group!r}")
+
+
+def _as_backends(backends: Any) -> tuple[LoggerBackend, ...]:
+    if isinstance(backends, LoggerBackend):
+        return (backends,)
+    if isinstance(backends, (tuple, list)) and all(isinstance(b, LoggerBackend) for b in backends):
+        return tuple(backends)
+    raise TypeError(f"log_to takes a LoggerBackend or a tuple of them, got {backends!r}")
+
+
+def log_to(
+    backends: LoggerBackend | Iterable[LoggerBackend],
+    loggable: Loggable,
+    name: str,
+    index: int,
+    group: str | tuple[str, ...] = (),
+) -> None:
+    """Log ``loggable`` to every backend of ``backends`` as ``name`` at ``index`` under ``group``.
+
+    ``group`` is a str or a tuple of str (e.g. ``("Step", "TrainingPhase", "Metrics")``); TensorBoard joins it
+    with the name into the tag ``Step/TrainingPhase/Metrics/Loss``. Every backend gets the loggable even if an
+    earlier one raised; the first error is then re-raised.
+    """
+    targets = _as_backends(backends)
+    if not isinstance(loggable, Loggable):
+        raise TypeError(f"log_to takes a loggable such as loggables.Value(0.5), got {loggable!r}")
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {name!r}")
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise TypeError(f"index must be an int, got {index!r}")
+    groups = _as_group(group)
+    error: Exception | None = None
+    for backend in targets:
+        try:
+            backend.log_to(loggable, name, index, groups)
+        except Exception as exc:
+            exc.add_note(f"asyncloop: raised by {backend!r}.log_to({loggable!r}, {name!r}, {index})")
+            error = error or exc
+    if error is not None:
+        raise error
+
+
+def default_run_name() -> str:
+    """A fresh run name: local time plus a random suffix, e.g. ``"20261125-101500-3fa2c1"``."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"

@@ -1,0 +1,402 @@
+"""The logging callbacks: LogMetrics, LogHyperParams, LogHistograms, LogVisualization, LogTraces and LogEvents.
+
+All are detached, read-only callbacks: under the :class:`asyncloop.ActorRunner` they get a snapshot of what
+they read, taken after the callbacks that write it ran, and their backends' I/O happens in the logger's own
+worker thread while training goes on. Under the :class:`asyncloop.LinearRunner` they run inline on the
+training thread. Either way the same values are logged. Each flushes its backends at ``FitEnd`` and closes them
+when the run ends, however it ends.
+
+Tags (group and name, as TensorBoard shows them):
+
+=====================  =========================================================  =================================
+callback               tag                                                        index
+=====================  =========================================================  =================================
+LogMetrics             ``Step/<Phase>/Metrics/<name>``                            ``history[phase].steps``
+                       ``Epoch/<Phase>/Metrics/<name>``                           ``history[phase].epochs``
+LogHyperParams         ``Step/HParams/<name>`` (training steps only)              training steps
+LogHistograms          ``Step/Histograms/Weights/<parameter name>``               training steps
+LogVisualization       ``Step/Visualization``                                     training steps
+LogTraces              ``Step/<Phase>/Traces/<name>``                             the trace's index
+LogEvents              ``Events/<Phase>/<EventName>``                             the phase's steps
+=====================  =========================================================  =================================
+
+``<Phase>`` is the phase's class name (``TrainingPhase``, ``ValidationPhase``); the index is the one the value
+was recorded at (Metrics and Traces push at the phase's completed step count, so step ``k`` of a phase is
+logged at ``k``, starting at 1).
+
+Fixes to FluxTraining's loggers: LogMetrics and LogTraces log only the values recorded since they last logged
+(FluxTraining re-logged the last value of every key at every step); LogHyperParams logs in training steps only
+(FluxTraining also logged at validation steps, with validation indices, mixing the x-axis); LogHistograms and
+LogVisualization count only training steps for ``freq`` (FluxTraining's throttle also counted validation steps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from ..callback import Callback, Handler, on
+from ..callbacks.conditional import FrequencyThrottle
+from ..callbacks.metrics import Metrics
+from ..callbacks.recorder import Recorder
+from ..events import EpochEnd, Event, FitEnd, StepEnd
+from ..loggables import Histogram, Image, Loggable, RuntimeEvent, Value
+from ..phases import AbstractTrainingPhase, FitPhase, Phase, TrainingPhase
+from ..state import Read, snapshot
+from .backend import LoggerBackend, log_to
+
+__all__ = ["LogMetrics", "LogHyperParams", "LogHistograms", "LogVisualization", "LogTraces", "LogEvents"]
+
+
+def _check_backends(owner: str, backends: Sequence[Any]) -> tuple[LoggerBackend, ...]:
+    if not backends:
+        raise ValueError(f"{owner} needs at least one LoggerBackend, e.g. {owner}(TensorBoardBackend('runs'))")
+    for backend in backends:
+        if isinstance(backend, LoggerBackend):
+            continue
+        if isinstance(backend, type) and issubclass(backend, LoggerBackend):
+            raise TypeError(f"{owner} takes backend instances: pass {backend.__name__}(...), not the class")
+        raise TypeError(f"{owner} takes LoggerBackend instances such as TensorBoardBackend('runs'), got {backend!r}")
+    return tuple(backends)
+
+
+def _check_freq(owner: str, freq: Any) -> FrequencyThrottle | None:
+    if freq is None:
+        return None
+    if isinstance(freq, bool) or not isinstance(freq, int) or freq < 1:
+        raise ValueError(f"{owner} freq must be an int >= 1 (log every freq-th training step) or None, got {freq!r}")
+    return FrequencyThrottle(freq, StepEnd)
+
+
+def _optional_callback(name: str) -> tuple[type, ...]:
+    """The callback class ``asyncloop.<name>`` if it exists (for ``run_after``), else nothing."""
+    import asyncloop
+
+    cls = getattr(asyncloop, name, None)
+    return (cls,) if isinstance(cls, type) and issubclass(cls, Callback) else ()
+
+
+def _number(value: Any) -> int | float | None:
+    try:
+        return Value(value).data
+    except TypeError:
+        return None
+
+
+class _Logger(Callback):
+    """Shared by the logging callbacks: backends, flushing at ``FitEnd``, closing at teardown."""
+
+    detached = True
+
+    def __init__(self, *backends: LoggerBackend) -> None:
+        self.backends = _check_backends(type(self).__name__, backends)
+
+    def log(self, loggable: Loggable, name: str, index: int, group: tuple[str, ...]) -> None:
+        log_to(self.backends, loggable, name, index, group)
+
+    @on(FitEnd)
+    def fit_end(self, event: FitEnd, phase: Phase, learner: Any) -> None:
+        for backend in self.backends:
+            backend.flush()
+
+    def teardown(self, learner: Any) -> None:
+        """Close every backend (idempotent), also after a failed or cancelled fit."""
+        error: Exception | None = None
+        for backend in self.backends:
+            try:
+                backend.close()
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(map(repr, self.backends))})"
+
+
+class _Captured:
+    """What a detached logger's ``snapshot`` hands its handler instead of a learner view."""
+
+    __slots__ = ("index", "items")
+
+    def __init__(self, index: int, items: Any) -> None:
+        self.index, self.items = index, items
+
+
+def _phase_series(learner: Any, key: str, phase: Phase) -> Any:
+    """``learner.cbstate[key][phase]`` if it exists (without creating it in the phase dict), else None."""
+    histories = learner.cbstate.get(key)
+    return histories[phase] if histories is not None and phase in histories else None
+
+
+class _SeriesLogger(_Logger):
+    """Logs the values of per-phase series histories recorded since it last logged them.
+
+    ``_sources`` maps the event types it handles to the ``cbstate`` key it reads then. Its snapshot is a
+    read-only view of that one phase's series (O(number of series)), not a copy of everything it may read.
+    """
+
+    _sources: tuple[tuple[type[Event], str], ...] = ()
+
+    def __init__(self, *backends: LoggerBackend) -> None:
+        super().__init__(*backends)
+        self._logged: dict[tuple[str, Phase, str], Any] = {}
+
+    def init(self, learner: Any) -> None:
+        self._logged = {}
+
+    def _source(self, event: Event) -> str | None:
+        return next((key for cls, key in self._sources if isinstance(event, cls)), None)
+
+    def snapshot(self, event: Event, phase: Phase, learner: Any) -> Any:
+        key = self._source(event)
+        series = _phase_series(learner, key, phase) if key is not None else None
+        return _Captured(0, snapshot(series) if series is not None else None)
+
+    def _series(self, event: Event, phase: Phase, learner: Any) -> Any:
+        if isinstance(learner, _Captured):
+            return learner.items
+        key = self._source(event)
+        return _phase_series(learner, key, phase) if key is not None else None
+
+    def _log_new(self, series: Any, phase: Phase, unit: str, category: str) -> None:
+        if series is None:
+            return
+        group = (unit, type(phase).__name__, category)
+        logged = self._logged
+        for name in series.keys():
+            index, value = series.last(name)
+            key = (unit, phase, name)
+            if logged.get(key) == index:
+                continue
+            logged[key] = index
+            number = _number(value)
+            if number is not None and isinstance(index, int):
+                self.log(Value(number), name, index, group)
+
+
+class LogMetrics(_SeriesLogger):
+    """Log step and epoch metrics (``cbstate.metrics_step`` / ``metrics_epoch``) to one or more backends.
+
+    At every ``StepEnd`` it logs the metric values recorded in that step as ``Step/<Phase>/Metrics/<name>`` at
+    the step index; at every ``EpochEnd`` the epoch values as ``Epoch/<Phase>/Metrics/<name>`` at the epoch
+    index. Non-numeric values are skipped. Throttle it with ``throttle(LogMetrics(...), StepEnd, freq=10)``.
+
+    Example::
+
+        learner = Learner(model, loss_fn, callbacks=[Metrics(accuracy), LogMetrics(TensorBoardBackend("runs/a"))])
+    """
+
+    state_access = {"cbstate": {"history": Read(), "metrics_step": Read(), "metrics_epoch": Read()}}
+    run_after = (Recorder, Metrics)
+    _sources = ((StepEnd, "metrics_step"), (EpochEnd, "metrics_epoch"))
+
+    @on(StepEnd)
+    def step_end(self, event: StepEnd, phase: Phase, learner: Any) -> None:
+        self._log_new(self._series(event, phase, learner), phase, "Step", "Metrics")
+
+    @on(EpochEnd)
+    def epoch_end(self, event: EpochEnd, phase: Phase, learner: Any) -> None:
+        self._log_new(self._series(event, phase, learner), phase, "Epoch", "Metrics")
+
+
+class LogTraces(_SeriesLogger):
+    """Log the step traces of :class:`asyncloop.Traces` (``cbstate.trace_history``) to one or more backends.
+
+    At every ``StepEnd`` it logs the traces recorded since it last logged, as ``Step/<Phase>/Traces/<name>`` at
+    the trace's index. Non-numeric traces are skipped.
+    """
+
+    state_access = {"cbstate": {"history": Read(), "trace_history": Read()}}
+    _sources = ((StepEnd, "trace_history"),)
+
+    @property  # type: ignore[override]
+    def run_after(self) -> tuple[type, ...]:
+        return (Recorder, *_optional_callback("Traces"))
+
+    @on(StepEnd)
+    def step_end(self, event: StepEnd, phase: Phase, learner: Any) -> None:
+        self._log_new(self._series(event, phase, learner), phase, "Step", "Traces")
+
+
+class LogHyperParams(_Logger):
+    """Log the hyperparameters (``cbstate.hyperparams``, kept by :class:`asyncloop.Scheduler`) at every training step.
+
+    Each hyperparameter's current value is logged as ``Step/HParams/<name>`` (e.g. ``Step/HParams/LearningRate``)
+    at the training step index, so it lines up with ``Step/TrainingPhase/Metrics/Loss``. Validation steps log
+    nothing: hyperparameters only change while training.
+
+    Example::
+
+        Learner(model, loss_fn, callbacks=[Scheduler({LearningRate: schedule}), LogHyperParams(backend)])
+    """
+
+    state_access = {"cbstate": {"history": Read(), "hyperparams": Read()}}
+
+    @property  # type: ignore[override]
+    def run_after(self) -> tuple[type, ...]:
+        return (Recorder, *_optional_callback("Scheduler"))
+
+    def snapshot(self, event: Event, phase: Phase, learner: Any) -> Any:
+        if not isinstance(event, StepEnd):
+            return None  # FitEnd only flushes
+        hyperparams = learner.cbstate.get("hyperparams")
+        return _Captured(learner.cbstate.history[phase].steps, snapshot(hyperparams) if hyperparams else None)
+
+    @on(StepEnd, AbstractTrainingPhase)
+    def step_end(self, event: StepEnd, phase: Phase, learner: Any) -> None:
+        if isinstance(learner, _Captured):
+            index, hyperparams = learner.index, learner.items
+        else:
+            index, hyperparams = learner.cbstate.history[phase].steps, learner.cbstate.get("hyperparams")
+        if not hyperparams:
+            return
+        for name in hyperparams.keys():
+            number = _number(hyperparams.last(name)[1])
+            if number is not None:
+                self.log(Value(number), name, index, ("Step", "HParams"))
+
+
+class _Throttled(_Logger):
+    """A logger of training steps with its own ``freq`` counter (which counts training steps only)."""
+
+    def __init__(self, *backends: LoggerBackend, freq: int | None = 100) -> None:
+        super().__init__(*backends)
+        self.freq = freq
+        self._throttle = _check_freq(type(self).__name__, freq)
+
+    def handler(self, event: type[Event], phase: type[Phase]) -> Handler | None:
+        found = super().handler(event, phase)
+        if found is None or self._throttle is None or not issubclass(event, StepEnd):
+            return found
+        return Handler(found.fn, found.is_async, self._throttle.should_run)
+
+
+class LogHistograms(_Throttled):
+    """Log a histogram of every model parameter every ``freq`` training steps (``freq=None``: every step).
+
+    Each parameter is logged as ``Step/Histograms/Weights/<parameter name>`` (e.g. ``.../0.weight``) at the
+    training step index, on training steps 1, freq+1, 2*freq+1, ... Under the ActorRunner the snapshot clones
+    only the parameter tensors (not the whole model), and the histograms are computed in the logger's thread.
+    """
+
+    state_access = {"model": Read(), "cbstate": {"history": Read()}}
+    run_after = (Recorder,)
+
+    def snapshot(self, event: Event, phase: Phase, learner: Any) -> Any:
+        if isinstance(event, StepEnd):
+            return self._capture(learner, phase, clone=True)
+        return None  # FitEnd only flushes
+
+    @staticmethod
+    def _capture(learner: Any, phase: Phase, *, clone: bool) -> _Captured:
+        model = learner.model
+        params: tuple[tuple[str, torch.Tensor], ...] = ()
+        if isinstance(model, torch.nn.Module):
+            with torch.no_grad():
+                params = tuple((n, p.detach().clone() if clone else p.detach()) for n, p in model.named_parameters())
+        return _Captured(learner.cbstate.history[phase].steps, params)
+
+    @on(StepEnd, AbstractTrainingPhase)
+    def step_end(self, event: StepEnd, phase: Phase, learner: Any) -> None:
+        captured = learner if isinstance(learner, _Captured) else self._capture(learner, phase, clone=False)
+        for name, tensor in captured.items:
+            self.log(Histogram(tensor), name, captured.index, ("Step", "Histograms", "Weights"))
+
+
+class LogVisualization(_Throttled):
+    """Log ``Image(visfn(learner.step))`` every ``freq`` training steps (``freq=None``: every step).
+
+    ``visfn`` gets the step state (``xs``, ``ys``, ``preds``, ``loss``) and returns an image: an ``(H, W, C)``
+    array or tensor, or an :class:`asyncloop.loggables.Image` (e.g. ``Image(x, dataformats="CHW")``). It is
+    logged as ``Step/Visualization`` at the training step index. Under the ActorRunner ``visfn`` runs in the
+    logger's thread, on a snapshot of the step.
+
+    Example::
+
+        LogVisualization(lambda step: step.xs[0], TensorBoardBackend("runs/a"), freq=50)
+    """
+
+    state_access = {"step": Read(), "cbstate": {"history": Read()}}
+    run_after = (Recorder,)
+
+    def __init__(self, visfn: Callable[[Any], Any], *backends: LoggerBackend, freq: int | None = 100) -> None:
+        if not callable(visfn) or isinstance(visfn, LoggerBackend):
+            raise TypeError(
+                f"LogVisualization takes visfn(step) first, then the backends: "
+                f"LogVisualization(visfn, backend, ...); got {visfn!r}"
+            )
+        super().__init__(*backends, freq=freq)
+        self.visfn = visfn
+
+    @on(StepEnd, AbstractTrainingPhase)
+    def step_end(self, event: StepEnd, phase: Phase, learner: Any) -> None:
+        image = self.visfn(learner.step)
+        if not isinstance(image, Loggable):
+            image = Image(image)
+        self.log(image, "Visualization", learner.cbstate.history[phase].steps, ("Step",))
+
+
+def _counters(history: Any, phase: Phase) -> tuple[int, int, int]:
+    key = TrainingPhase() if isinstance(phase, FitPhase) else phase
+    if history is None or key not in history:
+        return 0, 0, 0
+    h = history[key]
+    return h.epochs, h.steps, h.steps_epoch
+
+
+class LogEvents(_Logger):
+    """Log every runtime event (or those of the types in ``events``) as a :class:`~asyncloop.loggables.RuntimeEvent`.
+
+    Meant for the event log and the live stream (TensorBoard and CSV skip these records): a subscriber sees
+    ``EpochBegin``, ``StepEnd``, ..., ``FitEnd`` as they happen, with the phase's completed epochs and steps.
+    Cheap: the snapshot is the event's name, its phase and three counters. Name ``Events/<Phase>/<Event>``.
+    It runs after the other loggers, so on a shared backend an event's record comes after the values logged
+    for that event (``FitEnd`` is the fit's last record), under the ActorRunner too.
+
+    Example::
+
+        LogEvents(EventLogBackend("run.alog"), events=(EpochEnd, FitEnd))
+    """
+
+    state_access = {"cbstate": {"history": Read()}}
+    run_after = (Recorder, LogMetrics, LogHyperParams, LogHistograms, LogVisualization, LogTraces)
+
+    def __init__(self, *backends: LoggerBackend, events: Sequence[type[Event]] | None = None) -> None:
+        super().__init__(*backends)
+        if events is not None:
+            events = tuple(events)
+            bad = [e for e in events if not (isinstance(e, type) and issubclass(e, Event))]
+            if bad or not events:
+                raise TypeError(f"events must be a non-empty tuple of Event classes such as StepEnd, got {events!r}")
+        self.events: tuple[type[Event], ...] | None = events
+
+    def _wanted(self, event: type[Event]) -> bool:
+        return self.events is None or issubclass(event, self.events)
+
+    def handler(self, event: type[Event], phase: type[Phase]) -> Handler | None:
+        if not self._wanted(event) and not issubclass(event, FitEnd):
+            return None
+        return super().handler(event, phase)
+
+    def snapshot(self, event: Event, phase: Phase, learner: Any) -> Any:
+        return _Captured(0, _counters(learner.cbstate.get("history"), phase))
+
+    def _log_event(self, event: Event, phase: Phase, learner: Any) -> None:
+        counters = learner.items if isinstance(learner, _Captured) else _counters(learner.cbstate.get("history"), phase)
+        epochs, steps, steps_epoch = counters
+        name, phase_name = type(event).__name__, type(phase).__name__
+        loggable = RuntimeEvent(name, phase_name, epochs=epochs, steps=steps, steps_epoch=steps_epoch)
+        self.log(loggable, name, steps, ("Events", phase_name))
+
+    @on(Event)
+    def on_event(self, event: Event, phase: Phase, learner: Any) -> None:
+        self._log_event(event, phase, learner)
+
+    @on(FitEnd)
+    def fit_end(self, event: FitEnd, phase: Phase, learner: Any) -> None:
+        if self._wanted(FitEnd):
+            self._log_event(event, phase, learner)
+        super().fit_end(event, phase, learner)

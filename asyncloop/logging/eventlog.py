@@ -1,0 +1,353 @@
+"""The msgpack event log: an append-only file of log records that survives crashes, and its readers.
+
+File format, version 1 (all integers big-endian)::
+
+    header   8 bytes   magic b"\\x89ALG\\r\\n\\x1a\\n"
+             2 bytes   format version (uint16), currently 1
+             2 bytes   reserved, zero
+    record   4 bytes   N, the payload length (uint32), at most MAX_RECORD_SIZE
+             N bytes   payload: one msgpack map (see asyncloop.logging.records for its keys)
+             4 bytes   CRC-32 (zlib.crc32) of the 4 length bytes and the payload (uint32)
+    record   ...
+
+The magic's first byte is not ASCII and it contains CR LF, ^Z and LF, so text-mode copies and truncated
+downloads are caught (PNG's trick). A writer appends each record with one ``write`` call; a crash or a kill
+mid-write leaves at most one partial record at the end. Readers stop at the first record that is incomplete,
+longer than ``MAX_RECORD_SIZE``, fails its checksum, or is not a record map: they yield only whole records, in
+order, and never raise for the tail. Only a bad header (wrong magic, newer version) is an error,
+:class:`EventLogFormatError`. A file that is empty or holds part of the header reads as an empty log.
+
+Reopening a log for appending first cuts a torn tail off, so a log always stays a sequence of whole records.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from typing import IO, BinaryIO
+
+from ..loggables import Loggable
+from .backend import LoggerBackend, default_run_name
+from .records import FORMAT_VERSION, control_record, is_record, make_record, open_value, pack, unpack
+
+__all__ = [
+    "MAGIC",
+    "FORMAT_VERSION",
+    "HEADER",
+    "MAX_RECORD_SIZE",
+    "EventLogBackend",
+    "EventLogFormatError",
+    "EventLogReader",
+    "read_events",
+    "follow",
+    "frame",
+]
+
+MAGIC = b"\x89ALG\r\n\x1a\n"
+HEADER = MAGIC + FORMAT_VERSION.to_bytes(2, "big") + b"\x00\x00"
+HEADER_SIZE = len(HEADER)
+#: The largest payload a record may have (64 MiB); a longer length prefix marks a corrupt tail.
+MAX_RECORD_SIZE = 64 * 1024 * 1024
+
+
+class EventLogFormatError(ValueError):
+    """The file is not an asyncloop event log, or one of a newer format version."""
+
+
+def frame(payload: bytes) -> bytes:
+    """``payload`` framed as one record: length, payload, CRC-32 of both."""
+    head = len(payload).to_bytes(4, "big")
+    crc = zlib.crc32(payload, zlib.crc32(head))
+    return head + payload + crc.to_bytes(4, "big")
+
+
+def _check_header(head: bytes, where: str) -> bool:
+    """True for a whole valid header, False for a (possibly empty) prefix of one; raise for anything else."""
+    if len(head) < HEADER_SIZE:
+        if MAGIC.startswith(head[: len(MAGIC)]):
+            return False
+        raise EventLogFormatError(f"{where} is not an asyncloop event log (bad magic bytes)")
+    if head[: len(MAGIC)] != MAGIC:
+        raise EventLogFormatError(f"{where} is not an asyncloop event log (bad magic bytes)")
+    version = int.from_bytes(head[len(MAGIC) : len(MAGIC) + 2], "big")
+    if version != FORMAT_VERSION:
+        raise EventLogFormatError(
+            f"{where} is an event log of format version {version}; this asyncloop reads version "
+            f"{FORMAT_VERSION}, upgrade asyncloop to read it"
+        )
+    return True
+
+
+def _next_record(f: IO[bytes]) -> tuple[dict, int] | None:
+    """Read one whole record at ``f``'s position: ``(record, bytes used)``, or None (incomplete or invalid)."""
+    head = f.read(4)
+    if len(head) < 4:
+        return None
+    size = int.from_bytes(head, "big")
+    if size > MAX_RECORD_SIZE:
+        return None
+    rest = f.read(size + 4)
+    if len(rest) < size + 4:
+        return None
+    payload = rest[:size]
+    if zlib.crc32(payload, zlib.crc32(head)) != int.from_bytes(rest[size:], "big"):
+        return None
+    try:
+        record = unpack(payload)
+    except ValueError:
+        return None
+    if not is_record(record):
+        return None
+    return record, size + 8
+
+
+class EventLogReader:
+    """The whole records of an event log, in order; iteration stops cleanly at a torn or corrupt tail.
+
+    ``source`` is a path or a binary file object positioned at the header. The header is checked here:
+    :class:`EventLogFormatError` for a file that is not an event log. After iteration, :attr:`end` is the
+    offset just past the last whole record and :attr:`trailing` the number of bytes after it (a torn tail).
+    Use it as a context manager, or let iteration run to the end, to close a file it opened.
+    """
+
+    def __init__(self, source: str | os.PathLike[str] | BinaryIO) -> None:
+        if isinstance(source, (str, os.PathLike)):
+            self.name = os.fspath(source)
+            self._file: IO[bytes] = open(source, "rb")  # noqa: SIM115 - closed by close()/exhaustion
+            self._owned = True
+        else:
+            self.name = getattr(source, "name", "<stream>")
+            self._file = source
+            self._owned = False
+        self.end = 0
+        self.trailing = 0
+        try:
+            head = self._file.read(HEADER_SIZE)
+            self._empty = not _check_header(head, str(self.name))
+        except BaseException:
+            self.close()
+            raise
+        self.end = len(head) if not self._empty else 0
+        self.trailing = 0 if not self._empty else len(head)
+        self._done = self._empty
+
+    def __iter__(self) -> EventLogReader:
+        return self
+
+    def __next__(self) -> dict:
+        if self._done:
+            raise StopIteration
+        found = _next_record(self._file)
+        if found is None:
+            self._finish()
+            raise StopIteration
+        record, size = found
+        self.end += size
+        return record
+
+    def _finish(self) -> None:
+        self._done = True
+        try:
+            self._file.seek(0, io.SEEK_END)
+            self.trailing = self._file.tell() - self.end
+        except (OSError, ValueError):  # pragma: no cover - unseekable stream
+            self.trailing = 0
+        self.close()
+
+    def close(self) -> None:
+        """Close the file if this reader opened it."""
+        if self._owned:
+            self._file.close()
+
+    def __enter__(self) -> EventLogReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_events(source: str | os.PathLike[str] | BinaryIO) -> EventLogReader:
+    """Iterate over the records of an event log: ``for record in read_events("run.alog"): ...``.
+
+    Raises :class:`EventLogFormatError` at once for a file that is not an event log; never for its tail.
+    """
+    return EventLogReader(source)
+
+
+def follow(
+    path: str | os.PathLike[str],
+    *,
+    poll_interval: float = 0.1,
+    idle_timeout: float | None = None,
+    until: Callable[[dict], bool] | None = None,
+) -> Iterator[dict]:
+    """Yield the records of the event log at ``path`` as they are appended, like ``tail -f``.
+
+    Waits for the file to appear and its header to be written. Polls every ``poll_interval`` seconds. Stops
+    after ``idle_timeout`` seconds without a new record (``None``: never), or right after yielding a record
+    for which ``until(record)`` is true, e.g. ``until=lambda r: r["kind"] == "close"``. A partial record at the
+    end is waited for, not skipped. If the file shrinks below what was read (rewritten from scratch), reading
+    starts over at its first record.
+
+    This is a blocking generator: in a trio program, run it in a thread.
+    """
+    if not poll_interval > 0:
+        raise ValueError(f"poll_interval must be > 0, got {poll_interval!r}")
+    where = os.fspath(path)
+    last = time.monotonic()
+
+    def idle() -> bool:
+        return idle_timeout is not None and time.monotonic() - last > idle_timeout
+
+    f: IO[bytes] | None = None
+    pos = 0
+    try:
+        while True:
+            if f is None:
+                try:
+                    f = open(where, "rb")  # noqa: SIM115
+                except FileNotFoundError:
+                    if idle():
+                        return
+                    time.sleep(poll_interval)
+                    continue
+            if pos == 0:
+                f.seek(0)
+                if not _check_header(f.read(HEADER_SIZE), where):
+                    if idle():
+                        return
+                    time.sleep(poll_interval)
+                    continue
+                pos = HEADER_SIZE
+            f.seek(pos)
+            found = _next_record(f)
+            if found is not None:
+                record, size = found
+                pos += size
+                last = time.monotonic()
+                yield record
+                if until is not None and until(record):
+                    return
+                continue
+            if os.fstat(f.fileno()).st_size < pos:
+                pos = 0
+                continue
+            if idle():
+                return
+            time.sleep(poll_interval)
+    finally:
+        if f is not None:
+            f.close()
+
+
+def _valid_end(f: IO[bytes]) -> int:
+    """Offset just past the last whole record of the log open in ``f`` (header checked by the caller)."""
+    f.seek(HEADER_SIZE)
+    end = HEADER_SIZE
+    while (found := _next_record(f)) is not None:
+        end += found[1]
+    return end
+
+
+class EventLogBackend(LoggerBackend):
+    """Append every loggable as a msgpack record to the event log at ``path`` (format: see the module docstring).
+
+    Args:
+        path: the log file. It (and its folder) is created if missing; an existing log is appended to
+            (``mode="a"``, after cutting off a torn tail) or replaced (``mode="w"``, on the first open only).
+            Appending to a file that is not an event log raises :class:`EventLogFormatError`.
+        run: the run name written in every record; default: a fresh :func:`default_run_name`.
+        fsync: also ``os.fsync`` at every :meth:`flush` and :meth:`close` (survives power loss, not just a crash).
+
+    Each opening writes an ``open`` record and :meth:`close` a ``close`` record, so a log shows each fit's
+    session; ``seq`` counts every record of the run. One writer per file: two backends appending to one path
+    interleave whole records but their sessions overlap. Records are written with one unbuffered ``write`` each,
+    so another process can :func:`follow` the log live.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, run: str | None = None, mode: str = "a", fsync: bool = False
+    ) -> None:
+        if mode not in ("a", "w"):
+            raise ValueError(f"mode must be 'a' (append) or 'w' (replace), got {mode!r}")
+        if run is not None and not isinstance(run, str):
+            raise TypeError(f"run must be a str or None, got {run!r}")
+        self.path = os.fspath(path)
+        self.run = run if run is not None else default_run_name()
+        self.fsync = bool(fsync)
+        self._replace = mode == "w"
+        self._file: IO[bytes] | None = None
+        self._seq = 0
+        self._session_records = 0
+        self._lock = threading.Lock()
+
+    # -- writing ---------------------------------------------------------------------------------------------
+    def log_to(self, loggable: Loggable, name: str, index: int, group: tuple[str, ...] = ()) -> None:
+        with self._lock:
+            if self._file is None:
+                self._open()
+            self._write(make_record(loggable, name, index, group, run=self.run, seq=self._seq))
+
+    def _write(self, record: dict) -> None:
+        payload = pack(record)
+        if len(payload) > MAX_RECORD_SIZE:
+            raise ValueError(
+                f"a {record['kind']} record of {len(payload)} bytes exceeds the event log's limit of "
+                f"{MAX_RECORD_SIZE} bytes; log a smaller {record['kind']}"
+            )
+        f = self._file
+        assert f is not None
+        data = memoryview(frame(payload))
+        while data:
+            written = f.write(data)
+            data = data[written:]
+        self._seq += 1
+        self._session_records += 1
+
+    def _open(self) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        if self._replace or not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
+            with open(self.path, "wb") as f:
+                f.write(HEADER)
+            self._replace = False
+        else:
+            with open(self.path, "r+b") as f:
+                if not _check_header(f.read(HEADER_SIZE), self.path):
+                    f.seek(0)
+                    f.truncate()
+                    f.write(HEADER)
+                end = _valid_end(f)
+                if f.seek(0, io.SEEK_END) > end:
+                    f.truncate(end)
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed by close()
+        self._session_records = 0
+        self._write(control_record("open", open_value(), run=self.run, seq=self._seq))
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Records are written unbuffered; with ``fsync=True`` this also forces them to disk."""
+        with self._lock:
+            if self._file is not None and self.fsync:
+                os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        """Write a ``close`` record and close the file (idempotent; the next ``log_to`` reopens it)."""
+        with self._lock:
+            f = self._file
+            if f is None:
+                return
+            try:
+                self._write(control_record("close", {"records": self._session_records + 1}, run=self.run,
+                                           seq=self._seq))
+                if self.fsync:
+                    os.fsync(f.fileno())
+            finally:
+                self._file = None
+                f.close()
+
+    def __repr__(self) -> str:
+        return f"EventLogBackend({self.path!r}, run={self.run!r})"

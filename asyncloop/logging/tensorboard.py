@@ -1,0 +1,93 @@
+"""TensorBoardBackend: real TensorBoard event files, written with TensorBoard's own writer."""
+
+from __future__ import annotations
+
+import glob
+import os
+import threading
+from typing import Any
+
+from ..loggables import Audio, Histogram, Image, Loggable, Text, Value
+from .backend import LoggerBackend
+
+__all__ = ["TensorBoardBackend"]
+
+
+class TensorBoardBackend(LoggerBackend):
+    """Log to TensorBoard event files in ``logdir`` (view them with ``tensorboard --logdir <parent>``).
+
+    The tag of a loggable is its group and name joined by ``/``: ``Step/TrainingPhase/Metrics/Loss``,
+    ``Epoch/ValidationPhase/Metrics/Loss``, ``Step/HParams/LearningRate``; TensorBoard groups charts by the
+    first part. Logs :class:`~asyncloop.loggables.Value` (scalars), :class:`~asyncloop.loggables.Text`,
+    :class:`~asyncloop.loggables.Image`, :class:`~asyncloop.loggables.Histogram` and
+    :class:`~asyncloop.loggables.Audio`; skips other loggables.
+
+    Args:
+        logdir: the run's directory (created when the first value is logged).
+        overwrite: delete the event files already in ``logdir`` the first time this backend opens it
+            (FluxTraining's ``tb_overwrite``); the default keeps them, and TensorBoard shows old and new
+            files as one run.
+        **writer_kwargs: passed to ``torch.utils.tensorboard.SummaryWriter`` (e.g. ``flush_secs``,
+            ``purge_step``, ``filename_suffix``).
+
+    The writer opens on the first ``log_to``, is flushed at ``FitEnd`` and closed when the run ends, also when
+    it fails or is cancelled; a later fit opens a new event file in the same directory.
+    """
+
+    def __init__(self, logdir: str | os.PathLike[str], *, overwrite: bool = False, **writer_kwargs: Any) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:  # pragma: no cover - tensorboard is a dependency
+            raise ImportError("TensorBoardBackend needs the 'tensorboard' package: pip install tensorboard") from exc
+        self._writer_class = SummaryWriter
+        self.logdir = os.fspath(logdir)
+        self.overwrite = bool(overwrite)
+        self.writer_kwargs = writer_kwargs
+        self._writer: Any = None
+        self._lock = threading.Lock()
+
+    def _open(self) -> Any:
+        if self.overwrite:
+            for old in glob.glob(os.path.join(glob.escape(self.logdir), "events.out.tfevents.*")):
+                os.remove(old)
+            self.overwrite = False
+        self._writer = self._writer_class(log_dir=self.logdir, **self.writer_kwargs)
+        return self._writer
+
+    def log_to(self, loggable: Loggable, name: str, index: int, group: tuple[str, ...] = ()) -> None:
+        tag = "/".join((*group, name))
+        with self._lock:
+            writer = self._writer if self._writer is not None else self._open()
+            if isinstance(loggable, Value):
+                writer.add_scalar(tag, float(loggable.data), index)
+            elif isinstance(loggable, Text):
+                writer.add_text(tag, loggable.data, index)
+            elif isinstance(loggable, Image):
+                writer.add_image(tag, loggable.data, index, dataformats="HWC")
+            elif isinstance(loggable, Histogram):
+                values = loggable.finite()
+                if values.size:
+                    writer.add_histogram(tag, values, index, bins=loggable.bins)
+            elif isinstance(loggable, Audio):
+                writer.add_audio(tag, loggable.data, index, sample_rate=loggable.sample_rate)
+
+    def flush(self) -> None:
+        """Write everything logged so far to the event file."""
+        with self._lock:
+            if self._writer is not None:
+                self._writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the event file (idempotent; the next ``log_to`` opens a new one)."""
+        with self._lock:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                writer.close()
+
+    @property
+    def is_open(self) -> bool:
+        """True while an event file is open."""
+        return self._writer is not None
+
+    def __repr__(self) -> str:
+        return f"TensorBoardBackend({self.logdir!r})"

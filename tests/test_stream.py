@@ -1,0 +1,474 @@
+"""Tests for asyncloop.logging.stream: the live TCP stream, its subscribers and hostile clients (loopback only)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import asyncloop
+from asyncloop import (
+    ActorRunner,
+    LogMetrics,
+    LogVisualization,
+    Metrics,
+    Recorder,
+    StreamBackend,
+    StreamServer,
+    TrainingPhase,
+    ValidationPhase,
+    fit,
+    subscribe,
+    test_learner,
+)
+from asyncloop.loggables import Text, Value
+from asyncloop.logging import StreamError
+from asyncloop.logging.records import pack, unpack
+from asyncloop.logging.stream import MAX_HELLO_SIZE, PROTOCOL_VERSION
+
+HOST = "127.0.0.1"
+
+
+def frame(payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "big") + payload
+
+
+def hello(token: str | None = None, protocol: int = PROTOCOL_VERSION) -> bytes:
+    return frame(pack({"kind": "hello", "protocol": protocol, "token": token}))
+
+
+def decode_frames(data: bytes) -> list[dict]:
+    out = []
+    while len(data) >= 4 and len(data) >= 4 + (size := int.from_bytes(data[:4], "big")):
+        out.append(unpack(data[4 : 4 + size]))
+        data = data[4 + size :]
+    return out
+
+
+async def read_until_eof(stream: trio.SocketStream) -> bytes:
+    received = b""
+    try:
+        while chunk := await stream.receive_some(65536):
+            received += chunk
+    except trio.BrokenResourceError:  # reset by the server: what arrived before still counts
+        pass
+    return received
+
+
+async def collect(port: int, into: list[dict], token: str | None = None, **kw: Any) -> None:
+    async with subscribe(HOST, port, token, **kw) as records:
+        async for record in records:
+            into.append(record)
+
+
+class TestStreamServer:
+    async def test_listens_on_a_free_loopback_port(self) -> None:
+        """By default the server listens on 127.0.0.1 and a free port, reported by .port."""
+        async with StreamServer() as server:
+            assert server.host == HOST
+            assert 0 < server.port < 65536
+            assert repr(server) == f"StreamServer(127.0.0.1:{server.port}, open)"
+        assert repr(server) == "StreamServer(127.0.0.1, closed)"
+
+    async def test_lifecycle_errors(self) -> None:
+        """Publishing or reading the port before start, and reopening, are refused with the fix."""
+        server = StreamServer()
+        with pytest.raises(
+            RuntimeError,
+            match=r"^the StreamServer is not running; publish inside 'async with StreamServer\(\) as server'$",
+        ):
+            server.publish({"kind": "x"})
+        with pytest.raises(
+            RuntimeError,
+            match=r"^the StreamServer is not listening; read \.port inside 'async with StreamServer\(\)'$",
+        ):
+            server.port  # noqa: B018
+        async with server:
+            pass
+        server.publish({"kind": "x"})  # after close: discarded
+        with pytest.raises(
+            RuntimeError,
+            match=r"^Cannot reopen a StreamServer once it has been used; create a new one$",
+        ):
+            async with server:
+                pass
+
+    @pytest.mark.parametrize(("kwargs", "error", "message"), [
+        ({"port": -1}, ValueError, r"^port must be an int in 0\.\.65535 \(0 picks a free port\), got -1$"),
+        ({"host": 1}, TypeError, r"^host must be a str such as '127\.0\.0\.1', got 1$"),
+        ({"token": ""}, TypeError, r"^token must be a non-empty str or None, got ''$"),
+        ({"buffer_size": 0}, ValueError, r"^buffer_size must be an int >= 1, got 0$"),
+        ({"max_frame_size": 1.5}, ValueError, r"^max_frame_size must be an int >= 1, got 1\.5$"),
+        ({"handshake_timeout": -1}, ValueError, r"^handshake_timeout must be a number of seconds >= 0, got -1$"),
+    ])
+    def test_bad_arguments(self, kwargs: dict[str, Any], error: type, message: str) -> None:
+        """Bad options are refused at construction."""
+        with pytest.raises(error, match=message):
+            StreamServer(**kwargs)
+
+    async def test_fans_out_in_order_and_ends_on_close(self) -> None:
+        """Every subscriber gets every record published from a thread, in order; closing ends their iteration."""
+        got: dict[str, list[dict]] = {"a": [], "b": []}
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                async with StreamServer() as server:
+                    for key in got:
+                        nursery.start_soon(collect, server.port, got[key])
+                    await server.wait_for_subscribers(2)
+                    records = [{"kind": "value", "i": i} for i in range(500)]
+                    await trio.to_thread.run_sync(lambda: [server.publish(r) for r in records])
+        assert [r["i"] for r in got["a"]] == [r["i"] for r in got["b"]] == list(range(500))
+        assert server.statistics() == asyncloop.logging.StreamStatistics(0, 500, 0, 0, 0)
+
+    async def test_token(self) -> None:
+        """With a token, only subscribers that send it are accepted."""
+        got: list[dict] = []
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                async with StreamServer(token="s3cret") as server:
+                    for wrong in ("guess", None):
+                        with pytest.raises(
+                            StreamError,
+                            match=r"^the stream server refused the subscription: bad token$",
+                        ):
+                            await collect(server.port, got, wrong)
+                    nursery.start_soon(collect, server.port, got, "s3cret")
+                    await server.wait_for_subscribers(1)
+                    server.publish({"kind": "value", "i": 1})
+        assert got == [{"kind": "value", "i": 1}]
+        assert server.statistics().refused == 2
+
+    async def test_slow_subscriber_gets_gaps_announced(self) -> None:
+        """A subscriber that does not read loses the oldest records; each gap is announced where it is."""
+        blob = "x" * 65536
+        received: list[dict] = []
+        with trio.fail_after(30):
+            async with StreamServer(buffer_size=16) as server:
+                async with subscribe(HOST, server.port) as records:
+                    await server.wait_for_subscribers(1)
+                    t0 = time.perf_counter()
+                    for i in range(400):  # 26 MB: more than the socket buffers and the 16-record buffer hold
+                        server.publish({"kind": "text", "i": i, "value": blob})
+                    publish_seconds = time.perf_counter() - t0
+                    async for record in records:
+                        received.append(record)
+                        if record.get("i") == 399:
+                            break
+        assert publish_seconds < 5  # publishing never waited for the subscriber
+        notices = [r for r in received if r["kind"] == "dropped"]
+        data = [r["i"] for r in received if r["kind"] == "text"]
+        assert notices and data[-1] == 399
+        assert len(data) + sum(n["count"] for n in notices) == 400
+        last = -1
+        for record in received:  # the count of each notice is exactly the gap before the next record
+            if record["kind"] == "dropped":
+                last += record["count"]
+            else:
+                assert record["i"] == last + 1
+                last = record["i"]
+        assert server.statistics().dropped == sum(n["count"] for n in notices)
+
+    async def test_oversized_records_are_dropped_and_announced(self) -> None:
+        """A record larger than max_frame_size is not sent; subscribers see a gap of one."""
+        got: list[dict] = []
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                async with StreamServer(max_frame_size=200) as server:
+                    nursery.start_soon(collect, server.port, got)
+                    await server.wait_for_subscribers(1)
+                    server.publish({"kind": "value", "i": 0})
+                    server.publish({"kind": "text", "value": "x" * 1000})
+                    server.publish({"kind": "value", "i": 2})
+        assert [(r["kind"], r.get("i"), r.get("count")) for r in got] == [
+            ("value", 0, None), ("dropped", None, 1), ("value", 2, None)]
+
+    async def test_hostile_clients_lose_only_their_connection(self) -> None:
+        """Garbage, oversized or malformed hellos, wrong tokens, chatter and silence close only that connection."""
+        good: list[dict] = []
+        replies: dict[str, list[dict]] = {}
+        durations: list[float] = []
+        hostile = {
+            "http": b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            "oversized": b"\xff\xff\xff\xff" + b"x" * 100,
+            "too long": frame(b"\x00" * (MAX_HELLO_SIZE + 1)),
+            "not msgpack": frame(b"\xc1\xc1"),
+            "not a hello": frame(pack({"kind": "subscribe"})),
+            "list": frame(pack([1, 2, 3])),
+            "wrong token": hello("guess"),
+            "no token": hello(None),
+            "old protocol": hello("s3cret", protocol=0),
+            "hello plus junk": hello("s3cret") + b"junk",
+            "half a hello": hello("s3cret")[:6],
+            "silent": b"",
+        }
+
+        async def attack(name: str, payload: bytes, port: int) -> None:
+            stream = await trio.open_tcp_stream(HOST, port)
+            if payload:
+                await stream.send_all(payload)
+            if name == "half a hello":
+                await stream.send_eof()
+            replies[name] = decode_frames(await read_until_eof(stream))
+            await stream.aclose()
+
+        async def chatty(port: int) -> None:
+            stream = await trio.open_tcp_stream(HOST, port)
+            await stream.send_all(hello("s3cret"))
+            await trio.sleep(0.05)
+            await stream.send_all(b"more data")
+            replies["chatty"] = decode_frames(await read_until_eof(stream))[:1]
+            await stream.aclose()
+
+        def publish(server: StreamServer) -> None:
+            for i in range(300):
+                t0 = time.perf_counter()
+                server.publish({"kind": "value", "i": i})
+                durations.append(time.perf_counter() - t0)
+                time.sleep(0.001)
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as outer:
+                async with StreamServer(token="s3cret", handshake_timeout=0.3) as server:
+                    outer.start_soon(collect, server.port, good, "s3cret")
+                    await server.wait_for_subscribers(1)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(trio.to_thread.run_sync, publish, server)
+                        for name, payload in hostile.items():
+                            nursery.start_soon(attack, name, payload, server.port)
+                        nursery.start_soon(chatty, server.port)
+        assert [r["i"] for r in good] == list(range(300))  # every record, in order, no gap
+        assert max(durations) < 0.5
+        errors = {name: [r.get("message") for r in frames] for name, frames in replies.items()}
+        assert errors == {
+            "http": ["the hello is too large (1195725856 bytes, at most 4096)"],
+            "oversized": ["the hello is too large (4294967295 bytes, at most 4096)"],
+            "too long": ["the hello is too large (4097 bytes, at most 4096)"],
+            "not msgpack": ["the hello is not msgpack"],
+            "not a hello": ["the first frame must be a hello"],
+            "list": ["the first frame must be a hello"],
+            "wrong token": ["bad token"],
+            "no token": ["bad token"],
+            "old protocol": ["unsupported protocol 0; this server speaks 1"],
+            "hello plus junk": ["unexpected data after the hello"],
+            "half a hello": ["the connection closed in the middle of the hello"],
+            "silent": ["no hello within the handshake timeout"],
+            "chatty": [None],  # welcomed, then cut off for talking
+        }
+        stats = server.statistics()
+        assert (stats.refused, stats.errors, stats.dropped) == (len(hostile) + 1, 0, 0)
+
+    async def test_body_errors_are_not_wrapped(self) -> None:
+        """An error inside 'async with StreamServer()' propagates as itself, not in an exception group."""
+        with pytest.raises(ValueError, match=r"^inside$"):
+            async with StreamServer():
+                raise ValueError("inside")
+
+    async def test_cancellation(self) -> None:
+        """Cancelling the block that holds the server closes it and is absorbed by the cancel scope."""
+        with trio.move_on_after(0.05) as scope:
+            async with StreamServer() as server:
+                await trio.sleep(10)
+        assert scope.cancelled_caught
+        assert repr(server) == "StreamServer(127.0.0.1, closed)"
+
+
+class TestStreamBackend:
+    async def test_fit_streams_its_metrics(self) -> None:
+        """A fit with LogMetrics(StreamBackend(server)) streams the learner's metrics, in seq order."""
+        got: list[dict] = []
+        learner = test_learner(Recorder(), Metrics(), n_batches=3, runner=ActorRunner())
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                async with StreamServer() as server:
+                    nursery.start_soon(collect, server.port, got)
+                    await server.wait_for_subscribers(1)
+                    backend = StreamBackend(server, run="fit-1")
+                    learner.add_callback(LogMetrics(backend))
+                    await fit(learner, 2)
+        assert [r["seq"] for r in got] == list(range(len(got)))
+        assert {r["run"] for r in got} == {"fit-1"}
+        train = [r for r in got if r["group"] == ["Step", "TrainingPhase", "Metrics"]]
+        assert [r["value"] for r in train] == learner.cbstate.metrics_step[TrainingPhase()].values("Loss")
+        assert len(got) == 2 * (6 + 2)
+
+    async def test_stalled_subscriber_does_not_slow_training(self) -> None:
+        """A subscriber that never reads loses records; the fit finishes and a reading subscriber loses none."""
+        fast: list[dict] = []
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                async with StreamServer(buffer_bytes=4 * 2**20, close_timeout=0.5) as server:
+                    stalled = await trio.open_tcp_stream(HOST, server.port)
+                    await stalled.send_all(hello())
+                    nursery.start_soon(collect, server.port, fast)
+                    await server.wait_for_subscribers(2)
+                    images = LogVisualization(lambda step: step.xs.new_ones(512, 512, 3), StreamBackend(server), freq=1)
+                    learner = test_learner(Recorder(), images, n_batches=8, runner=ActorRunner())
+                    await fit(learner, 3)
+                    stats = server.statistics()
+                await stalled.aclose()
+        assert [r["index"] for r in fast] == list(range(1, 25))
+        assert stats.dropped > 0
+
+    def test_needs_a_server(self) -> None:
+        """StreamBackend takes a StreamServer."""
+        with pytest.raises(TypeError, match=r"^StreamBackend takes a StreamServer, got 'localhost'$"):
+            StreamBackend("localhost")  # type: ignore[arg-type]
+
+    async def test_log_to_publishes_records(self) -> None:
+        """log_to publishes the same record the event log would write."""
+        got: list[dict] = []
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                async with StreamServer() as server:
+                    nursery.start_soon(collect, server.port, got)
+                    await server.wait_for_subscribers(1)
+                    backend = StreamBackend(server, run="r")
+                    asyncloop.log_to(backend, Value(2.5), "Loss", 7, ("Epoch", "ValidationPhase", "Metrics"))
+                    asyncloop.log_to(backend, Text("hi"), "Note", 8)
+                    backend.flush()
+                    backend.close()
+        assert [(r["kind"], r["name"], r["index"], r["group"], r["value"], r["seq"]) for r in got] == [
+            ("value", "Loss", 7, ["Epoch", "ValidationPhase", "Metrics"], 2.5, 0), ("text", "Note", 8, [], "hi", 1)]
+
+
+class TestSubscribe:
+    @pytest.mark.parametrize(("args", "kwargs", "error", "message"), [
+        ((HOST, 0), {}, ValueError, r"^port must be an int in 1\.\.65535, got 0$"),
+        ((HOST, 80, 5), {}, TypeError, r"^token must be a str or None, got 5$"),
+        ((HOST, 80), {"max_frame_size": 0}, ValueError, r"^max_frame_size must be an int >= 1, got 0$"),
+        ((HOST, 80), {"timeout": 0}, ValueError, r"^timeout must be a number of seconds > 0, got 0$"),
+    ])
+    def test_bad_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any], error: type, message: str) -> None:
+        """Bad arguments are refused before connecting."""
+        with pytest.raises(error, match=message):
+            subscribe(*args, **kwargs)
+
+    async def test_nothing_listening(self) -> None:
+        """Subscribing to a closed port fails with the connection error."""
+        async with StreamServer() as server:
+            port = server.port
+        with pytest.raises(OSError):
+            async for _ in subscribe(HOST, port):
+                pass
+
+    async def test_frame_larger_than_the_client_limit(self) -> None:
+        """A record larger than the subscriber's max_frame_size ends its iteration with a StreamError."""
+        with trio.fail_after(20):
+            async with StreamServer() as server:
+                async with subscribe(HOST, server.port, max_frame_size=100) as records:
+                    await server.wait_for_subscribers(1)
+                    server.publish({"kind": "text", "value": "x" * 500})
+                    with pytest.raises(
+                        StreamError,
+                        match=r"^the stream server sent a frame of \d+ bytes, more than the limit of 100 bytes; "
+                              r"subscribe with a larger max_frame_size$",
+                    ):
+                        await records.__anext__()
+
+    async def test_misbehaving_servers(self) -> None:
+        """A server that answers badly, breaks off mid-frame or stays silent gives a StreamError."""
+        replies = {
+            "odd": frame(pack({"kind": "greetings"})),
+            "torn": frame(pack({"kind": "welcome", "protocol": 1})) + b"\x00\x00\x01\x00abc",
+            "closed": b"",
+            "silent": None,
+        }
+
+        async def fake(reply: bytes | None, stream: trio.SocketStream) -> None:
+            await stream.receive_some(1024)
+            if reply is None:
+                await trio.sleep_forever()
+            await stream.send_all(reply)
+            await stream.aclose()
+
+        messages = {}
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                for name, reply in replies.items():
+                    handler = partial(fake, reply)
+                    listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host=HOST))
+                    port = listeners[0].socket.getsockname()[1]
+                    with pytest.raises(StreamError) as info:
+                        async for _ in subscribe(HOST, port, timeout=0.3):
+                            pass
+                    messages[name] = str(info.value)
+                nursery.cancel_scope.cancel()
+        assert messages == {
+            "odd": "the stream server answered the hello with 'greetings', not 'welcome'",
+            "torn": "lost the connection to the stream server: the connection closed in the middle of a frame",
+            "closed": "the stream server closed the connection during the handshake",
+            "silent": "the stream server did not answer the hello within 0.3 seconds",
+        }
+
+    async def test_aclose_ends_iteration(self) -> None:
+        """After aclose, iteration ends; aclose is idempotent."""
+        async with StreamServer() as server:
+            records = subscribe(HOST, server.port)
+            await records.__aenter__()
+            await records.aclose()
+            await records.aclose()
+            assert [r async for r in records] == []
+
+
+SERVICE = """
+import sys
+import torch
+import trio
+from asyncloop import ActorRunner, LogMetrics, Metrics, Recorder, StreamBackend, StreamServer, fit, test_learner
+
+async def main():
+    async with StreamServer(token="s3cret") as server:
+        print(server.port, flush=True)
+        with trio.fail_after(60):
+            await server.wait_for_subscribers(1)
+        torch.manual_seed(0)
+        learner = test_learner(Recorder(), Metrics(), LogMetrics(StreamBackend(server, run="remote")), n_batches=4,
+                               runner=ActorRunner())
+        await fit(learner, 2)
+
+trio.run(main)
+"""
+
+
+class TestAcrossProcesses:
+    async def test_follow_a_fit_in_another_process(self, tmp_path: Path) -> None:
+        """A subscriber follows a fit running in another process, and sees exactly its metrics."""
+        got: list[dict] = []
+        proc = await trio.lowlevel.open_process([sys.executable, "-c", SERVICE], stdout=subprocess.PIPE)
+        try:
+            with trio.fail_after(60):
+                line = b""
+                while not line.endswith(b"\n"):
+                    chunk = await proc.stdout.receive_some(1)  # type: ignore[union-attr]
+                    assert chunk, "the service exited before printing its port"
+                    line += chunk
+                await collect(int(line), got, "s3cret")
+                assert await proc.wait() == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                with trio.move_on_after(10):
+                    await proc.wait()
+            await proc.stdout.aclose()  # type: ignore[union-attr]
+        torch_reference = test_learner(Recorder(), Metrics(), n_batches=4)  # the same seed (conftest) and data
+        await fit(torch_reference, 2)
+        expected = torch_reference.cbstate
+        assert {r["run"] for r in got} == {"remote"}
+        for phase in (TrainingPhase(), ValidationPhase()):
+            for unit, histories in (("Step", expected.metrics_step), ("Epoch", expected.metrics_epoch)):
+                mine = [r for r in got if r["group"] == [unit, type(phase).__name__, "Metrics"]]
+                assert [r["index"] for r in mine] == histories[phase].indices("Loss")
+                assert [r["value"] for r in mine] == histories[phase].values("Loss")
+
+
+def test_subscribe_is_exported() -> None:
+    """asyncloop.subscribe is the stream client."""
+    assert asyncloop.subscribe is subscribe
+    assert threading.current_thread() is threading.main_thread()

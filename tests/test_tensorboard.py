@@ -1,0 +1,176 @@
+"""Tests for asyncloop.logging.tensorboard: real event files, read back with TensorBoard's own reader."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import trio
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from asyncloop import (
+    ActorRunner,
+    CustomCallback,
+    EpochBegin,
+    LinearRunner,
+    LogMetrics,
+    Metrics,
+    Recorder,
+    TensorBoardBackend,
+    TrainingPhase,
+    ValidationPhase,
+    fit,
+    log_to,
+    test_learner,
+)
+from asyncloop.loggables import Audio, Histogram, Image, RuntimeEvent, Text, Value
+
+RUNNERS = [pytest.param(LinearRunner, id="linear"), pytest.param(ActorRunner, id="actor")]
+
+
+def read_run(logdir: Path) -> EventAccumulator:
+    """Every event of every event file in ``logdir``, as TensorBoard loads them."""
+    accumulator = EventAccumulator(
+        str(logdir), size_guidance={"scalars": 0, "images": 0, "histograms": 0, "tensors": 0, "audio": 0}
+    )
+    accumulator.Reload()
+    return accumulator
+
+
+def steps_of(accumulator: EventAccumulator, tag: str) -> list[int]:
+    if tag not in accumulator.Tags()["scalars"]:
+        return []
+    return [event.step for event in accumulator.Scalars(tag)]
+
+
+class TestTensorBoardBackend:
+    @pytest.mark.parametrize("runner", RUNNERS)
+    async def test_metrics_match_history(self, tmp_path: Path, runner: Any) -> None:
+        """Tags, steps and values read back with TensorBoard equal the learner's metric history."""
+        backend = TensorBoardBackend(tmp_path / "run")
+        learner = test_learner(Recorder(), Metrics(), LogMetrics(backend), n_batches=4, runner=runner())
+        await fit(learner, 2)
+        run = read_run(tmp_path / "run")
+        assert sorted(run.Tags()["scalars"]) == [
+            "Epoch/TrainingPhase/Metrics/Loss",
+            "Epoch/ValidationPhase/Metrics/Loss",
+            "Step/TrainingPhase/Metrics/Loss",
+            "Step/ValidationPhase/Metrics/Loss",
+        ]
+        cbstate = learner.cbstate
+        for phase in (TrainingPhase(), ValidationPhase()):
+            for unit, histories in (("Step", cbstate.metrics_step), ("Epoch", cbstate.metrics_epoch)):
+                events = run.Scalars(f"{unit}/{type(phase).__name__}/Metrics/Loss")
+                assert [e.step for e in events] == histories[phase].indices("Loss")
+                assert [e.value for e in events] == pytest.approx(histories[phase].values("Loss"), rel=1e-6)
+        assert [e.step for e in run.Scalars("Step/TrainingPhase/Metrics/Loss")] == list(range(1, 9))
+
+    async def test_closed_when_fit_returns(self, tmp_path: Path) -> None:
+        """The event file is flushed and closed by the time fit returns."""
+        backend = TensorBoardBackend(tmp_path)
+        await fit(test_learner(Recorder(), Metrics(), LogMetrics(backend), n_batches=2), 1)
+        assert not backend.is_open
+        assert len(glob.glob(str(tmp_path / "events.out.tfevents.*"))) == 1
+
+    @pytest.mark.parametrize("runner", RUNNERS)
+    async def test_failed_fit_leaves_closed_readable_file(self, tmp_path: Path, runner: Any) -> None:
+        """A fit that fails still closes the writer; the file holds whole events up to the failure."""
+
+        def boom(learner: Any) -> None:
+            raise ValueError("boom")
+
+        backend = TensorBoardBackend(tmp_path)
+        learner = test_learner(
+            Recorder(), Metrics(), LogMetrics(backend), CustomCallback(boom, EpochBegin, ValidationPhase),
+            n_batches=4, runner=runner(),
+        )
+        with pytest.raises(ValueError, match=r"^boom"):
+            await fit(learner, 3)
+        assert not backend.is_open
+        steps = steps_of(read_run(tmp_path), "Step/TrainingPhase/Metrics/Loss")
+        if runner is LinearRunner:
+            assert steps == [1, 2, 3, 4]
+        else:  # an actor may drop the events still queued when the fit failed
+            assert steps == list(range(1, len(steps) + 1)) and len(steps) <= 4
+
+    @pytest.mark.parametrize("runner", RUNNERS)
+    async def test_cancelled_fit_leaves_closed_readable_file(self, tmp_path: Path, runner: Any) -> None:
+        """A fit cancelled from outside still closes the writer; the file is readable."""
+        backend = TensorBoardBackend(tmp_path)
+        learner = test_learner(Recorder(), Metrics(), LogMetrics(backend), n_batches=4, runner=runner())
+        history = learner.cbstate.history[TrainingPhase()]
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(fit, learner, 100_000)
+                while history.steps < 3:
+                    await trio.sleep(0.005)
+                nursery.cancel_scope.cancel()
+        assert not backend.is_open
+        steps = steps_of(read_run(tmp_path), "Step/TrainingPhase/Metrics/Loss")
+        assert steps == list(range(1, len(steps) + 1))
+        assert len(steps) < 100_000 * 4
+
+    def test_every_loggable_kind(self, tmp_path: Path) -> None:
+        """Text, images, histograms, audio and scalars get TensorBoard's own summaries; runtime events are skipped."""
+        backend = TensorBoardBackend(tmp_path)
+        log_to(backend, Value(0.5), "Loss", 1, ("Step", "TrainingPhase", "Metrics"))
+        log_to(backend, Text("hello"), "Note", 1, "Step")
+        log_to(backend, Image(np.zeros((4, 6, 3))), "Picture", 2, "Step")
+        log_to(backend, Histogram(torch.arange(10.0)), "w", 3, ("Step", "Histograms", "Weights"))
+        log_to(backend, Histogram([float("nan")]), "empty", 3, ("Step", "Histograms", "Weights"))
+        log_to(backend, Audio(np.zeros(80), sample_rate=8000), "Sound", 4)
+        log_to(backend, RuntimeEvent("StepEnd", "TrainingPhase"), "StepEnd", 5, ("Events", "TrainingPhase"))
+        backend.close()
+        run = read_run(tmp_path)
+        tags = run.Tags()
+        assert tags["scalars"] == ["Step/TrainingPhase/Metrics/Loss"]
+        assert tags["images"] == ["Step/Picture"]
+        assert (run.Images("Step/Picture")[0].width, run.Images("Step/Picture")[0].height) == (6, 4)
+        assert tags["histograms"] == ["Step/Histograms/Weights/w"]
+        assert run.Histograms("Step/Histograms/Weights/w")[0].histogram_value.num == 10
+        assert run.Histograms("Step/Histograms/Weights/w")[0].step == 3
+        assert tags["audio"] == ["Sound"]
+        assert run.Tensors("Step/Note/text_summary")[0].tensor_proto.string_val == [b"hello"]
+
+    def test_reopens_after_close(self, tmp_path: Path) -> None:
+        """close is idempotent; logging again opens a second event file, read as the same run."""
+        backend = TensorBoardBackend(tmp_path)
+        log_to(backend, Value(1.0), "x", 1)
+        backend.close()
+        backend.close()
+        log_to(backend, Value(2.0), "x", 2)
+        backend.close()
+        assert len(os.listdir(tmp_path)) == 2
+        assert [(e.step, e.value) for e in read_run(tmp_path).Scalars("x")] == [(1, 1.0), (2, 2.0)]
+
+    def test_overwrite_removes_old_event_files(self, tmp_path: Path) -> None:
+        """overwrite=True deletes the event files already in logdir when it first opens it."""
+        old = TensorBoardBackend(tmp_path)
+        log_to(old, Value(1.0), "x", 1)
+        old.close()
+        new = TensorBoardBackend(tmp_path, overwrite=True)
+        log_to(new, Value(2.0), "x", 7)
+        new.close()
+        assert [(e.step, e.value) for e in read_run(tmp_path).Scalars("x")] == [(7, 2.0)]
+
+    def test_flush_writes_without_closing(self, tmp_path: Path) -> None:
+        """flush makes everything logged so far readable while the writer stays open."""
+        backend = TensorBoardBackend(tmp_path, flush_secs=3600)
+        log_to(backend, Value(3.0), "x", 1)
+        backend.flush()
+        assert backend.is_open
+        assert [e.value for e in read_run(tmp_path).Scalars("x")] == [3.0]
+        backend.close()
+
+    def test_opens_lazily(self, tmp_path: Path) -> None:
+        """Nothing is created before the first value is logged."""
+        backend = TensorBoardBackend(tmp_path / "later")
+        backend.flush()
+        backend.close()
+        assert not (tmp_path / "later").exists()
+        assert repr(backend) == f"TensorBoardBackend({str(tmp_path / 'later')!r})"
