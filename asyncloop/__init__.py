@@ -7,7 +7,7 @@ may run at the same time, and read-only callbacks run detached so I/O overlaps w
 The public surface is re-exported here; every name is also importable from its own module.
 """
 
-from . import events, phases
+from . import events, loggables, phases, stopping
 from .callback import Callback as Callback
 from .callback import ConflictResolution as ConflictResolution
 from .callback import NoConflict as NoConflict
@@ -15,12 +15,18 @@ from .callback import NotDefined as NotDefined
 from .callback import RunFirst as RunFirst
 from .callback import Unresolvable as Unresolvable
 from .callback import on as on
+from .callbacks.checkpointer import Checkpointer as Checkpointer
 from .callbacks.conditional import CallbackCondition as CallbackCondition
 from .callbacks.conditional import ConditionalCallback as ConditionalCallback
 from .callbacks.conditional import FrequencyThrottle as FrequencyThrottle
 from .callbacks.conditional import TimeThrottle as TimeThrottle
 from .callbacks.conditional import throttle as throttle
 from .callbacks.custom import CustomCallback as CustomCallback
+from .callbacks.earlystopping import EarlyStopping as EarlyStopping
+from .callbacks.garbagecollect import GarbageCollect as GarbageCollect
+from .callbacks.helpers import GradientAccumulation as GradientAccumulation
+from .callbacks.helpers import GradientClipping as GradientClipping
+from .callbacks.helpers import MixedPrecision as MixedPrecision
 from .callbacks.metrics import AbstractMetric as AbstractMetric
 from .callbacks.metrics import Loss as Loss
 from .callbacks.metrics import Metric as Metric
@@ -29,7 +35,15 @@ from .callbacks.metrics import accuracy as accuracy
 from .callbacks.printers import MetricsPrinter as MetricsPrinter
 from .callbacks.printers import ProgressPrinter as ProgressPrinter
 from .callbacks.recorder import Recorder as Recorder
+from .callbacks.sanitycheck import Check as Check
+from .callbacks.sanitycheck import SanityCheck as SanityCheck
+from .callbacks.scheduler import Scheduler as Scheduler
 from .callbacks.stoponnan import StopOnNaNLoss as StopOnNaNLoss
+from .callbacks.todevice import ToDevice as ToDevice
+from .callbacks.todevice import ToGPU as ToGPU
+from .callbacks.traces import Traces as Traces
+from .checkpoint import load_model as load_model
+from .checkpoint import save_model as save_model
 from .events import BackwardBegin as BackwardBegin
 from .events import BackwardEnd as BackwardEnd
 from .events import EpochBegin as EpochBegin
@@ -51,7 +65,28 @@ from .exceptions import ProtectedError as ProtectedError
 from .exceptions import SanityCheckException as SanityCheckException
 from .exceptions import WriteConflictError as WriteConflictError
 from .graph import callback_graph as callback_graph
+from .hyperparameters import HyperParameter as HyperParameter
+from .hyperparameters import LearningRate as LearningRate
+from .hyperparameters import one_cycle as one_cycle
+from .hyperparameters import set_hyperparameter as set_hyperparameter
 from .learner import Learner as Learner
+from .loggables import Histogram as Histogram
+from .loggables import Image as Image
+from .loggables import Text as Text
+from .loggables import Value as Value
+from .logging import CSVBackend as CSVBackend
+from .logging import EventLogBackend as EventLogBackend
+from .logging import LogHistograms as LogHistograms
+from .logging import LogHyperParams as LogHyperParams
+from .logging import LogMetrics as LogMetrics
+from .logging import LogTraces as LogTraces
+from .logging import LogVisualization as LogVisualization
+from .logging import LoggerBackend as LoggerBackend
+from .logging import StreamBackend as StreamBackend
+from .logging import StreamServer as StreamServer
+from .logging import TensorBoardBackend as TensorBoardBackend
+from .logging import log_to as log_to
+from .logging import subscribe as subscribe
 from .phases import AbstractTrainingPhase as AbstractTrainingPhase
 from .phases import AbstractValidationPhase as AbstractValidationPhase
 from .phases import Phase as Phase
@@ -64,6 +99,17 @@ from .state import PropDict as PropDict
 from .state import Read as Read
 from .state import Write as Write
 from .state import accesses as accesses
+from .stopping import Disjunction as Disjunction
+from .stopping import GL as GL
+from .stopping import InvalidValue as InvalidValue
+from .stopping import Never as Never
+from .stopping import NumberLimit as NumberLimit
+from .stopping import NumberSinceBest as NumberSinceBest
+from .stopping import PQ as PQ
+from .stopping import Patience as Patience
+from .stopping import Threshold as Threshold
+from .stopping import TimeLimit as TimeLimit
+from .stopping import Warmup as Warmup
 from .testing import test_learner as test_learner
 from .training import FitResult as FitResult
 from .training import epoch as epoch
@@ -81,6 +127,7 @@ __all__ = [
     "ActorRunner",
     "BackwardBegin",
     "BackwardEnd",
+    "CSVBackend",
     "Callback",
     "CallbackCondition",
     "CallbackCycleError",
@@ -88,28 +135,54 @@ __all__ = [
     "CancelEpochException",
     "CancelFittingException",
     "CancelStepException",
+    "Check",
+    "Checkpointer",
     "ConditionalCallback",
     "ConflictResolution",
     "CustomCallback",
     "DetachedWriterError",
+    "Disjunction",
+    "EarlyStopping",
     "EpochBegin",
     "EpochEnd",
     "Event",
+    "EventLogBackend",
     "FitBegin",
     "FitEnd",
     "FitException",
     "FitResult",
     "FrequencyThrottle",
+    "GL",
+    "GarbageCollect",
+    "GradientAccumulation",
+    "GradientClipping",
+    "Histogram",
     "History",
+    "HyperParameter",
+    "Image",
+    "InvalidValue",
     "Learner",
+    "LearningRate",
     "LinearRunner",
+    "LogHistograms",
+    "LogHyperParams",
+    "LogMetrics",
+    "LogTraces",
+    "LogVisualization",
+    "LoggerBackend",
     "Loss",
     "LossBegin",
     "Metric",
     "Metrics",
     "MetricsPrinter",
+    "MixedPrecision",
+    "Never",
     "NoConflict",
     "NotDefined",
+    "NumberLimit",
+    "NumberSinceBest",
+    "PQ",
+    "Patience",
     "Phase",
     "ProgressPrinter",
     "PropDict",
@@ -117,27 +190,48 @@ __all__ = [
     "Read",
     "Recorder",
     "RunFirst",
+    "SanityCheck",
     "SanityCheckException",
+    "Scheduler",
     "StepBegin",
     "StepEnd",
     "StopOnNaNLoss",
+    "StreamBackend",
+    "StreamServer",
+    "TensorBoardBackend",
+    "Text",
+    "Threshold",
+    "TimeLimit",
     "TimeThrottle",
+    "ToDevice",
+    "ToGPU",
+    "Traces",
     "TrainingPhase",
     "Unresolvable",
     "ValidationPhase",
-    "WriteConflictError",
+    "Value",
+    "Warmup",
     "Write",
+    "WriteConflictError",
     "accesses",
     "accuracy",
     "callback_graph",
     "epoch",
     "events",
     "fit",
+    "load_model",
+    "log_to",
+    "loggables",
     "on",
+    "one_cycle",
     "phases",
     "run_epoch",
     "run_step",
+    "save_model",
+    "set_hyperparameter",
     "step",
+    "stopping",
+    "subscribe",
     "test_learner",
     "throttle",
 ]
