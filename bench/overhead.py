@@ -1,7 +1,8 @@
 """Per-step overhead of asyncloop vs a bare torch loop, on the tiny workload of the issue tracker.
 
-Workload: Linear(32, 32) -> ReLU -> Linear(32, 1), batch 32, MSE, SGD(lr=0.01), 1 torch thread, the same
-pre-built in-memory batches for every configuration. The iterable stamps ``time.perf_counter()`` each time it
+Workloads: ``tiny`` (default) is Linear(32, 32) -> ReLU -> Linear(32, 1), batch 32; ``medium`` is the MLP
+512-1024-1024-10, batch 256. Both: MSE, SGD(lr=0.01), 1 torch thread, the same pre-built in-memory batches for
+every configuration. The iterable stamps ``time.perf_counter()`` each time it
 hands out a batch; us/step is the mean step time over the window after the warm-up steps. Configurations run
 interleaved, in rotating order, ``--repeats`` times; we report medians and the ratio to the bare loop measured
 in the same round (median of per-round ratios).
@@ -16,7 +17,7 @@ Configurations:
   step's duration at every StepEnd (``time.sleep`` with an argument calibrated so that the measured block
   equals the bare step: a VM's sleep overshoots by tens of microseconds).
 
-Run: ``.venv/bin/python bench/overhead.py`` (writes bench/results/overhead.json).
+Run: ``.venv/bin/python bench/overhead.py [--workload medium]`` (writes bench/results/overhead_<workload>.json).
 """
 
 from __future__ import annotations
@@ -64,14 +65,24 @@ class StampedBatches:
         return (s[-1] - s[0]) / (len(s) - 1) * 1e6
 
 
+#: name -> (layer widths, batch size): "tiny" is the issue tracker's workload, "medium" a compute-bound one.
+WORKLOADS = {"tiny": ((32, 32, 1), 32), "medium": ((512, 1024, 1024, 10), 256)}
+WORKLOAD = "tiny"
+
+
 def make_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    widths, _ = WORKLOADS[WORKLOAD]
+    layers: list[torch.nn.Module] = []
+    for a, b in zip(widths, widths[1:]):
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers[:-1])
 
 
 def make_batches(n: int) -> list:
     g = torch.Generator().manual_seed(1)
-    return [(torch.randn(32, 32, generator=g), torch.randn(32, 1, generator=g)) for _ in range(n)]
+    widths, batch = WORKLOADS[WORKLOAD]
+    return [(torch.randn(batch, widths[0], generator=g), torch.randn(batch, widths[-1], generator=g)) for _ in range(n)]
 
 
 def bare(batches: StampedBatches, observer_s: float = 0.0) -> None:
@@ -122,8 +133,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "overhead.json"))
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="tiny")
+    parser.add_argument("--out", default=None, help="default: bench/results/overhead_<workload>.json")
     args = parser.parse_args()
+    global WORKLOAD
+    WORKLOAD = args.workload
     torch.set_num_threads(1)
     batches = StampedBatches(make_batches(args.steps))
 
@@ -162,7 +176,7 @@ def main() -> None:
 
     rows = []
     blocked_s = measured_sleep(step_s, 1000)
-    print(f"tiny workload, {args.steps} steps (warm-up {args.warmup}), {args.repeats} interleaved repeats; "
+    print(f"{args.workload} workload, {args.steps} steps (warm-up {args.warmup}), {args.repeats} interleaved repeats; "
           f"bare step {bare_step_s * 1e6:.0f} us; blocking observer: time.sleep({step_s * 1e6:.0f} us) "
           f"blocks {blocked_s * 1e6:.0f} us per step")
     print(f"{'config':<18}{'us/step median':>16}{'us/step min':>13}{'ratio to bare':>15}")
@@ -170,7 +184,7 @@ def main() -> None:
         med, low, ratio = statistics.median(results[name]), min(results[name]), statistics.median(ratios[name])
         rows.append({"config": name, "us_per_step_median": med, "us_per_step_min": low, "ratio_to_bare": ratio})
         print(f"{name:<18}{med:>16.0f}{low:>13.0f}{ratio:>15.2f}")
-    out = Path(args.out)
+    out = Path(args.out or Path(__file__).parent / "results" / f"overhead_{args.workload}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -183,6 +197,7 @@ def main() -> None:
         "observer_sleep_arg_us": step_s * 1e6,
         "observer_blocks_us": blocked_s * 1e6,
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "workload": args.workload,
     }
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"wrote {out}")
