@@ -123,4 +123,6 @@ class MetricsPrinter(Callback):
         cells = [type(phase).__name__, str(learner.cbstate.history[phase].epochs)]
         cells += [_cell(series.last(name)[1]) for name in names]
         file = self.file if self.file is not None else sys.stdout
-        print(format_table(header, [cells]), file=file, flush=True)
+        # tqdm.write clears a progress bar on the same terminal, prints, and redraws the bar below.
+        tqdm.write(format_table(header, [cells]), file=file)
+        file.flush()
