@@ -437,7 +437,9 @@ async def _training_step(learner: Learner, phase: Phase, batch: Any) -> PropDict
         optimizer = learner.optimizer
         if len(state) == 4:  # no step-state controls were set: the common case
             optimizer.zero_grad(set_to_none=True)
-            state["loss"].backward()
+            loss = state["loss"]
+            loss.backward()
+            state["loss"] = loss.detach()  # the graph is spent: handlers read a plain tensor from here on
             state["grads"] = learner._gradients()
             if backward_end is not None and (pending := backward_end(_BACKWARD_END, phase)) is not None:
                 await pending
@@ -468,6 +470,7 @@ async def _controlled_update(learner: Learner, phase: Phase, state: PropDict, op
         loss = loss * state["loss_scale"]
     scaler = state.get("grad_scaler")
     (scaler.scale(loss) if scaler is not None else loss).backward()
+    state["loss"] = state["loss"].detach()
     state["grads"] = learner._gradients()
     if backward_end is not None and (pending := backward_end(_BACKWARD_END, phase)) is not None:
         await pending

@@ -113,6 +113,24 @@ class TestFit:
             xy, xy | {"preds"}, xy | {"preds", "loss"},
         ]
 
+    def test_loss_is_detached_after_backward(self) -> None:
+        """From BackwardEnd on, step.loss is a plain tensor: float(learner.step.loss) works without a warning."""
+        seen: list[tuple[bool, float]] = []
+
+        class Show(Callback):
+            state_access = {"step": {"loss": Read()}}
+
+            @on(StepEnd, AbstractTrainingPhase)
+            def show(self, event: Event, phase: Phase, learner: Any) -> None:
+                seen.append((learner.step.loss.requires_grad, float(learner.step.loss)))
+
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            trio.run(fit, test_learner(Show(), n_batches=2), 1)
+        assert [grad for grad, _ in seen] == [False, False]
+
     def test_result(self) -> None:
         """fit returns a FitResult with the epochs run, stopped=False, no reason and per-callback statistics."""
         result = trio.run(fit, test_learner(Recorder(), n_batches=2), 3)
