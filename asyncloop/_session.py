@@ -40,7 +40,12 @@ class Session:
         self.worker_token: trio.lowlevel.TrioToken | None = None
         self.worker_scope: trio.CancelScope | None = None
         self.thread_id: int | None = None
+        # torch state that is per OS thread: carried over from the caller to the worker
         self.num_threads = torch.get_num_threads()
+        self.default_device = torch.get_default_device() if hasattr(torch, "get_default_device") else None
+        self.cuda_device = (
+            torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        )
         self.abort_requested = False
         self.error: BaseException | None = None
         self.control: BaseException | None = None
@@ -152,6 +157,10 @@ class Session:
 
     async def _worker_main(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
         torch.set_num_threads(self.num_threads)
+        if self.default_device is not None and self.default_device != torch.device("cpu"):
+            torch.set_default_device(self.default_device)
+        if self.cuda_device is not None:
+            torch.cuda.set_device(self.cuda_device)
         self.thread_id = threading.get_ident()
         with trio.CancelScope() as scope:
             self.worker_scope = scope

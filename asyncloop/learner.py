@@ -71,8 +71,14 @@ class Learner:
         use_default_callbacks: bool = True,
         runner: Runner | None = None,
     ) -> None:
+        if isinstance(model, type):
+            raise TypeError(f"model is the class {model.__name__}; pass an instance: {model.__name__}(...)")
         if not callable(model):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(loss_fn, type):
+            raise TypeError(
+                f"loss_fn is the class {loss_fn.__name__}; pass an instance ({loss_fn.__name__}()) or a function"
+            )
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be a callable loss_fn(preds, targets) -> tensor, got {loss_fn!r}")
         if runner is None:
@@ -91,7 +97,6 @@ class Learner:
         self.cbstate = PropDict()
         self.epoch_data: Any = None
         self.runner = runner
-        runner.bind(self)
         cbs = [_check_callback(cb, f"callbacks[{i}]") for i, cb in enumerate(callbacks)]
         if use_default_callbacks:
             for default in _default_callbacks():
@@ -99,7 +104,12 @@ class Learner:
                     cbs.append(default())
         self._callbacks: list[Callback] = []
         self._graph = nx.DiGraph()
-        self._install(cbs, cbs)
+        runner.bind(self)
+        try:
+            self._install(cbs, cbs)
+        except BaseException:
+            runner._learner = None  # a learner that failed to build does not keep the runner
+            raise
 
     # -- data / model / optimizer -----------------------------------------------------------------------------------
     @property

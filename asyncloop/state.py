@@ -241,7 +241,8 @@ class Gradients(Mapping):
         return f"Gradients({', '.join(self)})"
 
     def __snapshot__(self) -> dict[str, torch.Tensor]:
-        return {name: p.grad.detach() for name, p in self._params if p.grad is not None}
+        # cloned: gradients change in place (accumulation, clipping, unscaling) before the actor reads them
+        return {name: p.grad.detach().clone() for name, p in self._params if p.grad is not None}
 
 
 class Permission:
@@ -343,6 +344,9 @@ def _guard(value: Any, perm: Any) -> Any:
 
 _set = object.__setattr__
 
+#: Methods of a dict that change it: a read-only view refuses them.
+_MUTATORS = frozenset({"clear", "pop", "popitem", "update", "setdefault", "default_factory"})
+
 
 def _view(obj: Any, perms: Mapping[str, Any], name: str) -> Protected:
     """Build a Protected without running ``__init__`` (a hot path: nested views are built per step)."""
@@ -377,6 +381,8 @@ class Protected:
                     value = obj[name]
                 except KeyError:
                     raise AttributeError(f"PropDict has no key {name!r}") from None
+            elif name in _MUTATORS:
+                raise ProtectedError(f"Write access to {self._name}.{name} disallowed.")
             else:
                 value = getattr(obj, name)
             return _view(value, _READ_ONLY, type(value).__name__) if isinstance(value, dict) else value
@@ -497,16 +503,20 @@ def _clone_tree(value: Any) -> Any:
     return value
 
 
-def snapshot(value: Any) -> Any:
+def snapshot(value: Any, clone: bool = False) -> Any:
     """A copy of ``value`` that stays valid while the training loop goes on.
 
-    Fresh tensors are shared (detached, no copy); objects the loop mutates in place are copied: modules are deep
-    copied (weights cloned), optimizers become :class:`OptimizerSnapshot`, containers and histories are copied
-    (objects with a ``__snapshot__`` method decide themselves). Anything else is shared by reference.
+    Fresh tensors are shared (detached, no copy); tensors the loop mutates in place are cloned: parameters, and
+    every tensor when ``clone`` is true (what ``snapshot_tree`` asks for under ``model`` and ``optimizer``).
+    Modules are deep copied (weights cloned), optimizers become :class:`OptimizerSnapshot`, containers and
+    histories are copied (objects with a ``__snapshot__`` method decide themselves; gradients are cloned).
+    Anything else is shared by reference.
     """
     if isinstance(value, (int, float, str, bool, type(None))):
         return value
     if isinstance(value, torch.Tensor):
+        if clone or isinstance(value, torch.nn.Parameter):
+            return value.detach().clone()
         return value.detach()
     snap = getattr(type(value), "__snapshot__", None)
     if snap is not None:
@@ -516,11 +526,11 @@ def snapshot(value: Any) -> Any:
     if isinstance(value, torch.optim.Optimizer):
         return OptimizerSnapshot(value)
     if isinstance(value, dict):
-        return {k: snapshot(v) for k, v in value.items()}
+        return {k: snapshot(v, clone) for k, v in value.items()}
     if isinstance(value, list):
-        return [snapshot(v) for v in value]
+        return [snapshot(v, clone) for v in value]
     if isinstance(value, tuple):
-        return tuple(snapshot(v) for v in value)
+        return tuple(snapshot(v, clone) for v in value)
     return value
 
 
@@ -528,11 +538,15 @@ def snapshot(value: Any) -> Any:
 _SHARED_FIELDS = frozenset({"data", "epoch_data", "loss_fn", "callbacks"})
 
 
-def snapshot_tree(obj: Any, perms: Mapping[str, Any], top: bool = True) -> PropDict:
+#: Learner fields whose tensors the loop updates in place: a snapshot clones every tensor below them.
+_MUTATED_FIELDS = frozenset({"model", "optimizer"})
+
+
+def snapshot_tree(obj: Any, perms: Mapping[str, Any], top: bool = True, clone: bool = False) -> PropDict:
     """Copy exactly the paths of ``perms`` out of ``obj`` (missing keys stay missing).
 
     At the top level (the learner), ``data``, ``epoch_data``, ``loss_fn`` and ``callbacks`` are shared, not
-    copied: the loop only iterates or calls them.
+    copied: the loop only iterates or calls them; tensors below ``model`` and ``optimizer`` are cloned.
     """
     out = PropDict()
     is_map = isinstance(obj, Mapping)
@@ -541,10 +555,11 @@ def snapshot_tree(obj: Any, perms: Mapping[str, Any], top: bool = True) -> PropD
             value = obj[key] if is_map else getattr(obj, key)
         except (KeyError, AttributeError):
             continue
+        deep = clone or (top and key in _MUTATED_FIELDS)
         if isinstance(perm, Mapping):
-            out[key] = snapshot_tree(value, perm, False)
+            out[key] = snapshot_tree(value, perm, False, deep)
         elif top and key in _SHARED_FIELDS:
             out[key] = value
         else:
-            out[key] = snapshot(value)
+            out[key] = snapshot(value, deep)
     return out

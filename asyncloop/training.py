@@ -26,6 +26,7 @@ Step-state controls: callbacks with ``Write()`` access to these ``learner.step``
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -222,7 +223,9 @@ async def fit(learner: Learner, n_epochs: int, data: Any = None, *, resume: Any 
     if resume is not None:
         await trio.to_thread.run_sync(learner.load_checkpoint, resume)
     result = await _in_session(learner, _fit, learner, n_epochs, batches)
-    return dataclasses.replace(result, elapsed=time.perf_counter() - t0)  # detached actors' drain included
+    # After the drain: detached actors' time and events are complete; copies, so a later fit leaves them alone.
+    statistics = tuple(copy.copy(s) for s in learner.runner.statistics())
+    return dataclasses.replace(result, elapsed=time.perf_counter() - t0, statistics=statistics)
 
 
 async def _fit(learner: Learner, n_epochs: int, batches: PropDict) -> FitResult:

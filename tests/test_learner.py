@@ -434,3 +434,24 @@ class TestReassignment:
         trio.run(fit, learner, 1)
         assert learner.cbstate.metrics_epoch[TrainingPhase()].last("Loss") == (2, 1e5)
         assert learner.cbstate.history[TrainingPhase()].steps == 3
+
+
+class TestReviewRegressions:
+    def test_model_class_instead_of_instance(self) -> None:
+        """Passing a model class is refused with the fix in the message."""
+        with pytest.raises(TypeError, match=r"^model is the class Linear; pass an instance: Linear\(\.\.\.\)$"):
+            Learner(torch.nn.Linear, torch.nn.functional.mse_loss)
+
+    def test_loss_class_instead_of_instance(self) -> None:
+        """Passing a loss class is refused with the fix in the message."""
+        with pytest.raises(TypeError, match=r"^loss_fn is the class MSELoss; pass an instance \(MSELoss\(\)\) or a function$"):
+            Learner(torch.nn.Linear(1, 1), torch.nn.MSELoss)
+
+    def test_runner_is_free_again_after_a_failed_learner(self) -> None:
+        """A runner whose Learner failed to build can be given to another Learner."""
+        from asyncloop import LinearRunner
+
+        runner = LinearRunner()
+        with pytest.raises(TypeError):
+            Learner(torch.nn.Linear(1, 1), torch.nn.functional.mse_loss, callbacks=[object()], runner=runner)
+        Learner(torch.nn.Linear(1, 1), torch.nn.functional.mse_loss, runner=runner, use_default_callbacks=False)

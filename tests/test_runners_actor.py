@@ -370,7 +370,9 @@ class TestStatisticsAndConcurrency:
         assert stats["Recorder"].events == 2 * 20 + 4 and not stats["Recorder"].detached
         assert stats["Observer"].peak_inbox >= 1 and stats["Observer"].peak_lag >= 1
         assert stats["Observer"].handler_time > 0
-        assert result.statistics[1] is stats["Observer"] or result.statistics[0] is stats["Recorder"]
+        assert [(s.name, s.events) for s in result.statistics] == [(s.name, s.events) for s in lrn.runner.statistics()]
+        await al.fit(lrn, 2)
+        assert {s.name: s.events for s in result.statistics}["Recorder"] == 2 * 20 + 4  # a copy: unchanged
 
     async def test_two_fits_in_one_trio_loop(self) -> None:
         """Two learners fit concurrently in one trio program, each with its own actors."""
@@ -463,3 +465,83 @@ def test_ctrl_c_stops_a_fit_promptly(runner: str, tmp_path) -> None:
         proc.kill()
     assert proc.returncode == 3 and "interrupted" in out
     assert elapsed < 10
+
+
+class TestReviewRegressions:
+    def test_detached_parameter_reader_sees_values_of_the_event(self) -> None:
+        """A detached reader of one parameter gets a clone: the same values as under the LinearRunner."""
+
+        class C(al.Callback):
+            state_access = {"model": {"c": al.Read()}}
+            detached = True
+
+            def __init__(self) -> None:
+                self.values: list[float] = []
+
+            @al.on(al.StepEnd, al.AbstractTrainingPhase)
+            def grab(self, event, phase, learner) -> None:
+                time.sleep(0.001)
+                self.values.append(learner.model.c.item())
+
+        seen = []
+        for runner in (al.LinearRunner(), al.ActorRunner()):
+            cb = C()
+            trio.run(al.fit, learner(cb, runner=runner, n_batches=5), 1)
+            seen.append(cb.values)
+        assert seen[0] == seen[1] and len(set(seen[0])) == 5
+
+    def test_no_publication_after_an_earlier_handler_stops_the_fit(self) -> None:
+        """A detached callback after a stopping handler (in the linear order) never sees that event."""
+
+        def run(runner: al.runners.Runner) -> list[str]:
+            obs = Observer()
+            stop = al.CustomCallback(
+                lambda l: (_ for _ in ()).throw(al.CancelFittingException("x")), al.StepEnd, al.TrainingPhase
+            )
+            lrn = learner(obs, stop, al.Recorder(), runner=runner, n_batches=3)
+            trio.run(al.fit, lrn, 1)
+            return [e for e, _, _ in obs.seen]
+
+        assert run(al.ActorRunner()) == run(al.LinearRunner()) == ["FitBegin", "EpochBegin", "StepBegin",
+                                                                    "LossBegin", "BackwardBegin", "BackwardEnd",
+                                                                    "FitEnd"]
+
+    def test_control_flow_lets_concurrent_siblings_finish(self) -> None:
+        """When one concurrent async handler stops the fit, the others still finish their handler."""
+        done: list[str] = []
+
+        class Stop(al.Callback):
+            @al.on(al.FitBegin)
+            async def begin(self, event, phase, learner) -> None:
+                raise al.CancelFittingException("stop")
+
+        class Slow(al.Callback):
+            @al.on(al.FitBegin)
+            async def begin(self, event, phase, learner) -> None:
+                await trio.sleep(0.02)
+                done.append("slow")
+
+        result = trio.run(al.fit, learner(Stop(), Slow(), n_batches=1), 2)
+        assert result.stopped and done == ["slow"]
+
+    def test_system_exit_in_a_detached_actor_is_not_a_group(self) -> None:
+        """Even a BaseException such as SystemExit from an actor ends the fit as itself."""
+
+        class Exit(al.Callback):
+            detached = True
+
+            @al.on(al.StepEnd)
+            def bye(self, event, phase, learner) -> None:
+                raise SystemExit(3)
+
+        with pytest.raises(SystemExit):
+            trio.run(al.fit, learner(Exit(), n_batches=50), 5)
+
+    async def test_inbox_never_holds_more_than_its_size(self) -> None:
+        """peak_inbox never exceeds inbox_size."""
+
+        class Small(Observer):
+            inbox_size = 4
+
+        result = await al.fit(learner(al.Recorder(), Small(sleep=0.001), n_batches=30), 1)
+        assert {s.name: s for s in result.statistics}["Small"].peak_inbox <= 4

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -570,3 +572,16 @@ class TestSnapshotTree:
         out = snapshot_tree(learner, {"cbstate": {"history": Read()}})
         learner.cbstate.history[TrainingPhase()].steps = 4
         assert out.cbstate.history[TrainingPhase()].steps == 0
+
+
+class TestReadOnlyViewMutators:
+    def test_read_only_dict_view_refuses_mutating_methods(self) -> None:
+        """A Read() view of a plain dict (e.g. a PhaseDict) refuses clear/pop/update/setdefault."""
+        from asyncloop.state import History, PhaseDict, PropDict, Protected, Read
+        from asyncloop.exceptions import ProtectedError
+
+        view = Protected(PropDict(cbstate=PropDict(history=PhaseDict(History))), {"cbstate": {"history": Read()}})
+        for name in ("clear", "pop", "popitem", "update", "setdefault"):
+            with pytest.raises(ProtectedError, match="^" + re.escape(f"Write access to PhaseDict.{name} disallowed.") + "$"):
+                getattr(view.cbstate.history, name)
+        assert list(view.cbstate.history.keys()) == []

@@ -79,7 +79,7 @@ class GradientClipping(Callback):
             for g in grads:
                 g.clamp_(-self.max_value, self.max_value)
             return
-        total = torch.nn.utils.get_total_norm(grads, self.norm_type, self.error_if_nonfinite)
+        total = _total_norm(grads, self.norm_type, self.error_if_nonfinite)
         step.grad_norm = total
         coef = torch.clamp(self.max_norm / (total + 1e-6), max=1.0)
         for g in grads:
@@ -92,13 +92,22 @@ class GradientClipping(Callback):
 
 
 def _values(grads: Any) -> list[Any]:
-    """The gradient tensors of ``step.grads`` (the training step's lazy mapping materialises them in one pass)."""
-    materialise = getattr(type(grads), "__snapshot__", None)
-    if materialise is not None:
-        grads = materialise(grads)  # detached views: in-place changes reach the parameters' .grad
+    """The gradient tensors of ``step.grads`` (the parameters' own ``.grad``: in-place changes reach them)."""
     if isinstance(grads, Mapping):
         return list(grads.values())
     return list(grads)
+
+
+def _total_norm(grads: list[torch.Tensor], norm_type: float, error_if_nonfinite: bool) -> torch.Tensor:
+    """``torch.nn.utils.get_total_norm`` (torch >= 2.6), computed by hand on older torch."""
+    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
+    if get_total_norm is not None:
+        return get_total_norm(grads, norm_type, error_if_nonfinite)
+    norms = torch.stack([torch.linalg.vector_norm(g.detach(), norm_type).to(grads[0].device) for g in grads])
+    total = torch.linalg.vector_norm(norms, norm_type)
+    if error_if_nonfinite and not torch.isfinite(total):
+        raise RuntimeError(f"The total norm of order {norm_type} for gradients is non-finite, so it cannot be clipped")
+    return total
 
 
 class GradientAccumulation(Callback):

@@ -40,7 +40,7 @@ import trio
 
 from ..callback import Callback
 from ..events import EpochBegin, EpochEnd, Event, FitBegin, FitEnd
-from ..exceptions import FitException
+from ..exceptions import CancelFittingException, FitException
 from ..graph import CallbackInfo
 from ..phases import Phase
 from .base import ActorStatistics, Plan, Runner, _Step, annotate, call_async, call_sync
@@ -154,7 +154,9 @@ class _Actor:
                 if session.error is not None:
                     return
                 await self._handle_batch(batch)
-        except Exception as exc:  # an actor's error ends the fit, unwrapped
+        except trio.Cancelled:
+            raise
+        except BaseException as exc:  # an actor's error (even SystemExit) ends the fit, unwrapped
             session.fail(exc)
             self.runner._wake_all()
 
@@ -269,7 +271,8 @@ class ActorRunner(Runner):
 
     # -- plans -----------------------------------------------------------------------------------------------
     def _compile_plan(self, event: type[Event], phase: type[Phase]) -> Plan | None:
-        """Layers ``(publish, sync, async_)`` of steps, each in linear order; a sync closure when possible."""
+        """Layers ``(inline, async_)``: sync handlers and detached publications in linear order, then the async
+        handlers (concurrent). A plain sync closure when no handler of the event is async."""
         steps = self._subscribers(event, phase, self._order)
         flush = issubclass(event, _FLUSH_EVENTS) and bool(self._actors)
         if not steps:
@@ -284,29 +287,29 @@ class ActorRunner(Runner):
         layers = []
         for generation in nx.topological_generations(dag):
             layer = sorted((by_index[i] for i in generation), key=lambda s: position[s.info.index])
-            publish, sync, async_ = [], [], []
+            inline, async_ = [], []  # inline: (step, is detached) in linear order, as the LinearRunner runs them
             for s in layer:
                 if s.info.index in self._actors:
                     s.extra = self._actors[s.info.index]
-                    publish.append(s)
+                    inline.append((s, True))
                 elif s.is_async:
                     async_.append(s)
                 else:
-                    sync.append(s)
-            layers.append((tuple(publish), tuple(sync), tuple(async_)))
+                    inline.append((s, False))
+            layers.append((tuple(inline), tuple(async_)))
         plan = tuple(layers)
         publish_ = self._publish
         after = self._after
 
-        if any(layer[2] for layer in plan):
+        if any(layer[1] for layer in plan):
 
             async def run_async(event: Event, phase: Phase) -> None:
-                for publish, sync, async_ in plan:
-                    full = [a for a in (publish_(s, event, phase) for s in publish) if a is not None]
-                    if full:
-                        await self._wait_for_room(full)
-                    for step in sync:
-                        call_sync(step, event, phase)
+                for inline, async_ in plan:
+                    for step, detached in inline:
+                        if not detached:
+                            call_sync(step, event, phase)
+                        elif (actor := publish_(step, event, phase)) is not None:
+                            await self._wait_for_room([actor])
                     if len(async_) == 1:
                         await call_async(async_[0], event, phase)
                     elif async_:
@@ -318,13 +321,12 @@ class ActorRunner(Runner):
 
         def run(event: Event, phase: Phase) -> Awaitable[None] | None:
             full = None
-            for publish, sync, _ in plan:
-                for step in publish:
-                    actor = publish_(step, event, phase)
-                    if actor is not None:
+            for inline, _ in plan:
+                for step, detached in inline:
+                    if not detached:
+                        call_sync(step, event, phase)
+                    elif (actor := publish_(step, event, phase)) is not None:
                         full = [actor] if full is None else [*full, actor]
-                for step in sync:
-                    call_sync(step, event, phase)
             return after(full, flush)
 
         return run
@@ -354,8 +356,8 @@ class ActorRunner(Runner):
         actor.enqueued += 1
         queued = actor.enqueued - actor.processed
         if queued * 2 > actor.capacity:
-            if actor.policy == "block" and queued > actor.capacity:
-                return actor
+            if actor.policy == "block" and queued >= actor.capacity:
+                return actor  # full: the loop waits until there is room for the next event
             self._schedule_flush()  # half full: hand over now rather than at the next interval
         return None
 
@@ -364,7 +366,7 @@ class ActorRunner(Runner):
         session = self.session
         assert session is not None
         for actor in actors:
-            target = actor.enqueued - actor.capacity
+            target = actor.enqueued - actor.capacity + 1
             t0 = _perf()
 
             async def wait(actor: _Actor = actor, target: int = target) -> None:
@@ -381,7 +383,11 @@ class ActorRunner(Runner):
         async def one(step: _Step, scope: trio.CancelScope) -> None:
             try:
                 await call_async(step, event, phase)
-            except Exception as exc:
+            except trio.Cancelled:
+                raise
+            except FitException as exc:  # control flow: the siblings finish, as under the LinearRunner
+                errors.append(exc)
+            except BaseException as exc:  # a real error: stop the siblings
                 errors.append(exc)
                 scope.cancel()
 
@@ -389,6 +395,7 @@ class ActorRunner(Runner):
             for step in steps:
                 nursery.start_soon(one, step, nursery.cancel_scope)
         if errors:
+            errors.sort(key=lambda e: isinstance(e, FitException))  # a real error wins over control flow
             first = errors[0]
             for other in errors[1:]:
                 first.add_note(f"asyncloop: concurrently, another handler raised {other!r}")
@@ -432,8 +439,14 @@ class ActorRunner(Runner):
                 self.session.fail(exc)
 
     def _request(self, exc: FitException) -> None:
+        """A detached actor asks the loop to cancel; a stop of the fit wins over a pending step/epoch cancel."""
         session = self.session
-        if session is not None and session.control is None:
+        if session is None:
+            return
+        pending = session.control
+        if pending is None or (
+            isinstance(exc, CancelFittingException) and not isinstance(pending, CancelFittingException)
+        ):
             session.control = exc
 
     def _wake_all(self) -> None:
