@@ -13,6 +13,7 @@ Errors are never wrapped in exception groups: the first error of the session is 
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -25,6 +26,75 @@ if TYPE_CHECKING:
     from .learner import Learner
 
 T = TypeVar("T")
+
+
+async def run_in_thread(fn: Callable[..., T], *args: Any, name: str = "asyncloop-io") -> T:
+    """Run ``fn(*args)`` in a new dedicated thread and wait for it without blocking the event loop.
+
+    Unlike ``trio.to_thread.run_sync`` no pooled thread survives the call. The wait is shielded: a running
+    function is never abandoned (cancellation takes effect once it returns).
+    """
+    done = trio.Event()
+    box: list[outcome.Outcome] = []
+    token = trio.lowlevel.current_trio_token()
+
+    def main() -> None:
+        box.append(outcome.capture(fn, *args))
+        try:
+            token.run_sync_soon(done.set)
+        except trio.RunFinishedError:  # pragma: no cover - the caller's loop is gone
+            pass
+
+    thread = threading.Thread(target=main, name=name, daemon=True)
+    thread.start()
+    with trio.CancelScope(shield=True):
+        await done.wait()
+    thread.join()
+    return box[0].unwrap()
+
+
+class ActorThread:
+    """A detached actor's own thread for its blocking handlers: one per actor, gone when the session ends."""
+
+    def __init__(self, name: str) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        torch.set_num_threads(1)  # handlers must not fight the training thread for BLAS threads
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fn, args, deliver = job
+            result = outcome.capture(fn, *args)
+            try:
+                self._token.run_sync_soon(deliver, result)
+            except trio.RunFinishedError:  # pragma: no cover - the caller's loop is gone
+                return
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on this thread; the wait is shielded (a running handler is never abandoned)."""
+        done = trio.Event()
+        box: list[outcome.Outcome] = []
+
+        def deliver(result: outcome.Outcome) -> None:
+            box.append(result)
+            done.set()
+
+        self._jobs.put((fn, args, deliver))
+        with trio.CancelScope(shield=True):
+            await done.wait()
+        return box[0].unwrap()
+
+    def stop(self) -> None:
+        """Ask the thread to exit after its current job (non-blocking)."""
+        self._jobs.put(None)
+
+    def join(self) -> None:
+        self._thread.join()
 
 
 class Aborted(BaseException):

@@ -37,7 +37,7 @@ import outcome
 import torch
 import trio
 
-from ._session import Aborted, Session
+from ._session import Aborted, Session, run_in_thread
 from .events import (
     BackwardBegin,
     BackwardEnd,
@@ -131,6 +131,7 @@ async def _run_session(learner: Learner, fn: Callable[..., Awaitable[Any]], args
                 runner.close()
                 nursery.cancel_scope.cancel()
     finally:
+        runner.join()  # every actor task has finished: their threads are exiting
         learner._session = None
         teardown_error = await _teardown(learner)
     if result is not None and isinstance(result, outcome.Error) and not isinstance(result.error, Aborted):
@@ -163,8 +164,7 @@ async def _teardown(learner: Learner) -> BaseException | None:
                 first = first or exc
         return first
 
-    with trio.CancelScope(shield=True):
-        return await trio.to_thread.run_sync(run)
+    return await run_in_thread(run, name="asyncloop-teardown")
 
 
 def _as_data(data: Any) -> PropDict:
@@ -221,7 +221,7 @@ async def fit(learner: Learner, n_epochs: int, data: Any = None, *, resume: Any 
         )
     t0 = time.perf_counter()
     if resume is not None:
-        await trio.to_thread.run_sync(learner.load_checkpoint, resume)
+        await run_in_thread(learner.load_checkpoint, resume, name="asyncloop-resume")
     result = await _in_session(learner, _fit, learner, n_epochs, batches)
     # After the drain: detached actors' time and events are complete; copies, so a later fit leaves them alone.
     statistics = tuple(copy.copy(s) for s in learner.runner.statistics())

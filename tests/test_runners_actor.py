@@ -545,3 +545,34 @@ class TestReviewRegressions:
 
         result = await al.fit(learner(al.Recorder(), Small(sleep=0.001), n_batches=30), 1)
         assert {s.name: s for s in result.statistics}["Small"].peak_inbox <= 4
+
+
+class TestNoThreadLeftBehind:
+    @pytest.mark.parametrize("outcome", ["returns", "raises", "cancelled"])
+    def test_thread_count_is_back_to_baseline(self, outcome: str) -> None:
+        """However fit ends, no thread it started is alive afterwards (not even an idle pooled one)."""
+
+        class Blocky(Observer):
+            def teardown(self, learner) -> None:
+                time.sleep(0.001)
+
+        class Boom(al.Callback):
+            @al.on(al.StepEnd, al.AbstractTrainingPhase)
+            def boom(self, event, phase, learner) -> None:
+                if outcome == "raises":
+                    raise ValueError("boom")
+
+        async def main() -> None:
+            lrn = learner(al.Recorder(), Blocky(sleep=0.002), Boom(), n_batches=400)
+            if outcome == "cancelled":
+                with trio.move_on_after(0.2):
+                    await al.fit(lrn, 50)
+            elif outcome == "raises":
+                with pytest.raises(ValueError):
+                    await al.fit(lrn, 1)
+            else:
+                await al.fit(learner(al.Recorder(), Blocky(), n_batches=3), 1)
+
+        before = threading.active_count()
+        trio.run(main)
+        assert threading.active_count() == before

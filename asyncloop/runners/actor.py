@@ -14,8 +14,9 @@ snapshot of exactly the state they declared, and handle it later in the caller's
   delivers the outbox as one batch per actor. Latency is bounded by ``flush_interval`` or the time between two
   events, whichever is longer;
 * each actor sees its events in order; a ``run_after`` path between two detached actors holds per event;
-* sync handlers run in a worker thread (one hop per batch), async ones as the actor's task; set
-  ``blocking = False`` on a callback whose sync handlers are trivial to keep them on the event loop;
+* sync handlers run on the actor's own thread (one hand-off per batch; the thread lives for the fit), async
+  ones as the actor's task; set ``blocking = False`` on a callback whose sync handlers are trivial to keep them
+  on the event loop;
 * inboxes are bounded (``inbox_size``, default 1024 events): a full inbox makes the loop wait for the actor;
   nothing is dropped, except under the opt-in ``inbox_policy = "latest"``, where a run of queued events of the
   same type and phase collapses to its newest (counted in the statistics as ``coalesced``);
@@ -43,6 +44,7 @@ from ..events import EpochBegin, EpochEnd, Event, FitBegin, FitEnd
 from ..exceptions import CancelFittingException, FitException
 from ..graph import CallbackInfo
 from ..phases import Phase
+from .._session import ActorThread
 from .base import ActorStatistics, Plan, Runner, _Step, annotate, call_async, call_sync
 
 if TYPE_CHECKING:
@@ -84,7 +86,7 @@ class _Actor:
         self.pending: deque[int] = deque()  # seqs delivered and not yet handled (host)
         self.send, self.recv = trio.open_memory_channel[list[_Item]](math.inf)
         self.lot = trio.lowlevel.ParkingLot()
-        self.limiter = trio.CapacityLimiter(1)
+        self.thread: ActorThread | None = None
 
     # -- host side -------------------------------------------------------------------------------------------
     async def wait_processed(self, target: int) -> None:
@@ -184,7 +186,8 @@ class _Actor:
             for it in run:
                 self._note_lag(it)
             if self.blocking:
-                results = await trio.to_thread.run_sync(self._run_sync, run, limiter=self.limiter)
+                assert self.thread is not None
+                results = await self.thread.run(self._run_sync, run)
             else:
                 results = self._run_sync(run)
             for it, (_, exc) in zip(run, results):
@@ -200,9 +203,7 @@ class _Actor:
             i = j
 
     def _run_sync(self, run: list[_Item]) -> list[tuple[float, BaseException | None]]:
-        """Handle a run of sync items (in a thread when ``blocking``); stop early if the session failed."""
-        if self.blocking:
-            torch.set_num_threads(1)
+        """Handle a run of sync items (on the actor's thread when ``blocking``); stop early if the session failed."""
         session = self.runner.session
         results: list[tuple[float, BaseException | None]] = []
         for item in run:
@@ -463,6 +464,8 @@ class ActorRunner(Runner):
         assert nursery is not None
         for actor in self._actors.values():
             actor.reset()
+            if actor.blocking:
+                actor.thread = ActorThread(f"asyncloop-actor-{actor.callback.name}")
             nursery.start_soon(actor.run, name=f"asyncloop-actor-{actor.callback.name}")
 
     async def drain(self) -> None:
@@ -478,5 +481,13 @@ class ActorRunner(Runner):
     def close(self) -> None:
         for actor in self._actors.values():
             actor.send.close()
+            if actor.thread is not None:
+                actor.thread.stop()
         self._outbox.clear()
         super().close()
+
+    def join(self) -> None:
+        for actor in self._actors.values():
+            if actor.thread is not None:
+                actor.thread.join()  # quick: every actor task has finished, so each thread is exiting
+                actor.thread = None

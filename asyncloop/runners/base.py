@@ -225,6 +225,9 @@ class Runner:
         """Called in the host loop when the session ends, however it ends. Must not raise."""
         self.session = None
 
+    def join(self) -> None:
+        """Called after every actor task has finished: wait for the runner's threads to exit (quick)."""
+
     # -- dispatch (worker side) ------------------------------------------------------------------------------
     def plan(self, event: type[Event], phase: type[Phase]) -> Plan | None:
         """The compiled plan for ``(event, phase)``, or ``None`` when no callback handles it (cached)."""
