@@ -59,6 +59,7 @@ class ActorThread:
     def __init__(self, name: str) -> None:
         self._token = trio.lowlevel.current_trio_token()
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.stopped = False
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
 
@@ -76,7 +77,13 @@ class ActorThread:
                 return
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on this thread; the wait is shielded (a running handler is never abandoned)."""
+        """Run ``fn(*args)`` on this thread; the wait is shielded (a running handler is never abandoned).
+
+        Must not be called after :meth:`stop` (the job would never run): check ``stopped`` first. Both run in
+        the caller's trio thread, so the check cannot race with ``stop``.
+        """
+        if self.stopped:
+            raise RuntimeError("this actor thread was stopped; no more jobs")
         done = trio.Event()
         box: list[outcome.Outcome] = []
 
@@ -90,8 +97,10 @@ class ActorThread:
         return box[0].unwrap()
 
     def stop(self) -> None:
-        """Ask the thread to exit after its current job (non-blocking)."""
-        self._jobs.put(None)
+        """Ask the thread to exit after its current job (non-blocking, idempotent)."""
+        if not self.stopped:
+            self.stopped = True
+            self._jobs.put(None)
 
     def join(self) -> None:
         self._thread.join()

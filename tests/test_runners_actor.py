@@ -576,3 +576,45 @@ class TestNoThreadLeftBehind:
         before = threading.active_count()
         trio.run(main)
         assert threading.active_count() == before
+
+
+def test_failing_fit_with_a_busy_blocking_actor_does_not_hang() -> None:
+    """A fit that fails while a blocking detached actor still has queued events ends (regression: no hang)."""
+
+    class Boom(al.Callback):
+        @al.on(al.StepEnd, al.AbstractTrainingPhase)
+        def boom(self, event, phase, learner) -> None:
+            if learner.cbstate.history[phase].steps >= 40:
+                raise ValueError("boom")
+
+        state_access = {"cbstate": {"history": al.Read()}}
+        run_after = (al.Recorder,)
+
+    class Mixed(al.Callback):
+        """Async and blocking sync handlers interleaved in one batch: several thread jobs per batch."""
+
+        detached = True
+
+        @al.on(al.StepBegin)
+        async def begin(self, event, phase, learner) -> None:
+            pass
+
+        @al.on(al.StepEnd)
+        def end(self, event, phase, learner) -> None:
+            time.sleep(0.002)
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        for _ in range(5):
+            lrn = learner(al.Recorder(), Mixed(), Boom(), n_batches=100, runner=al.ActorRunner(flush_interval=0.05))
+            try:
+                trio.run(al.fit, lrn, 1)
+            except ValueError as exc:
+                errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "fit hung"
+    assert len(errors) == 5

@@ -186,7 +186,8 @@ class _Actor:
             for it in run:
                 self._note_lag(it)
             if self.blocking:
-                assert self.thread is not None
+                if self.thread is None or self.thread.stopped:
+                    return  # the session is closing: pending events are dropped
                 results = await self.thread.run(self._run_sync, run)
             else:
                 results = self._run_sync(run)
