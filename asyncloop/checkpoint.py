@@ -319,35 +319,124 @@ def _check_state(state: Any, where: str) -> None:
         )
 
 
+_MISMATCH_HINT = (
+    "build the learner with the same model, optimizer and callbacks as when the checkpoint was written"
+)
+
+
+def _model_mismatch(model: torch.nn.Module, weights: Any) -> str | None:
+    """What keeps ``weights`` from loading strictly into ``model``, or None."""
+    if not isinstance(weights, Mapping):
+        return f"its model weights are a {type(weights).__name__}, not a state_dict"
+    own = model.state_dict()
+    problems = []
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    if missing:
+        problems.append(f"missing weights {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected weights {', '.join(str(k) for k in unexpected)}")
+    for key, value in own.items():
+        saved = weights.get(key)
+        if isinstance(value, torch.Tensor) and isinstance(saved, torch.Tensor) and saved.shape != value.shape:
+            problems.append(f"{key} has shape {tuple(saved.shape)} in the checkpoint, {tuple(value.shape)} in the model")
+    return "; ".join(problems) or None
+
+
+def _optimizer_mismatch(optimizer: torch.optim.Optimizer, saved: Any) -> str | None:
+    """What keeps the optimizer state ``saved`` from loading into ``optimizer``, or None."""
+    groups = saved.get("param_groups") if isinstance(saved, Mapping) else None
+    if not isinstance(groups, (list, tuple)) or not isinstance(saved.get("state"), Mapping):
+        return "its optimizer state is not an optimizer state_dict"
+    if len(groups) != len(optimizer.param_groups):
+        return f"its optimizer has {len(groups)} parameter group(s), the learner's has {len(optimizer.param_groups)}"
+    for i, (group, own) in enumerate(zip(groups, optimizer.param_groups)):
+        params = group.get("params") if isinstance(group, Mapping) else None
+        if not isinstance(params, (list, tuple)) or len(params) != len(own["params"]):
+            count = len(params) if isinstance(params, (list, tuple)) else "no"
+            return (
+                f"parameter group {i} of its optimizer has {count} parameter(s), the learner's has "
+                f"{len(own['params'])}"
+            )
+    return None
+
+
 def load_training_state(learner: Learner, state: Mapping[str, Any], *, where: str = "the state") -> None:
     """Restore ``learner`` from :func:`training_state` (``Learner.load_state_dict()``).
 
     Model and optimizer ``load_state_dict`` (tensors move to where the parameters are), every stateful
     callback's ``load_state_dict`` (matched by class name and occurrence; callbacks absent from the state keep
     theirs), the saved ``cbstate`` entries (replaced), and the RNG states.
+
+    All or nothing: a state that does not fit the learner (other model weights or shapes, another optimizer
+    layout, a callback that rejects its state) raises :class:`CheckpointError` naming ``where`` and what does
+    not match, and leaves the learner as it was.
     """
     _check_state(state, where)
     if learner._session is not None:
         raise RuntimeError(
             "cannot load a training state while fit() is running; load it before fit, or use fit(..., resume=path)"
         )
+    model = learner.model
     if "model" in state:
-        if not isinstance(learner.model, torch.nn.Module):
+        if not isinstance(model, torch.nn.Module):
             raise CheckpointError(f"{where} has model weights, but learner.model is not a torch.nn.Module")
-        learner.model.load_state_dict(state["model"])
+        problem = _model_mismatch(model, state["model"])
+        if problem is not None:
+            raise CheckpointError(f"cannot load {where} into this learner: {problem}; {_MISMATCH_HINT}")
+    had_optimizer = learner._optimizer
     if "optimizer" in state:
-        learner.optimizer.load_state_dict(state["optimizer"])
+        problem = _optimizer_mismatch(learner.optimizer, state["optimizer"])
+        if problem is not None:
+            learner._optimizer = had_optimizer
+            raise CheckpointError(f"cannot load {where} into this learner: {problem}; {_MISMATCH_HINT}")
+    cbstate = {key: _decode(value) for key, value in state.get("cbstate", {}).items()}
+
+    # Snapshot what loading changes, so that a failure part way (a callback rejecting its state, ...) is undone.
     callbacks = learner._callbacks
     saved = state.get("callbacks", {})
-    for i, cb in enumerate(callbacks):
-        key = callback_key(callbacks, i)
-        fn = getattr(cb, "load_state_dict", None)
-        if fn is not None and key in saved:
-            fn(saved[key])
-    for key, value in state.get("cbstate", {}).items():
-        learner.cbstate[key] = _decode(value)
-    if "rng" in state:
-        set_rng_state(state["rng"])
+    stateful = [
+        (callback_key(callbacks, i), cb)
+        for i, cb in enumerate(callbacks)
+        if getattr(cb, "load_state_dict", None) is not None and getattr(cb, "state_dict", None) is not None
+    ]
+    before = {
+        "model": _clone_tree(model.state_dict()) if "model" in state else None,
+        "optimizer": _clone_tree(learner.optimizer.state_dict()) if "optimizer" in state else None,
+        "callbacks": [(cb, _clone_tree(cb.state_dict())) for key, cb in stateful if key in saved],
+        "cbstate": dict(learner.cbstate),
+        "rng": rng_state(),
+    }
+    try:
+        if "model" in state:
+            model.load_state_dict(state["model"])
+        if "optimizer" in state:
+            learner.optimizer.load_state_dict(state["optimizer"])
+        for i, cb in enumerate(callbacks):
+            key = callback_key(callbacks, i)
+            fn = getattr(cb, "load_state_dict", None)
+            if fn is not None and key in saved:
+                fn(saved[key])
+        learner.cbstate.update(cbstate)
+        if "rng" in state:
+            set_rng_state(state["rng"])
+    except Exception as exc:
+        if before["model"] is not None:
+            model.load_state_dict(before["model"])
+        if before["optimizer"] is not None:
+            if had_optimizer is None:
+                learner._optimizer = None
+            else:
+                learner.optimizer.load_state_dict(before["optimizer"])
+        for cb, cb_state in before["callbacks"]:
+            cb.load_state_dict(cb_state)
+        learner.cbstate.clear()
+        learner.cbstate.update(before["cbstate"])
+        set_rng_state(before["rng"])
+        raise CheckpointError(
+            f"cannot load {where} into this learner ({type(exc).__name__}: {exc}); nothing was changed; "
+            f"{_MISMATCH_HINT}"
+        ) from exc
 
 
 # --------------------------------------------------------------------------------------------------------------

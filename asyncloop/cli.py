@@ -8,7 +8,8 @@
     asyncloop log subscribe [--json] HOST PORT  print the records of a live stream; the token, if the
                                                 server needs one, is read from $ASYNCLOOP_STREAM_TOKEN
 
-Exit status: 0 on success, 1 when the file is not an event log, cannot be read, or the stream refused us.
+Exit status: 0 on success, 1 when the file is not an event log, cannot be read, or the stream refused us, 2 for
+bad arguments (e.g. ``--poll 0``).
 """
 
 from __future__ import annotations
@@ -115,6 +116,32 @@ def _subscribe(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def _seconds(positive: bool) -> Any:
+    """An argparse ``type``: a finite number of seconds, > 0 if ``positive`` else >= 0."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+        if not (value > 0 if positive else value >= 0) or value == float("inf"):
+            bound = "> 0" if positive else ">= 0"
+            raise argparse.ArgumentTypeError(f"expected a finite number of seconds {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number in 1..65535, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asyncloop", description="asyncloop command line tools")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -129,15 +156,15 @@ def _parser() -> argparse.ArgumentParser:
     follow = actions.add_parser("follow", help="print the records of an event log as they are appended")
     follow.add_argument("file")
     follow.add_argument("--json", action="store_true", help="one JSON object per line (bytes as base64)")
-    follow.add_argument("--poll", type=float, default=0.2, metavar="S", help="seconds between polls (0.2)")
-    follow.add_argument("--idle-timeout", type=float, default=None, metavar="S",
+    follow.add_argument("--poll", type=_seconds(positive=True), default=0.2, metavar="S", help="seconds between polls (0.2)")
+    follow.add_argument("--idle-timeout", type=_seconds(positive=False), default=None, metavar="S",
                         help="stop after S seconds without a new record")
     follow.add_argument("--until-close", action="store_true", help="stop after the next 'close' record")
     follow.set_defaults(run=_follow)
 
     sub = actions.add_parser("subscribe", help=f"print the records of a live stream (token from ${TOKEN_ENV})")
     sub.add_argument("host")
-    sub.add_argument("port", type=int)
+    sub.add_argument("port", type=_port)
     sub.add_argument("--json", action="store_true", help="one JSON object per line (bytes as base64)")
     sub.set_defaults(run=_subscribe)
     return parser
@@ -157,7 +184,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         if out is sys.stdout:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
-    except (EventLogFormatError, StreamError, OSError) as exc:
+    except (EventLogFormatError, StreamError, OSError, ValueError) as exc:
         print(f"asyncloop: error: {exc}", file=err)
         return 1
     except KeyboardInterrupt:

@@ -240,6 +240,51 @@ class TestFiles:
             learner.load_checkpoint(path)
         assert path.read_bytes() == data and torch.equal(learner.model.c, before)
 
+    @staticmethod
+    def _learner_state(learner: Any) -> Any:
+        return (
+            {k: v.clone() for k, v in learner.model.state_dict().items()},
+            learner.optimizer.state_dict(),
+            training_state(learner)["cbstate"],
+            learner.get_callback(Scheduler).state_dict(),
+        )
+
+    @pytest.mark.parametrize("mismatch", ["model", "optimizer", "callback"])
+    def test_mismatching_checkpoint_changes_nothing(self, tmp_path: Path, mismatch: str) -> None:
+        """A checkpoint that does not fit the learner raises CheckpointError and leaves weights, optimizer and cbstate as they were."""
+        path = tmp_path / "a.pt"
+        state = trained().state_dict()
+        learner = trained(seed=2)
+        if mismatch == "model":
+            state["model"]["extra"] = torch.zeros(2)
+            problem = "unexpected weights extra"
+        elif mismatch == "optimizer":
+            learner.optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))]})
+            problem = "its optimizer has 1 parameter group(s), the learner's has 2"
+        else:
+            state["callbacks"]["Scheduler"] = {"step": 3}  # the Scheduler rejects it after weights were loaded
+            problem = "(KeyError: 't'); nothing was changed"
+        torch.save(state, path)
+        before = self._learner_state(learner)
+        hint = "build the learner with the same model, optimizer and callbacks as when the checkpoint was written"
+        with pytest.raises(CheckpointError) as info:
+            learner.load_checkpoint(path)
+        assert str(info.value).startswith(f"cannot load {path} into this learner")
+        assert problem in str(info.value) and str(info.value).endswith(hint)
+        assert same_tree(self._learner_state(learner), before)
+
+    def test_model_shape_mismatch(self, tmp_path: Path) -> None:
+        """A weight of another shape is named with both shapes, before anything is loaded."""
+        path = tmp_path / "a.pt"
+        state = trained().state_dict()
+        state["model"]["c"] = torch.zeros(3)
+        torch.save(state, path)
+        learner = trained(seed=2)
+        before = learner.model.c.detach().clone()
+        with pytest.raises(CheckpointError, match=r"c has shape \(3,\) in the checkpoint, \(\) in the model; build"):
+            learner.load_checkpoint(path)
+        assert torch.equal(learner.model.c, before)
+
     def test_missing_file(self, tmp_path: Path) -> None:
         """A missing file names the path."""
         with pytest.raises(CheckpointError, match=exact(f"no checkpoint at {tmp_path / 'nope.pt'}")):

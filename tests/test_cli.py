@@ -116,6 +116,30 @@ class TestFollow:
         assert status == 0 and len(out.splitlines()) == 5
 
 
+    @pytest.mark.parametrize(
+        ("argv", "message"),
+        [
+            (["--poll", "0"], "argument --poll: expected a finite number of seconds > 0, got '0'"),
+            (["--poll", "nan"], "argument --poll: expected a finite number of seconds > 0, got 'nan'"),
+            (["--poll", "soon"], "argument --poll: expected a number of seconds, got 'soon'"),
+            (["--idle-timeout", "-1"], "argument --idle-timeout: expected a finite number of seconds >= 0, got '-1'"),
+        ],
+    )
+    def test_bad_numbers_are_usage_errors(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+    ) -> None:
+        """A bad --poll or --idle-timeout is an argparse error (status 2, one line naming the option), not a traceback."""
+        with pytest.raises(SystemExit) as info:
+            main(["log", "follow", *argv, str(tmp_path / "run.alog")], out=io.StringIO(), err=io.StringIO())
+        assert info.value.code == 2
+        assert capsys.readouterr().err.endswith(f"asyncloop log follow: error: {message}\n")
+
+    @pytest.mark.parametrize("action", ["show", "follow"])
+    def test_value_error_from_the_reader(self, action: str) -> None:
+        """A ValueError from the reader (here: a path with a NUL byte) is a one-line error with status 1."""
+        assert run_cli("log", action, "--json", "run\x00.alog") == (1, "", "asyncloop: error: embedded null byte\n")
+
+
 class TestSubscribe:
     async def test_prints_the_stream(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """subscribe prints a live stream's records until the server closes; the token comes from the environment."""
@@ -131,6 +155,14 @@ class TestSubscribe:
                     server.publish(make_record(Value(1.5), "Loss", 3, ("Step",), run="live", seq=0))
         status, out, _ = result[0]
         assert status == 0 and out.endswith(" live #0 value Step/Loss [3] 1.5\n")
+
+    def test_bad_port(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """A port outside 1..65535 is an argparse error with status 2."""
+        with pytest.raises(SystemExit) as info:
+            main(["log", "subscribe", "localhost", "0"], out=io.StringIO(), err=io.StringIO())
+        assert info.value.code == 2
+        assert capsys.readouterr().err.endswith(
+            "asyncloop log subscribe: error: argument port: expected a port number in 1..65535, got '0'\n")
 
     async def test_refused(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A refused subscription gives exit status 1 and the server's reason."""

@@ -133,6 +133,35 @@ class TestEventLogBackend:
         assert [r["kind"] for r in records[2:]] == ["open", "value", "close"]
         assert reader.trailing == 0
 
+    def test_append_refuses_to_cut_off_data_after_a_corrupt_record(self, tmp_path: Path) -> None:
+        """Appending to a log with a corrupt record followed by more data raises and leaves the file byte for byte unchanged."""
+        path = tmp_path / "run.alog"
+        data = bytearray(LOG)
+        data[ENDS[2] + 6] ^= 0xFF  # inside the payload of the third record; three more whole records follow
+        path.write_bytes(data)
+        backend = EventLogBackend(path, run="again")
+        with pytest.raises(EventLogFormatError) as info:
+            log_to(backend, Value(9), "x", 1)
+        assert str(info.value) == (
+            f"{path} has a corrupt record at byte {ENDS[2]}, followed by more data ({len(LOG) - ENDS[2]} bytes "
+            f"to the end of the file); appending would cut that data off, so the file was left as it is. Log "
+            f"with mode='w' to start a new log there, or copy the readable records (read_events() stops at "
+            f"byte {ENDS[2]}) to a new log and append to that"
+        )
+        assert path.read_bytes() == data
+
+    def test_append_cuts_a_corrupt_last_record(self, tmp_path: Path) -> None:
+        """A corrupt record that nothing follows is a tail: it is cut off and the log appended to."""
+        path = tmp_path / "run.alog"
+        data = bytearray(LOG)
+        data[ENDS[-2] + 6] ^= 0xFF
+        path.write_bytes(data)
+        backend = EventLogBackend(path, run="again")
+        log_to(backend, Value(9), "x", 1)
+        backend.close()
+        records = list(read_events(path))
+        assert records[:-3] == RECORDS[:-1] and [r["kind"] for r in records[-3:]] == ["open", "value", "close"]
+
     def test_append_completes_a_partial_header(self, tmp_path: Path) -> None:
         """A file holding part of the header (a writer killed at creation) is started afresh."""
         path = tmp_path / "run.alog"

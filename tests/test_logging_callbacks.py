@@ -45,6 +45,7 @@ from asyncloop import (
     throttle,
 )
 from asyncloop.loggables import Histogram, Image, Loggable, RuntimeEvent, Value
+from asyncloop.checkpoint import save_checkpoint
 from asyncloop.logging import EventLogBackend, LogEvents, read_events
 
 RUNNERS = [pytest.param(LinearRunner, id="linear"), pytest.param(ActorRunner, id="actor")]
@@ -238,6 +239,26 @@ class TestLogMetrics:
         learner = test_learner(LogMetrics(Recording()), Metrics(), Recorder())
         assert runs_before(learner, Metrics, LogMetrics) and runs_before(learner, Recorder, LogMetrics)
         assert repr(LogMetrics(Recording())) == "LogMetrics(Recording())"
+
+
+class TestResume:
+    @pytest.mark.parametrize("runner", RUNNERS)
+    async def test_values_are_logged_again_after_a_rewind(self, tmp_path: Path, runner: Any) -> None:
+        """A fit resumed from an earlier checkpoint in the same process logs the epochs and steps it redoes again."""
+        log = tmp_path / "run.alog"
+        traces = Traces({"loss2": lambda learner: learner.step.loss ** 2}, TrainingPhase)
+        backend = EventLogBackend(log, run="r")
+        learner = test_learner(Recorder(), Metrics(), traces, LogMetrics(backend), LogTraces(backend), n_batches=1,
+                               runner=runner())
+        await fit(learner, 2)
+        save_checkpoint(learner, tmp_path / "epoch2.pt")
+        await fit(learner, 1)  # epoch 3: the last index logged is the first the resumed fit redoes
+        await fit(learner, 2, resume=tmp_path / "epoch2.pt")
+        values = [(r["group"][0], r["group"][1], r["group"][2], r["index"])
+                  for r in read_events(log) if r["kind"] == "value"]
+        for unit, category in (("Epoch", "Metrics"), ("Step", "Metrics"), ("Step", "Traces")):
+            logged = [i for u, phase, c, i in values if (u, phase, c) == (unit, "TrainingPhase", category)]
+            assert logged == [1, 2, 3, 3, 4], (unit, category)
 
 
 class TestLogHyperParams:

@@ -41,7 +41,7 @@ from ..callback import Callback, Handler, on
 from ..callbacks.conditional import FrequencyThrottle
 from ..callbacks.metrics import Metrics
 from ..callbacks.recorder import Recorder
-from ..events import EpochEnd, Event, FitEnd, StepEnd
+from ..events import EpochEnd, Event, FitBegin, FitEnd, StepEnd
 from ..loggables import Histogram, Image, Loggable, RuntimeEvent, Value
 from ..phases import AbstractTrainingPhase, FitPhase, Phase, TrainingPhase
 from ..state import Read, snapshot
@@ -145,6 +145,12 @@ class _SeriesLogger(_Logger):
         self._logged: dict[tuple[str, Phase, str], Any] = {}
 
     def init(self, learner: Any) -> None:
+        self._logged = {}
+
+    @on(FitBegin)
+    def fit_begin(self, event: FitBegin, phase: Phase, learner: Any) -> None:
+        # A fit may resume from an earlier checkpoint (a rewind): its indices are logged again. Reset here, in
+        # a handler, so that a detached logger resets in event order, after the previous fit's last values.
         self._logged = {}
 
     def _source(self, event: Event) -> str | None:

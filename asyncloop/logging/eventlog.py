@@ -17,7 +17,9 @@ longer than ``MAX_RECORD_SIZE``, fails its checksum, or is not a record map: the
 order, and never raise for the tail. Only a bad header (wrong magic, newer version) is an error,
 :class:`EventLogFormatError`. A file that is empty or holds part of the header reads as an empty log.
 
-Reopening a log for appending first cuts a torn tail off, so a log always stays a sequence of whole records.
+Reopening a log for appending first cuts a torn tail off (a last record cut short by the end of the file), so
+a log always stays a sequence of whole records. A corrupt record with more data after it is not cut off: appending
+raises :class:`EventLogFormatError` and leaves the file as it is.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ MAX_RECORD_SIZE = 64 * 1024 * 1024
 
 
 class EventLogFormatError(ValueError):
-    """The file is not an asyncloop event log, or one of a newer format version."""
+    """The file is not an asyncloop event log, or one of a newer format version; or, when appending to it, it has
+    a corrupt record with more data after it."""
 
 
 def frame(payload: bytes) -> bytes:
@@ -253,13 +256,26 @@ def _valid_end(f: IO[bytes]) -> int:
     return end
 
 
+def _is_torn_tail(f: IO[bytes], end: int, size: int) -> bool:
+    """Whether the bytes from ``end`` (just past the last whole record) to ``size`` (the end of the file) are at
+    most one record that nothing follows: what a writer killed mid-write leaves. Anything else is corruption
+    with more data after it, which must not be cut off."""
+    f.seek(end)
+    head = f.read(4)
+    if len(head) < 4:
+        return True
+    length = int.from_bytes(head, "big")
+    return length <= MAX_RECORD_SIZE and end + length + 8 >= size
+
+
 class EventLogBackend(LoggerBackend):
     """Append every loggable as a msgpack record to the event log at ``path`` (format: see the module docstring).
 
     Args:
         path: the log file. It (and its folder) is created if missing; an existing log is appended to
             (``mode="a"``, after cutting off a torn tail) or replaced (``mode="w"``, on the first open only).
-            Appending to a file that is not an event log raises :class:`EventLogFormatError`.
+            Appending to a file that is not an event log, or to a log with a corrupt record followed by more
+            data, raises :class:`EventLogFormatError` and leaves the file as it is.
         run: the run name written in every record; default: a fresh :func:`default_run_name`.
         fsync: also ``os.fsync`` at every :meth:`flush` and :meth:`close` (survives power loss, not just a crash).
 
@@ -321,7 +337,15 @@ class EventLogBackend(LoggerBackend):
                     f.truncate()
                     f.write(HEADER)
                 end = _valid_end(f)
-                if f.seek(0, io.SEEK_END) > end:
+                size = f.seek(0, io.SEEK_END)
+                if size > end:
+                    if not _is_torn_tail(f, end, size):
+                        raise EventLogFormatError(
+                            f"{self.path} has a corrupt record at byte {end}, followed by more data "
+                            f"({size - end} bytes to the end of the file); appending would cut that data off, so "
+                            f"the file was left as it is. Log with mode='w' to start a new log there, or copy the "
+                            f"readable records (read_events() stops at byte {end}) to a new log and append to that"
+                        )
                     f.truncate(end)
         self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed by close()
         self._session_records = 0

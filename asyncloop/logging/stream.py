@@ -24,8 +24,10 @@ Guarantees:
 * each subscriber has a bounded buffer (``buffer_size`` records and ``buffer_bytes`` bytes). When it is full the
   **oldest** records are dropped, so a slow subscriber sees fresh data; the drops are counted and announced in
   its stream as ``{"kind": "dropped", "t": float, "count": n}`` right where the gap is;
-* a client that sends garbage, an oversized or malformed hello, a wrong token, anything after its hello, or
-  nothing within ``handshake_timeout`` seconds is disconnected; no other connection notices;
+* a client that sends garbage, an oversized or malformed hello, a wrong token, or nothing within
+  ``handshake_timeout`` seconds gets an error frame and is disconnected, and so does one whose hello arrives
+  together with more data; a subscriber that sends anything after it was welcomed is disconnected without an
+  error frame (records may be on their way to it). No other connection notices;
 * records larger than ``max_frame_size`` are not sent (counted as dropped for every subscriber).
 
 The stream is live: a subscriber receives the records published after it connected. To see a run from the
