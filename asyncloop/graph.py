@@ -22,7 +22,7 @@ from typing import Any
 
 import networkx as nx
 
-from .callback import Callback, ConflictResolution, NoConflict, NotDefined, RunFirst, Unresolvable
+from .callback import Callback, ConflictResolution, NotDefined, RunFirst, Unresolvable
 from .exceptions import CallbackCycleError, DetachedWriterError, WriteConflictError
 from .state import Read, Write, accesses, validate_state_access
 

@@ -15,7 +15,6 @@ import trio
 from torch.utils.data import DataLoader, TensorDataset
 
 from asyncloop import (
-    AbstractMetric,
     ActorRunner,
     Callback,
     Checkpointer,
@@ -26,7 +25,6 @@ from asyncloop import (
     LearningRate,
     LinearRunner,
     Metrics,
-    Phase,
     Read,
     Recorder,
     Scheduler,
@@ -44,6 +42,7 @@ from asyncloop import checkpoint as checkpoint_module
 from asyncloop.checkpoint import CheckpointError, read_checkpoint
 from asyncloop.stopping import NumberLimit, NumberSinceBest
 from matchers import exact
+from scripted import Scripted
 
 RUNNERS = [LinearRunner, ActorRunner]
 
@@ -60,27 +59,6 @@ def same_tree(a: Any, b: Any) -> bool:
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(same_tree(a[k], b[k]) for k in a)
     return a == b or (a != a and b != b)
-
-
-class Scripted(AbstractMetric):
-    """A validation metric whose epoch values are given in advance."""
-
-    def __init__(self, name: str, values: list[float]) -> None:
-        self.name, self.values, self.epoch, self._seen = name, values, -1, False
-
-    def reset(self) -> None:
-        self._seen = False
-
-    def update(self, learner: Any, phase: Phase) -> None:
-        if isinstance(phase, ValidationPhase) and not self._seen:
-            self._seen = True
-            self.epoch += 1
-
-    def step_value(self) -> Any:
-        return None
-
-    def epoch_value(self) -> Any:
-        return self.values[self.epoch] if self._seen else None
 
 
 class TestSeedCases:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Any
 
 import pytest
 import torch
 import trio
 
 from asyncloop import (
-    AbstractMetric,
     ActorRunner,
     EarlyStopping,
     FitEnd,
@@ -29,29 +27,9 @@ from asyncloop import (
 from asyncloop.callbacks import CustomCallback
 from asyncloop.stopping import EarlyStopped, InvalidValue, NumberLimit, NumberSinceBest, Patience, Threshold
 from matchers import exact
+from scripted import Scripted
 
 RUNNERS = [LinearRunner, ActorRunner]
-
-
-class Scripted(AbstractMetric):
-    """A validation metric whose epoch values are given in advance."""
-
-    def __init__(self, name: str, values: list[float]) -> None:
-        self.name, self.values, self.epoch, self._seen = name, values, -1, False
-
-    def reset(self) -> None:
-        self._seen = False
-
-    def update(self, learner: Any, phase: Phase) -> None:
-        if isinstance(phase, ValidationPhase) and not self._seen:
-            self._seen = True
-            self.epoch += 1
-
-    def step_value(self) -> Any:
-        return None
-
-    def epoch_value(self) -> Any:
-        return self.values[self.epoch] if self._seen else None
 
 
 class TestEarlyStopping:

@@ -36,7 +36,6 @@ from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
-import torch
 import trio
 
 from ..callback import Callback
