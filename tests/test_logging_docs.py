@@ -7,19 +7,17 @@ as a real service and a real subscriber, in two interpreters.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import re
 import subprocess
 import sys
-import tempfile
-import warnings
 from pathlib import Path
 
 import pytest
 
 from asyncloop.cli import main as cli_main
+from docs_snippets import python_blocks, run_and_check
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "logging.md"
@@ -27,16 +25,11 @@ EXAMPLES = [ROOT / "examples" / "logging_service.py", ROOT / "examples" / "loggi
 
 
 def blocks() -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", PAGE.read_text(), flags=re.S | re.M)
+    return python_blocks(PAGE)
 
 
 def is_example(block: str) -> bool:
     return any(block == path.read_text() for path in EXAMPLES)
-
-
-def matches(pattern: str, line: str) -> bool:
-    regex = ".*".join(re.escape(part) for part in pattern.split("..."))
-    return re.fullmatch(regex, line) is not None
 
 
 def test_examples_are_shown_as_they_are() -> None:
@@ -48,24 +41,7 @@ def test_examples_are_shown_as_they_are() -> None:
 def test_page_runs_and_prints_what_it_shows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The page's code runs without error and prints what the comments under each print say."""
     code = "\n".join(block for block in blocks() if not is_example(block))
-    lines = code.splitlines()
-    expected = []
-    for i, line in enumerate(lines):
-        if line.lstrip().startswith("print("):
-            j = i + 1
-            while j < len(lines) and lines[j].startswith("# "):
-                expected.append(lines[j][2:])
-                j += 1
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        exec(compile(code, str(PAGE), "exec"), {"__name__": "__docs__"})
-    output = [line.rstrip() for line in out.getvalue().splitlines()]
-    assert len(output) == len(expected), f"printed:\n{out.getvalue()}\nexpected:\n" + "\n".join(expected)
-    for pattern, line in zip(expected, output):
-        assert matches(pattern, line), f"{line!r} does not match {pattern!r}"
+    run_and_check(code, str(PAGE), tmp_path, monkeypatch)
 
 
 def test_service_and_subscriber(tmp_path: Path) -> None:
