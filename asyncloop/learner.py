@@ -88,6 +88,7 @@ class Learner:
         self._session: Any = None
         self._model = model
         self._params: tuple[tuple[str, torch.nn.Parameter], ...] | None = None
+        self._grads: Gradients | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._optimizer_factory: Callable[[Any], torch.optim.Optimizer] | None = None
         self.optimizer = optimizer  # type: ignore[assignment]
@@ -129,6 +130,7 @@ class Learner:
     def model(self, model: Any) -> None:
         self._model = model
         self._params = None
+        self._grads = None
         if self._optimizer_factory is not None:
             self._optimizer = None
 
@@ -167,8 +169,12 @@ class Learner:
         return self._params
 
     def _gradients(self) -> Gradients:
-        params = self._named_parameters()
-        return Gradients(params, self._params_index)
+        """The lazy gradient mapping of the current model (one object per model: it reads ``p.grad`` live)."""
+        grads = self._grads
+        if grads is None or self._params is None:
+            params = self._named_parameters()
+            grads = self._grads = Gradients(params, self._params_index)
+        return grads
 
     def _check_optimizer(self) -> None:
         model = self._model

@@ -330,6 +330,7 @@ class _AllRead(dict):
 
 _READ = Read()
 _READ_ONLY = _AllRead()
+_ABSENT = object()
 
 
 def _guard(value: Any, perm: Any) -> Any:
@@ -350,12 +351,122 @@ _MUTATORS = frozenset({"clear", "pop", "popitem", "update", "setdefault", "defau
 
 def _view(obj: Any, perms: Mapping[str, Any], name: str) -> Protected:
     """Build a Protected without running ``__init__`` (a hot path: nested views are built per step)."""
-    view = Protected.__new__(Protected)
+    view = object.__new__(Protected if perms is _READ_ONLY else _compiled(perms))
     _set(view, "_obj", obj)
     _set(view, "_perms", perms)
     _set(view, "_name", name)
     _set(view, "_views", None)
     return view
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Compiled views: one Protected subclass per permission tree, its declared fields as properties
+# --------------------------------------------------------------------------------------------------------------
+
+#: Permission-tree shape -> its Protected subclass (trees are few: one per callback class).
+_COMPILED: dict[Any, type] = {}
+#: id(tree) -> (tree, its subclass): the lookup on the hot path (nested views are built per step).
+_COMPILED_BY_ID: dict[int, tuple[Any, type]] = {}
+
+
+def _shape(perms: Mapping[str, Any]) -> Any:
+    """A hashable key for a permission tree's structure."""
+    return tuple(
+        (key, _shape(perm) if isinstance(perm, Mapping) else perm.__class__)
+        for key, perm in perms.items()
+    )
+
+
+def _compiled(perms: Mapping[str, Any]) -> type:
+    """The Protected subclass for ``perms`` (cached per tree shape).
+
+    Each declared field whose name is an identifier (and not a method of the view) becomes a property that
+    applies exactly the rule ``Protected.__getattr__`` applies, without looking the permission up. Undeclared
+    names still reach ``__getattr__`` and raise ``ProtectedError``; writes still go through ``__setattr__``.
+    """
+    if perms is _READ_ONLY or not isinstance(perms, dict):
+        return Protected
+    known = _COMPILED_BY_ID.get(id(perms))
+    if known is not None and known[0] is perms:
+        return known[1]
+    try:
+        key = _shape(perms)
+    except TypeError:  # an unhashable key in a hand-built tree: no compiled fast path
+        return Protected
+    cls = _COMPILED.get(key)
+    if cls is None:
+        cls = _COMPILED[key] = _build(perms)
+    if len(_COMPILED_BY_ID) < 4096:  # trees are class attributes: a handful per program
+        _COMPILED_BY_ID[id(perms)] = (perms, cls)  # the tree is kept alive, so its id stays its own
+    return cls
+
+
+def _build(perms: Mapping[str, Any]) -> type:
+    namespace: dict[str, Any] = {"__slots__": ()}
+    for name, perm in perms.items():
+        if isinstance(name, str) and name.isidentifier() and not hasattr(Protected, name):
+            namespace[name] = property(_field_getter(name, perm))
+    cls = type("Protected", (Protected,), namespace)
+    cls.__qualname__ = "Protected"
+    cls.__module__ = Protected.__module__
+    return cls
+
+
+def _field_getter(name: str, perm: Any) -> Any:
+    def read(obj: Any) -> Any:
+        if obj.__class__ is PropDict:
+            try:
+                return obj[name]
+            except KeyError:
+                raise AttributeError(f"PropDict has no key {name!r}") from None
+        return getattr(obj, name)
+
+    if perm.__class__ is Write:
+
+        def get_write(self: Protected) -> Any:
+            return read(self._obj)
+
+        return get_write
+
+    child_perms = _READ_ONLY if perm.__class__ is Read else perm
+    child_cls = _compiled(child_perms)
+
+    if name == "step":
+        # learner.step is a new PropDict every step: a cached view would keep the previous step's tensors
+        # (and its autograd graph) alive into the next step, which costs more than building a view per read.
+        def get_step_view(self: Protected) -> Any:
+            value = read(self._obj)
+            if child_perms is _READ_ONLY and not isinstance(value, dict):
+                return value
+            view = object.__new__(child_cls)
+            _set(view, "_obj", value)
+            _set(view, "_perms", child_perms)
+            _set(view, "_name", type(value).__name__)
+            _set(view, "_views", None)
+            return view
+
+        return get_step_view
+
+    def get_view(self: Protected) -> Any:
+        value = read(self._obj)
+        if child_perms is _READ_ONLY and not isinstance(value, dict):
+            return value  # Read() on a non-container: the object itself
+        views = self._views
+        if views is None:
+            views = {}
+            _set(self, "_views", views)
+        else:
+            view = views.get(name)
+            if view is not None and view._obj is value:
+                return view
+        view = views[name] = object.__new__(child_cls)
+        _set(view, "_obj", value)
+        _set(view, "_perms", child_perms)
+        _set(view, "_name", type(value).__name__)
+        _set(view, "_views", None)
+        return view
+
+    return get_view
 
 
 class Protected:
@@ -365,6 +476,13 @@ class Protected:
     """
 
     __slots__ = ("_obj", "_perms", "_name", "_views")
+
+    def __new__(cls, obj: Any, perms: Mapping[str, Any], name: str | None = None) -> Protected:
+        # A permission tree gets its own subclass whose declared fields are properties (see _compiled): the
+        # hot path of a handler reads them without the failed lookup and the tree walk of __getattr__.
+        if cls is Protected:
+            cls = _compiled(perms)
+        return object.__new__(cls)
 
     def __init__(self, obj: Any, perms: Mapping[str, Any], name: str | None = None) -> None:
         object.__setattr__(self, "_obj", obj)
@@ -409,7 +527,7 @@ class Protected:
         if view is not None and view._obj is value:
             return view
         view = _guard(value, perm)
-        if view.__class__ is Protected:
+        if isinstance(view, Protected):
             views[name] = view
         return view
 
@@ -427,10 +545,10 @@ class Protected:
         perms = self._perms
         if perms is _READ_ONLY:
             obj = self._obj
-            if isinstance(obj, defaultdict) and key not in obj:
-                value = obj.default_factory()  # reading must not insert the key
-            else:
-                value = obj[key]
+            value = obj.get(key, _ABSENT)  # dict.get: a defaultdict does not insert the key
+            if value is _ABSENT:
+                factory = getattr(obj, "default_factory", None)
+                value = factory() if factory is not None and isinstance(obj, defaultdict) else obj[key]
             return _view(value, _READ_ONLY, type(value).__name__) if isinstance(value, dict) else value
         perm = perms.get(key)
         if perm is None:

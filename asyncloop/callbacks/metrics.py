@@ -38,7 +38,7 @@ def accuracy(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def _batch_size(ys: Any) -> int:
     """Rows in a batch of targets: the first dimension of a tensor, of the first tensor of a tuple or dict."""
     if isinstance(ys, torch.Tensor):
-        return len(ys) if ys.ndim else 1
+        return ys.shape[0] if ys.ndim else 1  # shape[0]: len(tensor) is several times slower
     if isinstance(ys, (tuple, list)) and ys and isinstance(ys[0], torch.Tensor):
         return _batch_size(ys[0])
     if isinstance(ys, Mapping) and ys:
@@ -111,8 +111,13 @@ class _WeightedMean(AbstractMetric):
             self._last = None
             return
         step = learner.step
-        value = _detached(self._compute(step))
-        n = _batch_size(step.ys)
+        value = self._compute(step)
+        if value.__class__ is torch.Tensor:  # _detached, inlined: this runs every step
+            value = value.item() if value.is_cpu else value.detach()
+        elif isinstance(value, torch.Tensor):
+            value = _detached(value)
+        ys = step.ys
+        n = (ys.shape[0] if ys.ndim else 1) if ys.__class__ is torch.Tensor else _batch_size(ys)
         self._sum = self._sum + value * n
         self._count += n
         self._last = value
@@ -282,8 +287,21 @@ class Metrics(Callback):
         index = cbstate.history[phase].steps
         series = cbstate.metrics_step[phase]
         for metric in self.metrics:
-            metric.update(learner, phase)
-            value = metric.step_value()
+            if metric.__class__ is Loss:  # the default metric: Loss.update and step_value inlined (every step)
+                step = learner.step
+                value = step.loss
+                if value.__class__ is torch.Tensor:
+                    value = value.item() if value.is_cpu else value.detach()
+                else:
+                    value = _detached(value)
+                ys = step.ys
+                n = ys.shape[0] if ys.__class__ is torch.Tensor and ys.ndim else _batch_size(ys)
+                metric._sum = metric._sum + value * n
+                metric._count += n
+                metric._last = value
+            else:
+                metric.update(learner, phase)
+                value = metric.step_value()
             if value is not None:
                 series.push(metric.name, index, value)
 

@@ -44,7 +44,7 @@ from ..exceptions import CancelFittingException, FitException
 from ..graph import CallbackInfo
 from ..phases import Phase
 from .._session import ActorThread
-from .base import ActorStatistics, Plan, Runner, _Step, annotate, call_async, call_sync
+from .base import ActorStatistics, Plan, Runner, _Step, annotate, call_async, call_sync, sync_plan
 
 if TYPE_CHECKING:
     from .._session import Session
@@ -320,14 +320,25 @@ class ActorRunner(Runner):
 
             return run_async
 
+        # No async handler: the layers run one after another, so their inline parts form one sequence.
+        flat = tuple(item for inline, _ in plan for item in inline)
+        if not any(detached for _, detached in flat):
+            handlers = sync_plan([step for step, _ in flat])
+
+            def run_inline(event: Event, phase: Phase) -> None:
+                handlers(event, phase)
+                if flush or _perf() - self._last_flush >= self.flush_interval:
+                    self._schedule_flush()
+
+            return run_inline
+
         def run(event: Event, phase: Phase) -> Awaitable[None] | None:
             full = None
-            for inline, _ in plan:
-                for step, detached in inline:
-                    if not detached:
-                        call_sync(step, event, phase)
-                    elif (actor := publish_(step, event, phase)) is not None:
-                        full = [actor] if full is None else [*full, actor]
+            for step, detached in flat:
+                if not detached:
+                    call_sync(step, event, phase)
+                elif (actor := publish_(step, event, phase)) is not None:
+                    full = [actor] if full is None else [*full, actor]
             return after(full, flush)
 
         return run

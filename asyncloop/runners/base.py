@@ -115,6 +115,58 @@ def call_sync(step: _Step, event: Event, phase: Phase) -> None:
             stats.max_handler_time = dt
 
 
+def sync_plan(steps: Sequence[_Step]) -> Callable[[Event, Phase], None]:
+    """A plan running sync handlers one after another: ``call_sync`` inlined (one call per handler less).
+
+    Each handler's time is measured from the end of the previous one (one clock read per handler).
+    """
+    steps = tuple(steps)
+    if len(steps) == 1:
+        step = steps[0]
+        fn, view, stats, accept, callback = step.fn, step.view, step.stats, step.accept, step.callback
+
+        def run_one(event: Event, phase: Phase) -> None:
+            if accept is not None and not accept(event, phase):
+                return
+            t0 = _perf()
+            try:
+                fn(event, phase, view)
+            except BaseException as exc:
+                annotate(exc, callback, event, phase)
+                raise
+            finally:
+                dt = _perf() - t0
+                stats.events += 1
+                stats.handler_time += dt
+                if dt > stats.max_handler_time:
+                    stats.max_handler_time = dt
+
+        return run_one
+
+    def run(event: Event, phase: Phase) -> None:
+        t0 = _perf()
+        for step in steps:
+            accept = step.accept
+            if accept is not None and not accept(event, phase):
+                continue
+            try:
+                step.fn(event, phase, step.view)
+            except BaseException as exc:
+                annotate(exc, step.callback, event, phase)
+                raise
+            finally:
+                t1 = _perf()
+                dt = t1 - t0
+                t0 = t1
+                stats = step.stats
+                stats.events += 1
+                stats.handler_time += dt
+                if dt > stats.max_handler_time:
+                    stats.max_handler_time = dt
+
+    return run
+
+
 async def call_async(step: _Step, event: Event, phase: Phase) -> None:
     """Run one handler that may be async: filter, time, annotate errors."""
     if not step.is_async:

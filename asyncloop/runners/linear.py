@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..events import Event
 from ..phases import Phase
-from .base import Plan, Runner, call_async, call_sync
+from .base import Plan, Runner, call_async, sync_plan
 
 __all__ = ["LinearRunner"]
 
@@ -29,8 +29,4 @@ class LinearRunner(Runner):
 
             return run_async
 
-        def run(event: Event, phase: Phase) -> None:
-            for step in steps:
-                call_sync(step, event, phase)
-
-        return run
+        return sync_plan(steps)
