@@ -104,6 +104,20 @@ class TestStep:
         trio.run(asyncloop.epoch, learner, Count())
         assert seen == learner.data.training
 
+    @pytest.mark.parametrize("base", [TrainingPhase, ValidationPhase])
+    def test_overriding_a_built_in_step_is_honoured(self, base: type[Phase]) -> None:
+        """A subclass of TrainingPhase/ValidationPhase that overrides step() gets its step called (the loop's
+        direct call to the built-in step is only for phases that keep it)."""
+        seen = []
+
+        class Mine(base):  # type: ignore[valid-type, misc]
+            async def step(self, learner: asyncloop.Learner, batch: object) -> None:
+                seen.append(batch)
+
+        learner = test_learner(n_batches=3)
+        trio.run(asyncloop.epoch, learner, Mine(), learner.data.training)
+        assert seen == learner.data.training
+
 
 class TestModule:
     def test_all(self) -> None:

@@ -20,6 +20,7 @@ from asyncloop import (
     Recorder,
     StepEnd,
     TrainingPhase,
+    ValidationPhase,
     epoch,
     fit,
     on,
@@ -183,6 +184,55 @@ class TestLinearRunner:
         assert stats[0].handler_time > 0
         assert not any(s.detached for s in stats)
         assert (stats[0].peak_lag, stats[0].peak_inbox) == (0, 0)
+
+    def test_sync_handlers_each_get_their_own_time(self) -> None:
+        """With several sync handlers for one event, each one's time is its own (the clock is read between them)."""
+        import time
+
+        class Slow(Callback):
+            @on(StepEnd)
+            def h(self, event: Event, phase: Phase, learner: Any) -> None:
+                time.sleep(0.02)
+
+        class Quick(Callback):
+            @on(StepEnd)
+            def h(self, event: Event, phase: Phase, learner: Any) -> None:
+                pass
+
+        class OnlyValidation(Callback):
+            @on(StepEnd, ValidationPhase)
+            def h(self, event: Event, phase: Phase, learner: Any) -> None:
+                pass
+
+        result = trio.run(fit, test_learner(Quick(), Slow(), OnlyValidation(), n_batches=2), 1)
+        quick, slow, only_validation = result.statistics
+        assert (quick.events, slow.events, only_validation.events) == (4, 4, 2)
+        assert slow.handler_time >= 4 * 0.02 and slow.max_handler_time >= 0.02
+        assert quick.handler_time < slow.handler_time / 4
+
+    def test_sync_error_names_its_callback_and_skips_the_rest(self) -> None:
+        """An error in the first of several sync handlers carries its note; the later ones do not run."""
+        ran: list[str] = []
+
+        class Boom(Callback):
+            @on(StepEnd)
+            def h(self, event: Event, phase: Phase, learner: Any) -> None:
+                raise ValueError("boom")
+
+        class Later(Callback):
+            run_after = (Boom,)
+
+            @on(StepEnd)
+            def h(self, event: Event, phase: Phase, learner: Any) -> None:
+                ran.append("later")
+
+        learner = test_learner(Later(), Boom(), n_batches=1)
+        with pytest.raises(ValueError, match=r"^boom\n") as info:
+            trio.run(fit, learner, 1)
+        assert info.value.__notes__ == [
+            "asyncloop: raised by callback Boom while handling StepEnd() in TrainingPhase()"
+        ]
+        assert ran == []
 
     def test_statistics_reset_per_fit(self) -> None:
         """Each fit reports only its own statistics."""

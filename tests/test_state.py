@@ -239,6 +239,17 @@ class TestGradients:
             grads["bias"]
         assert repr(grads) == "Gradients(weight)"
 
+    def test_one_mapping_per_model_reads_live_gradients(self) -> None:
+        """The learner hands out one lazy mapping per model (it reads .grad live); a new model gets a new one."""
+        learner = test_learner()
+        grads = learner._gradients()
+        assert learner._gradients() is grads
+        learner.model.c.grad = torch.full_like(learner.model.c, 2.0)
+        assert torch.equal(grads["c"], learner.model.c.grad)
+        learner.model = torch.nn.Linear(1, 1)
+        assert learner._gradients() is not grads
+        assert set(learner._gradients()._index) == {"weight", "bias"}
+
     def test_snapshot_is_a_dict_of_detached_tensors(self, model: torch.nn.Module) -> None:
         """snapshot(Gradients) materialises a plain dict of the current gradients."""
         snap = snapshot(Gradients(tuple(model.named_parameters())))
@@ -484,6 +495,66 @@ class TestProtected:
     def test_repr(self) -> None:
         """repr names the object and the permission tree."""
         assert repr(Protected(PropDict(), {"x": Read()}, "Learner")) == "Protected(Learner, {'x': Read()})"
+
+
+class TestCompiledViews:
+    """A tree's declared fields are properties of a per-tree subclass: same rules, faster reads."""
+
+    def test_a_view_is_a_protected_of_a_class_shared_by_equal_trees(self) -> None:
+        """Protected(obj, tree) is a Protected; two trees of the same shape share one compiled class."""
+        p = Protected(PropDict(x=1), {"x": Read(), "y": {"z": Write()}})
+        q = Protected(PropDict(x=2), {"x": Read(), "y": {"z": Write()}})
+        assert isinstance(p, Protected) and type(p) is type(q)
+        assert type(p) is not type(Protected(PropDict(x=1), {"x": Write()}))
+        assert "x" in vars(type(p)) and "y" in vars(type(p))
+
+    def test_declared_fields_follow_the_rules_and_undeclared_ones_still_raise(self) -> None:
+        """Write leaves give the raw value, Read leaves read-only views of dicts, subtrees nested views."""
+        box, inner = PropDict(a=1), PropDict(k=PropDict(v=1), secret=2)
+        p = Protected(PropDict(box=box, ro=PropDict(loss=1.0), inner=inner), {"box": Write(), "ro": Read(), "inner": {"k": Read()}}, "Learner")
+        assert p.box is box
+        assert p.ro.loss == 1.0
+        with pytest.raises(ProtectedError, match=exact("Write access to PropDict.loss disallowed.")):
+            p.ro.loss = 2.0
+        assert p.inner.k.v == 1
+        with pytest.raises(ProtectedError, match=exact("Read access to PropDict.secret disallowed.")):
+            p.inner.secret
+        with pytest.raises(ProtectedError, match=exact("Read access to Learner.model disallowed.")):
+            p.model
+        with pytest.raises(ProtectedError, match=exact("Write access to Learner.ro disallowed.")):
+            p.ro = PropDict()
+
+    def test_a_missing_declared_key_is_an_attribute_error(self) -> None:
+        """A declared field the object does not hold raises AttributeError (so hasattr is False)."""
+        p = Protected(PropDict(), {"x": Read(), "y": Write(), "z": {"w": Read()}})
+        assert not hasattr(p, "x") and not hasattr(p, "y") and not hasattr(p, "z")
+
+    def test_nested_views_follow_a_replaced_field(self) -> None:
+        """A nested view is cached only while the field holds the same object: a replaced field is seen at once."""
+        obj = PropDict(cbstate=PropDict(history=PropDict(n=1)))
+        p = Protected(obj, {"cbstate": {"history": Read()}})
+        assert p.cbstate is p.cbstate
+        obj.cbstate = PropDict(history=PropDict(n=2))
+        assert p.cbstate.history.n == 2
+
+    def test_reading_step_does_not_keep_the_previous_step_alive(self) -> None:
+        """Views of learner.step are not cached: once the loop replaces the step, its tensors can be freed."""
+        import gc
+        import weakref
+
+        obj = PropDict(step=PropDict(loss=torch.ones(1)))
+        p = Protected(obj, {"step": {"loss": Read()}})
+        gone = weakref.ref(p.step.loss)
+        obj.step = PropDict(loss=torch.zeros(1))
+        gc.collect()
+        assert gone() is None
+        assert p.step.loss.item() == 0.0
+
+    def test_trees_with_unusual_keys_still_work(self) -> None:
+        """Keys that are not identifiers, or name a view method, are checked by the generic path."""
+        d = {"not an identifier": 1, "get": 2, 3: 4}
+        p = Protected(d, {"not an identifier": Read(), "get": Read(), 3: Read()})
+        assert p["not an identifier"] == 1 and p[3] == 4 and p.get("get") == 2
 
 
 # ----------------------------------------------------------------------------------------------------------------
