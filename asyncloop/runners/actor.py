@@ -332,11 +332,25 @@ class ActorRunner(Runner):
 
             return run_inline
 
+        # Runs of inline handlers become one sync plan each, between the detached publications.
+        segments: list[tuple[Any, _Step | None]] = []
+        chunk: list[_Step] = []
+        for step, detached in flat:
+            if detached:
+                if chunk:
+                    segments.append((sync_plan(chunk), None))
+                    chunk = []
+                segments.append((None, step))
+            else:
+                chunk.append(step)
+        if chunk:
+            segments.append((sync_plan(chunk), None))
+
         def run(event: Event, phase: Phase) -> Awaitable[None] | None:
             full = None
-            for step, detached in flat:
-                if not detached:
-                    call_sync(step, event, phase)
+            for handlers, step in segments:
+                if handlers is not None:
+                    handlers(event, phase)
                 elif (actor := publish_(step, event, phase)) is not None:
                     full = [actor] if full is None else [*full, actor]
             return after(full, flush)
