@@ -67,6 +67,8 @@ _EPOCH_BEGIN, _EPOCH_END = EpochBegin(), EpochEnd()
 _STEP_BEGIN, _STEP_END = StepBegin(), StepEnd()
 _LOSS_BEGIN, _BACKWARD_BEGIN, _BACKWARD_END = LossBegin(), BackwardBegin(), BackwardEnd()
 _FIT_PHASE = FitPhase()
+#: One instance per built-in phase for every fit: phase-keyed dicts (histories, metrics) then match by identity.
+_TRAINING, _VALIDATION = TrainingPhase(), ValidationPhase()
 
 
 @dataclass(frozen=True)
@@ -235,7 +237,7 @@ async def _fit(learner: Learner, n_epochs: int, batches: PropDict) -> FitResult:
     runner.reset_statistics()
     reason: CancelFittingException | None = None
     done = 0
-    training, validation = TrainingPhase(), ValidationPhase()
+    training, validation = _TRAINING, _VALIDATION
     try:
         await runner.handle(_FIT_BEGIN, _FIT_PHASE)
         for _ in range(n_epochs):

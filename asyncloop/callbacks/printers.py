@@ -17,7 +17,7 @@ class tqdm(_tqdm):  # noqa: N801 - tqdm's own name
 from ..callback import Callback, on
 from ..events import EpochBegin, EpochEnd, FitEnd, StepEnd
 from ..phases import Phase
-from ..state import History, PropDict, Protected, Read
+from ..state import History, PropDict, Read
 from .metrics import Metrics
 from .recorder import Recorder
 
@@ -44,13 +44,14 @@ class ProgressPrinter(Callback):
         self._bar: Any = None
 
     def snapshot(self, event: Any, phase: Phase, learner: Any) -> Any:
-        """Copy only this phase's counters (cheaper than the whole history: this runs every step)."""
-        history = learner.cbstate.history.get(phase) or History()
-        view = PropDict(
-            cbstate=PropDict(history={phase: History(history.epochs, history.steps, history.steps_epoch)}),
-            epoch_data=learner.epoch_data,
-        )
-        return Protected(view, self.state_access, "Learner")
+        """Copy only this phase's counters (cheaper than the whole history: this runs every step).
+
+        The copy holds nothing but the declared fields and nobody else sees it, so it is handed over as is
+        (no protected view around it).
+        """
+        history = learner.cbstate.history.get(phase)
+        counters = History() if history is None else History(history.epochs, history.steps, history.steps_epoch)
+        return PropDict(cbstate=PropDict(history={phase: counters}), epoch_data=learner.epoch_data)
 
     def _close(self) -> None:
         if self._bar is not None:

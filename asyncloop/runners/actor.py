@@ -76,10 +76,15 @@ class _Actor:
         if self.policy not in _POLICIES:
             raise ValueError(f"{cb.name}.inbox_policy must be 'block' or 'latest', got {self.policy!r}")
         self.blocking = cb.blocking
+        self.info_index = info.index
         self.predecessors: list[_Actor] = []
+        self.with_predecessors: list[_Actor] = []  # "latest" actors among itself and its predecessors, in order
         self.reset()
 
     def reset(self) -> None:
+        #: "latest" policy: (event type, phase type) -> the newest item not yet in the outbox (worker only).
+        self.slot: dict[tuple[type, type], _Item] | None = {} if self.policy == "latest" else None
+        self.slot_coalesced = 0  # items superseded in the slot (worker only; added to the statistics at the end)
         self.enqueued = 0  # written by the worker only
         self.processed = 0  # written by the host only
         self.pending: deque[int] = deque()  # seqs delivered and not yet handled (host)
@@ -253,6 +258,8 @@ class ActorRunner(Runner):
         self._outbox: deque[tuple[_Actor, _Item]] = deque()
         self._flush_scheduled = False
         self._last_flush = 0.0
+        self._slotted = False  # some "latest" actor holds an item in its slot (worker)
+        self._slotted_actors: list[_Actor] = []
 
     def _is_detached(self, info: CallbackInfo) -> bool:
         return bool(info.callback.detached)
@@ -267,8 +274,16 @@ class ActorRunner(Runner):
                 if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
                     raise ValueError(f"{info.callback.name}.inbox_size must be an int >= 1, got {capacity!r}")
                 self._actors[info.index] = _Actor(self, info, self._stats[info.index], capacity)
+        position = {i: k for k, i in enumerate(self._order)}
         for index, actor in self._actors.items():
             actor.predecessors = [a for i, a in self._actors.items() if index in self._descendants[i]]
+            actor.with_predecessors = sorted(
+                (a for a in [*actor.predecessors, actor] if a.policy == "latest"),
+                key=lambda a: position[a.info_index],
+            )
+        self._slotted_actors = sorted(
+            (a for a in self._actors.values() if a.policy == "latest"), key=lambda a: position[a.info_index]
+        )
 
     # -- plans -----------------------------------------------------------------------------------------------
     def _compile_plan(self, event: type[Event], phase: type[Phase]) -> Plan | None:
@@ -378,7 +393,20 @@ class ActorRunner(Runner):
             annotate(exc, actor.callback, event, phase, detached=True)
             raise
         self._seq += 1
-        self._outbox.append((actor, _Item(self._seq, event, phase, view, step.fn, step.is_async)))
+        item = _Item(self._seq, event, phase, view, step.fn, step.is_async)
+        slot = actor.slot
+        if slot is not None and not isinstance(event, _FLUSH_EVENTS):
+            # "latest": keep only the newest item per (event type, phase) until the next hand-off, on this
+            # thread, so superseded events cost neither the outbox nor the caller's loop anything.
+            key = (event.__class__, phase.__class__)
+            if slot.pop(key, None) is not None:
+                actor.slot_coalesced += 1
+            slot[key] = item
+            self._slotted = True
+            return None
+        if self._slotted:
+            self._release_slots(actor)  # older slotted items of this actor and its predecessors go first
+        self._outbox.append((actor, item))
         actor.enqueued += 1
         queued = actor.enqueued - actor.processed
         if queued * 2 > actor.capacity:
@@ -427,8 +455,29 @@ class ActorRunner(Runner):
                 first.add_note(f"asyncloop: concurrently, another handler raised {other!r}")
             raise first
 
+    def _release_slots(self, upto: _Actor | None = None) -> None:
+        """Move slotted "latest" items into the outbox (worker side, or host side once the worker is done).
+
+        Predecessors first: an actor's items reach the outbox after the older items of every actor it runs
+        after, which is what the per-event ``run_after`` wait relies on. ``upto``: only that actor and the
+        actors it runs after; default all.
+        """
+        actors = self._slotted_actors if upto is None else upto.with_predecessors
+        outbox = self._outbox
+        for actor in actors:
+            slot = actor.slot
+            if slot:
+                for item in slot.values():  # insertion order is seq order: a superseded key is re-inserted
+                    outbox.append((actor, item))
+                actor.enqueued += len(slot)
+                slot.clear()
+        if upto is None:
+            self._slotted = False
+
     def _schedule_flush(self) -> None:
         """From the worker: have the caller's loop deliver the outbox soon (one wake-up, ~10 us)."""
+        if self._slotted:
+            self._release_slots()
         session = self.session
         if session is None or self._flush_scheduled or not self._outbox:
             return
@@ -485,6 +534,7 @@ class ActorRunner(Runner):
         self._seq = 0
         self._outbox.clear()
         self._flush_scheduled = False
+        self._slotted = False
         nursery = session.nursery
         assert nursery is not None
         for actor in self._actors.values():
@@ -494,6 +544,7 @@ class ActorRunner(Runner):
             nursery.start_soon(actor.run, name=f"asyncloop-actor-{actor.callback.name}")
 
     async def drain(self) -> None:
+        self._release_slots()  # the worker is done: the host may move the last slotted items
         self._flush()
         for actor in self._actors.values():
             t0 = _perf()
@@ -513,6 +564,8 @@ class ActorRunner(Runner):
 
     def join(self) -> None:
         for actor in self._actors.values():
+            actor.stats.coalesced += actor.slot_coalesced
+            actor.slot_coalesced = 0
             if actor.thread is not None:
                 actor.thread.join()  # quick: every actor task has finished, so each thread is exiting
                 actor.thread = None
