@@ -413,30 +413,39 @@ def _build(perms: Mapping[str, Any]) -> type:
 
 
 def _field_getter(name: str, perm: Any) -> Any:
-    def read(obj: Any) -> Any:
-        if obj.__class__ is PropDict:
-            try:
-                return obj[name]
-            except KeyError:
-                raise AttributeError(f"PropDict has no key {name!r}") from None
-        return getattr(obj, name)
+    # The read of the field is spelled out in each getter (no helper call): these run on every handler call.
+    missing = f"PropDict has no key {name!r}"
 
     if perm.__class__ is Write:
 
         def get_write(self: Protected) -> Any:
-            return read(self._obj)
+            obj = self._obj
+            if obj.__class__ is PropDict:
+                try:
+                    return obj[name]
+                except KeyError:
+                    raise AttributeError(missing) from None
+            return getattr(obj, name)
 
         return get_write
 
     child_perms = _READ_ONLY if perm.__class__ is Read else perm
     child_cls = _compiled(child_perms)
+    read_only = child_perms is _READ_ONLY
 
     if name == "step":
         # learner.step is a new PropDict every step: a cached view would keep the previous step's tensors
-        # (and its autograd graph) alive into the next step, which costs more than building a view per read.
+        # (and its autograd graph) alive into the next step, so a view is built per read instead.
         def get_step_view(self: Protected) -> Any:
-            value = read(self._obj)
-            if child_perms is _READ_ONLY and not isinstance(value, dict):
+            obj = self._obj
+            if obj.__class__ is PropDict:
+                try:
+                    value = obj[name]
+                except KeyError:
+                    raise AttributeError(missing) from None
+            else:
+                value = getattr(obj, name)
+            if read_only and not isinstance(value, dict):
                 return value
             view = object.__new__(child_cls)
             _set(view, "_obj", value)
@@ -448,8 +457,15 @@ def _field_getter(name: str, perm: Any) -> Any:
         return get_step_view
 
     def get_view(self: Protected) -> Any:
-        value = read(self._obj)
-        if child_perms is _READ_ONLY and not isinstance(value, dict):
+        obj = self._obj
+        if obj.__class__ is PropDict:
+            try:
+                value = obj[name]
+            except KeyError:
+                raise AttributeError(missing) from None
+        else:
+            value = getattr(obj, name)
+        if read_only and not isinstance(value, dict):
             return value  # Read() on a non-container: the object itself
         views = self._views
         if views is None:

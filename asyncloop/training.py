@@ -423,22 +423,30 @@ _VALIDATION_EVENTS = (StepBegin, LossBegin, StepEnd)
 
 async def _training_step(learner: Learner, phase: Phase, batch: Any) -> PropDict:
     """The built-in training step: ``run_step`` semantics, flattened for speed (no closures, no empty events)."""
-    xs, ys = _unpack(batch)
+    # Hot path: private fields are read directly (learner._model is what the model property returns).
+    if batch.__class__ is tuple and len(batch) == 2:
+        xs, ys = batch
+    else:
+        xs, ys = _unpack(batch)
     runner = learner.runner
     session: Session = learner._session  # type: ignore[assignment]
-    begin, loss_begin, backward_begin, backward_end, end = runner.step_plans(phase.__class__, _TRAINING_EVENTS)
+    plans = runner._step_plans.get((phase.__class__, "training"))
+    if plans is None:
+        plans = runner.step_plans(phase.__class__, _TRAINING_EVENTS, "training")
+    begin, loss_begin, backward_begin, backward_end, end = plans
     state = PropDict(xs=xs, ys=ys)
     learner.step = state
     session.in_step += 1
     try:
         if session.abort_requested or session.control is not None:
             session.check()
-        model = learner.model
+        model = learner._model
         if getattr(model, "training", True) is False:
             model.train()  # before StepBegin, so that its handlers see the mode the step runs in
-        if begin is not None and (pending := begin(_STEP_BEGIN, phase)) is not None:
-            await pending
-        model = learner.model
+        if begin is not None:
+            if (pending := begin(_STEP_BEGIN, phase)) is not None:
+                await pending
+            model = learner._model  # a StepBegin handler may have replaced it
         autocast = state.get("autocast")
         if autocast is None:
             state["preds"] = model(state["xs"])
@@ -456,7 +464,9 @@ async def _training_step(learner: Learner, phase: Phase, batch: Any) -> PropDict
             _check_loss(loss)
         if backward_begin is not None and (pending := backward_begin(_BACKWARD_BEGIN, phase)) is not None:
             await pending
-        optimizer = learner.optimizer
+        optimizer = learner._optimizer
+        if optimizer is None:
+            optimizer = learner.optimizer  # built from its factory on first use
         if len(state) == 4:  # no step-state controls were set: the common case
             optimizer.zero_grad(set_to_none=True)
             loss = state["loss"]

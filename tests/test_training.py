@@ -113,6 +113,43 @@ class TestFit:
             xy, xy | {"preds"}, xy | {"preds", "loss"},
         ]
 
+    @pytest.mark.parametrize("kind", ["sync", "async"])
+    def test_a_model_replaced_at_step_begin_runs_that_step(self, kind: str) -> None:
+        """A StepBegin handler that assigns learner.model (sync or async) has the new model run the same step."""
+        from asyncloop.testing import ScalarModel
+
+        seen: list[torch.Tensor] = []
+
+        class Swap(Callback):
+            state_access = {"model": Write(), "step": Read()}
+
+            def swap(self, learner: Any) -> None:
+                model = ScalarModel()
+                with torch.no_grad():
+                    model.c.fill_(10.0)
+                learner.model = model
+
+            if kind == "sync":
+
+                @on(StepBegin, AbstractTrainingPhase)
+                def begin(self, event: Event, phase: Phase, learner: Any) -> None:
+                    self.swap(learner)
+
+            else:
+
+                @on(StepBegin, AbstractTrainingPhase)
+                async def begin(self, event: Event, phase: Phase, learner: Any) -> None:
+                    self.swap(learner)
+
+            @on(LossBegin, AbstractTrainingPhase)
+            def preds(self, event: Event, phase: Phase, learner: Any) -> None:
+                seen.append(learner.step.preds.detach() / learner.step.xs)
+
+        learner = test_learner(Swap(), n_batches=1)
+        learner.optimizer = lambda params: torch.optim.SGD(params, lr=0.0)
+        trio.run(epoch, learner, TrainingPhase())
+        assert torch.allclose(seen[0], torch.full_like(seen[0], 10.0))
+
     def test_loss_is_detached_after_backward(self) -> None:
         """From BackwardEnd on, step.loss is a plain tensor: float(learner.step.loss) works without a warning."""
         seen: list[tuple[bool, float]] = []

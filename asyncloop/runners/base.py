@@ -293,9 +293,15 @@ class Runner:
     def _compile_plan(self, event: type[Event], phase: type[Phase]) -> Plan | None:
         raise NotImplementedError
 
-    def step_plans(self, phase: type[Phase], events: tuple[type[Event], ...]) -> tuple[Plan | None, ...]:
-        """The plans of several events at once (cached): what a built-in step looks up once per step."""
-        key = (phase, events)
+    def step_plans(
+        self, phase: type[Phase], events: tuple[type[Event], ...], tag: str | None = None
+    ) -> tuple[Plan | None, ...]:
+        """The plans of several events at once (cached): what a built-in step looks up once per step.
+
+        ``tag``: a name for ``events`` to key the cache with (cheaper to hash than the tuple); the built-in
+        steps look ``self._step_plans[(phase, tag)]`` up directly and call this only on a miss.
+        """
+        key = (phase, events if tag is None else tag)
         try:
             return self._step_plans[key]
         except KeyError:
