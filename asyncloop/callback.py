@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from .events import Event
 from .phases import Phase
-from .state import Protected, snapshot_tree
+from .state import _view, snapshot_tree
 
 if TYPE_CHECKING:
     from .learner import Learner
@@ -193,7 +193,7 @@ class Callback:
         a handler something cheaper or richer, e.g. a checkpoint's state dict.
         """
         access = self.state_access
-        return Protected(snapshot_tree(learner, access), access, "Learner")
+        return _view(snapshot_tree(learner, access), access, "Learner")  # Protected(...) without its __init__
 
     @property
     def name(self) -> str:

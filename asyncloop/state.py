@@ -681,19 +681,57 @@ def snapshot_tree(obj: Any, perms: Mapping[str, Any], top: bool = True, clone: b
 
     At the top level (the learner), ``data``, ``epoch_data``, ``loss_fn`` and ``callbacks`` are shared, not
     copied: the loop only iterates or calls them; tensors below ``model`` and ``optimizer`` are cloned.
+
+    The walk is compiled once per tree (a detached callback's snapshot runs on the training thread at every
+    event it receives).
     """
-    out = PropDict()
-    is_map = isinstance(obj, Mapping)
+    key = (id(perms), top, clone)
+    known = _SNAPSHOTTERS.get(key)
+    if known is None or known[0] is not perms:
+        known = (perms, _snapshotter(perms, top, clone))
+        if len(_SNAPSHOTTERS) < 4096:
+            _SNAPSHOTTERS[key] = known  # holds the tree: its id stays its own
+    return known[1](obj)
+
+
+#: (id(tree), top, clone) -> (tree, its compiled snapshot function).
+_SNAPSHOTTERS: dict[tuple[int, bool, bool], tuple[Any, Any]] = {}
+
+_NESTED, _SHARED, _COPIED = 0, 1, 2
+#: class -> whether its instances are mappings (an ABC isinstance check is slow on the hot path).
+_IS_MAPPING: dict[type, bool] = {}
+
+
+def _snapshotter(perms: Mapping[str, Any], top: bool, clone: bool) -> Any:
+    parts: list[tuple[Any, int, Any]] = []
     for key, perm in perms.items():
-        try:
-            value = obj[key] if is_map else getattr(obj, key)
-        except (KeyError, AttributeError):
-            continue
         deep = clone or (top and key in _MUTATED_FIELDS)
         if isinstance(perm, Mapping):
-            out[key] = snapshot_tree(value, perm, False, deep)
+            parts.append((key, _NESTED, _snapshotter(perm, False, deep)))
         elif top and key in _SHARED_FIELDS:
-            out[key] = value
+            parts.append((key, _SHARED, None))
         else:
-            out[key] = snapshot(value, deep)
-    return out
+            parts.append((key, _COPIED, deep))
+
+    def snap(obj: Any) -> PropDict:
+        out = PropDict()
+        cls = obj.__class__
+        is_map = _IS_MAPPING.get(cls)
+        if is_map is None:
+            is_map = _IS_MAPPING[cls] = isinstance(obj, Mapping)
+        for key, kind, arg in parts:
+            try:
+                value = obj[key] if is_map else getattr(obj, key)
+            except (KeyError, AttributeError):
+                continue
+            if kind == _NESTED:
+                out[key] = arg(value)
+            elif kind == _SHARED:
+                out[key] = value
+            elif value.__class__ is torch.Tensor:  # the common leaf (a loss, a batch): snapshot() inlined
+                out[key] = value.detach().clone() if arg else value.detach()
+            else:
+                out[key] = snapshot(value, arg)
+        return out
+
+    return snap

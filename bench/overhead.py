@@ -1,12 +1,12 @@
 """Per-step overhead of asyncloop vs a bare torch loop, on the tiny workload of the issue tracker.
 
-Workloads: ``tiny`` (default) is Linear(32, 32) -> ReLU -> Linear(32, 1), batch 32; ``medium`` is the MLP
-512-1024-1024-10, batch 256. Both: MSE, SGD(lr=0.01), 1 torch thread, the same pre-built in-memory batches for
-every configuration. The iterable stamps ``time.perf_counter()`` each time it
-hands out a batch; us/step is the mean step time over the window after the warm-up steps. Configurations run
-interleaved, in rotating order, ``--repeats`` times; we report medians and the ratio to the bare loop measured
-in the same round (median of per-round ratios), and the
-absolute cost in us per step over that bare loop (median of per-round differences).
+Workloads: ``tiny`` (default) is Linear(32, 32) -> ReLU -> Linear(32, 1), batch 32; ``small`` is
+Linear(256, 512) -> ReLU -> Linear(512, 1), batch 64; ``medium`` is the MLP 512-1024-1024-10, batch 256. All:
+MSE, SGD(lr=0.01), 1 torch thread, the same pre-built in-memory batches for every configuration. The iterable
+stamps ``time.perf_counter()`` each time it hands out a batch; us/step is the mean step time over the window
+after the warm-up steps. Configurations run interleaved, in rotating order, ``--repeats`` times; we report
+medians, the ratio to the bare loop measured in the same round (median of per-round ratios) and the absolute
+cost in us per step over that bare loop (median of per-round differences).
 
 Configurations:
 
@@ -18,7 +18,8 @@ Configurations:
   step's duration at every StepEnd (``time.sleep`` with an argument calibrated so that the measured block
   equals the bare step: a VM's sleep overshoots by tens of microseconds).
 
-Run: ``.venv/bin/python bench/overhead.py [--workload medium]`` (writes bench/results/overhead_<workload>.json).
+Run: ``.venv/bin/python bench/overhead.py [--workload small|medium]`` (writes
+bench/results/overhead_<workload>.json).
 """
 
 from __future__ import annotations
@@ -66,8 +67,10 @@ class StampedBatches:
         return (s[-1] - s[0]) / (len(s) - 1) * 1e6
 
 
-#: name -> (layer widths, batch size): "tiny" is the issue tracker's workload, "medium" a compute-bound one.
-WORKLOADS = {"tiny": ((32, 32, 1), 32), "medium": ((512, 1024, 1024, 10), 256)}
+#: name -> (layer widths, batch size): "tiny" is the issue tracker's workload, "small" one whose bare step here
+#: (~0.5 ms) is what shared/reference/peer-overhead.md measured for "tiny" on a busier VM, "medium" a
+#: compute-bound one.
+WORKLOADS = {"tiny": ((32, 32, 1), 32), "small": ((256, 512, 1), 64), "medium": ((512, 1024, 1024, 10), 256)}
 WORKLOAD = "tiny"
 
 

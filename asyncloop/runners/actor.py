@@ -18,8 +18,9 @@ snapshot of exactly the state they declared, and handle it later in the caller's
   ones as the actor's task; set ``blocking = False`` on a callback whose sync handlers are trivial to keep them
   on the event loop;
 * inboxes are bounded (``inbox_size``, default 1024 events): a full inbox makes the loop wait for the actor;
-  nothing is dropped, except under the opt-in ``inbox_policy = "latest"``, where a run of queued events of the
-  same type and phase collapses to its newest (counted in the statistics as ``coalesced``);
+  nothing is dropped, except under the opt-in ``inbox_policy = "latest"``, where a run of waiting events of the
+  same type and phase collapses to its newest (counted in the statistics as ``coalesced``): first on the training
+  thread (one pending event per kind until the next hand-off), then in the inbox when the actor lags;
 * when ``fit`` returns, every detached actor has handled every event.
 
 Errors: an error in any actor ends the fit with that error (with a note naming the callback and event). A
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import math
 import time
+from operator import itemgetter
 from collections import deque
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -56,11 +58,22 @@ _POLICIES = ("block", "latest")
 _FLUSH_EVENTS = (EpochBegin, EpochEnd, FitBegin, FitEnd)
 
 
-class _Item:
-    __slots__ = ("seq", "event", "phase", "view", "fn", "is_async")
+_SEQ = itemgetter(0)
 
-    def __init__(self, seq: int, event: Event, phase: Phase, view: Any, fn: Any, is_async: bool) -> None:
-        self.seq, self.event, self.phase, self.view, self.fn, self.is_async = seq, event, phase, view, fn, is_async
+
+class _Item(tuple):
+    """One event for a detached actor: ``_Item((seq, event, phase, view, fn, is_async))``.
+
+    A tuple built in C (one is made per published event on the training thread), with named read-only fields.
+    """
+
+    __slots__ = ()
+    seq: int = property(itemgetter(0))  # type: ignore[assignment]
+    event: Event = property(itemgetter(1))  # type: ignore[assignment]
+    phase: Phase = property(itemgetter(2))  # type: ignore[assignment]
+    view: Any = property(itemgetter(3))
+    fn: Any = property(itemgetter(4))
+    is_async: bool = property(itemgetter(5))  # type: ignore[assignment]
 
 
 class _Actor:
@@ -103,9 +116,25 @@ class _Actor:
         while self.pending and self.pending[0] <= seq and session is not None and session.error is None:
             await self.lot.park()
 
-    def _finished(self, items: Sequence[_Item], seconds: Sequence[float]) -> None:
-        """Account for handled items (in delivery order) and wake whoever waits on this actor's progress."""
+    def _finished(self, items: Sequence[_Item], seconds: Sequence[float], head: bool = False) -> None:
+        """Account for handled items (in delivery order) and wake whoever waits on this actor's progress.
+
+        ``head``: the items are the oldest pending ones, in order (a handled run): accounted in bulk.
+        """
         stats, pending = self.stats, self.pending
+        n = len(items)
+        if head and n and len(pending) >= n and pending[0] == items[0].seq and pending[n - 1] == items[-1].seq:
+            stats.events += n
+            stats.handler_time += sum(seconds)
+            longest = max(seconds)
+            if longest > stats.max_handler_time:
+                stats.max_handler_time = longest
+            popleft = pending.popleft
+            for _ in range(n):
+                popleft()
+            self.processed += n
+            self.lot.unpark_all()
+            return
         for item, dt in zip(items, seconds):
             stats.events += 1
             stats.handler_time += dt
@@ -187,43 +216,54 @@ class _Actor:
             while j < len(batch) and not batch[j].is_async:
                 j += 1
             run = batch[i:j]
-            for it in run:
-                self._note_lag(it)
+            self._note_lag(run[0])  # the oldest item of the run lags the most
             if self.blocking:
                 if self.thread is None or self.thread.stopped:
                     return  # the session is closing: pending events are dropped
-                results = await self.thread.run(self._run_sync, run)
+                seconds, errors = await self.thread.run(self._run_sync, run)
             else:
-                results = self._run_sync(run)
-            for it, (_, exc) in zip(run, results):
-                if exc is not None:
-                    if isinstance(exc, FitException):
-                        self.runner._request(exc)
-                    else:
-                        annotate(exc, self.callback, it.event, it.phase, detached=True)
-                        raise exc
-            self._finished(run[: len(results)], [seconds for seconds, _ in results])
-            if len(results) < len(run):
+                seconds, errors = self._run_sync(run)
+            for index, exc in errors or ():
+                if isinstance(exc, FitException):
+                    self.runner._request(exc)
+                else:
+                    annotate(exc, self.callback, run[index].event, run[index].phase, detached=True)
+                    raise exc
+            done = len(seconds)
+            self._finished(run if done == len(run) else run[:done], seconds, head=True)
+            if done < len(run):
                 return
             i = j
 
-    def _run_sync(self, run: list[_Item]) -> list[tuple[float, BaseException | None]]:
-        """Handle a run of sync items (on the actor's thread when ``blocking``); stop early if the session failed."""
+    def _run_sync(self, run: list[_Item]) -> tuple[list[float], list[tuple[int, BaseException]] | None]:
+        """Handle a run of sync items (on the actor's thread when ``blocking``); stop early if the session failed.
+
+        Returns the seconds of each handled item and, if any raised, ``(index, error)`` pairs (the run stops at
+        the first error that is not control flow).
+        """
         session = self.runner.session
-        results: list[tuple[float, BaseException | None]] = []
+        seconds: list[float] = []
+        errors: list[tuple[int, BaseException]] | None = None
+        t0 = _perf()
         for item in run:
             if session is None or session.error is not None or session.abort_requested:
                 break
-            t0 = _perf()
             try:
                 item.fn(item.event, item.phase, item.view)
             except Exception as exc:
-                results.append((_perf() - t0, exc))
+                t1 = _perf()
+                seconds.append(t1 - t0)
+                t0 = t1
+                if errors is None:
+                    errors = []
+                errors.append((len(seconds) - 1, exc))
                 if not isinstance(exc, FitException):
                     break
                 continue
-            results.append((_perf() - t0, None))
-        return results
+            t1 = _perf()
+            seconds.append(t1 - t0)
+            t0 = t1
+        return seconds, errors
 
     def _note_lag(self, item: _Item) -> None:
         lag = self.runner._seq - item.seq
@@ -393,7 +433,7 @@ class ActorRunner(Runner):
             annotate(exc, actor.callback, event, phase, detached=True)
             raise
         self._seq += 1
-        item = _Item(self._seq, event, phase, view, step.fn, step.is_async)
+        item = _Item((self._seq, event, phase, view, step.fn, step.is_async))
         slot = actor.slot
         if slot is not None and not isinstance(event, _FLUSH_EVENTS):
             # "latest": keep only the newest item per (event type, phase) until the next hand-off, on this
@@ -500,9 +540,12 @@ class ActorRunner(Runner):
                     actor, item = outbox.popleft()
                 except IndexError:
                     break
-                batches.setdefault(actor, []).append(item)
-                actor.pending.append(item.seq)
+                batch = batches.get(actor)
+                if batch is None:
+                    batch = batches[actor] = []
+                batch.append(item)
             for actor, batch in batches.items():
+                actor.pending.extend(map(_SEQ, batch))
                 depth = actor.enqueued - actor.processed
                 if depth > actor.stats.peak_inbox:
                     actor.stats.peak_inbox = depth
