@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import math
 import time
-from operator import itemgetter
 from collections import deque
 from collections.abc import Awaitable, Sequence
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
@@ -600,6 +600,8 @@ class ActorRunner(Runner):
     def close(self) -> None:
         for actor in self._actors.values():
             actor.send.close()
+            if actor.slot:
+                actor.slot.clear()  # an unfinished fit's last "latest" snapshots are not kept alive
             if actor.thread is not None:
                 actor.thread.stop()
         self._outbox.clear()
