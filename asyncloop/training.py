@@ -69,6 +69,10 @@ _LOSS_BEGIN, _BACKWARD_BEGIN, _BACKWARD_END = LossBegin(), BackwardBegin(), Back
 _FIT_PHASE = FitPhase()
 #: One instance per built-in phase for every fit: phase-keyed dicts (histories, metrics) then match by identity.
 _TRAINING, _VALIDATION = TrainingPhase(), ValidationPhase()
+#: The built-in phases' own ``step`` methods, as defined (a phase whose ``step`` is one of them is stepped
+#: directly by the default epoch; an override, or a patched method, goes through ``phase.step``).
+_BUILTIN_TRAINING_STEP = TrainingPhase.__dict__["step"]
+_BUILTIN_VALIDATION_STEP = ValidationPhase.__dict__["step"]
 
 
 @dataclass(frozen=True)
@@ -281,9 +285,9 @@ async def _default_epoch(learner: Learner, phase: Phase, data: Iterable[Any]) ->
     # The built-in phases' steps are called directly (one coroutine less per step); overrides go through
     # phase.step as usual.
     kind = type(phase)
-    if kind.step is TrainingPhase.step:
+    if kind.step is _BUILTIN_TRAINING_STEP:
         direct: Any = _training_step
-    elif kind.step is ValidationPhase.step:
+    elif kind.step is _BUILTIN_VALIDATION_STEP:
         direct = _validation_step
     else:
         direct = None

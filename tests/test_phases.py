@@ -118,6 +118,18 @@ class TestStep:
         trio.run(asyncloop.epoch, learner, Mine(), learner.data.training)
         assert seen == learner.data.training
 
+    def test_a_patched_built_in_step_is_honoured(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Replacing TrainingPhase.step itself (e.g. to instrument it) is honoured by the default epoch."""
+        seen = []
+
+        async def step(self: Phase, learner: asyncloop.Learner, batch: object) -> None:
+            seen.append(batch)
+
+        monkeypatch.setattr(TrainingPhase, "step", step)
+        learner = test_learner(n_batches=2)
+        trio.run(asyncloop.epoch, learner, TrainingPhase())
+        assert seen == learner.data.training
+
 
 class TestModule:
     def test_all(self) -> None:
