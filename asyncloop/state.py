@@ -351,7 +351,7 @@ _MUTATORS = frozenset({"clear", "pop", "popitem", "update", "setdefault", "defau
 
 def _view(obj: Any, perms: Mapping[str, Any], name: str) -> Protected:
     """Build a Protected without running ``__init__`` (a hot path: nested views are built per step)."""
-    view = object.__new__(Protected if perms is _READ_ONLY else _compiled(perms))
+    view = object.__new__(_ReadOnlyView if perms is _READ_ONLY else _compiled(perms))
     _set(view, "_obj", obj)
     _set(view, "_perms", perms)
     _set(view, "_name", name)
@@ -384,7 +384,9 @@ def _compiled(perms: Mapping[str, Any]) -> type:
     applies exactly the rule ``Protected.__getattr__`` applies, without looking the permission up. Undeclared
     names still reach ``__getattr__`` and raise ``ProtectedError``; writes still go through ``__setattr__``.
     """
-    if perms is _READ_ONLY or not isinstance(perms, dict):
+    if perms is _READ_ONLY:
+        return _ReadOnlyView
+    if not isinstance(perms, dict):
         return Protected
     known = _COMPILED_BY_ID.get(id(perms))
     if known is not None and known[0] is perms:
@@ -473,7 +475,7 @@ def _field_getter(name: str, perm: Any) -> Any:
             _set(self, "_views", views)
         else:
             view = views.get(name)
-            if view is not None and view._obj is value:
+            if view is not None and _OBJ_OF(view) is value:
                 return view
         view = views[name] = object.__new__(child_cls)
         _set(view, "_obj", value)
@@ -540,7 +542,7 @@ class Protected:
             views = {}
             _set(self, "_views", views)
         view = views.get(name)
-        if view is not None and view._obj is value:
+        if view is not None and _OBJ_OF(view) is value:
             return view
         view = _guard(value, perm)
         if isinstance(view, Protected):
@@ -601,6 +603,67 @@ class Protected:
 
     def __repr__(self) -> str:
         return f"Protected({self._name}, {dict(self._perms)!r})"
+
+
+_OBJ_OF = Protected._obj.__get__  # type: ignore[attr-defined]  # the slot's C getter
+
+
+class _ReadOnlyView(Protected):
+    """The read-only view ``Read()`` gives of a dict (``learner.step`` under ``{"step": Read()}``): every key
+    readable at any depth, nothing writable.
+
+    Reads are its hot path (``learner.step.loss`` in a handler), so ``__getattribute__`` looks keys up directly
+    instead of failing a normal lookup first. The view's own attributes (methods, slots, dunders) come first,
+    as for ``Protected``.
+    """
+
+    __slots__ = ()
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in _VIEW_ATTRIBUTES:
+            return object.__getattribute__(self, name)
+        obj = _OBJ_OF(self)
+        if obj.__class__ is PropDict:
+            try:
+                value = obj[name]
+            except KeyError:
+                raise AttributeError(f"PropDict has no key {name!r}") from None
+        elif name in _MUTATORS:
+            raise ProtectedError(f"Write access to {object.__getattribute__(self, '_name')}.{name} disallowed.")
+        else:
+            value = getattr(obj, name)
+        return _view(value, _READ_ONLY, type(value).__name__) if isinstance(value, dict) else value
+
+    def __getitem__(self, key: Any) -> Any:
+        obj = _OBJ_OF(self)
+        value = obj.get(key, _ABSENT)  # dict.get: a defaultdict does not insert the key
+        if value is _ABSENT:
+            factory = getattr(obj, "default_factory", None)
+            value = factory() if factory is not None and isinstance(obj, defaultdict) else obj[key]
+        return _view(value, _READ_ONLY, type(value).__name__) if isinstance(value, dict) else value
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        obj = _OBJ_OF(self)
+        if key not in obj:  # also for a defaultdict: reading must not insert the key
+            return default
+        value = obj[key]
+        return _view(value, _READ_ONLY, type(value).__name__) if isinstance(value, dict) else value
+
+    def __contains__(self, key: Any) -> bool:
+        return key in _OBJ_OF(self)
+
+    def __len__(self) -> int:
+        return len(_OBJ_OF(self))
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(_OBJ_OF(self))
+
+    def keys(self) -> Any:
+        return _OBJ_OF(self).keys()
+
+
+#: Names a read-only view answers itself (before looking at the dict's keys), as ``Protected`` does.
+_VIEW_ATTRIBUTES = frozenset(dir(_ReadOnlyView))
 
 
 # --------------------------------------------------------------------------------------------------------------

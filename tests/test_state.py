@@ -656,3 +656,20 @@ class TestReadOnlyViewMutators:
             with pytest.raises(ProtectedError, match="^" + re.escape(f"Write access to PhaseDict.{name} disallowed.") + "$"):
                 getattr(view.cbstate.history, name)
         assert list(view.cbstate.history.keys()) == []
+
+    def test_view_attributes_come_before_keys_and_missing_keys_are_attribute_errors(self) -> None:
+        """On a Read() view of a PropDict the view's own methods win over same-named keys (use view[key] for
+        those); a missing key is an AttributeError, so hasattr() is False; nested dicts are read-only too."""
+        from asyncloop.exceptions import ProtectedError
+
+        step = PropDict(loss=1.0, get="a key named get", inner={"k": 1})
+        view = Protected(PropDict(step=step), {"step": Read()}).step
+        assert view.loss == 1.0
+        assert callable(view.get) and view["get"] == "a key named get" and view.get("loss") == 1.0
+        assert not hasattr(view, "preds")
+        with pytest.raises(AttributeError, match=exact("PropDict has no key 'preds'")):
+            view.preds
+        with pytest.raises(ProtectedError, match=exact("Write access to dict['k'] disallowed.")):
+            view.inner["k"] = 2
+        assert "loss" in view and len(view) == 3 and list(view) == ["loss", "get", "inner"]
+        assert isinstance(view, Protected) and repr(view) == "Protected(PropDict, {})"
