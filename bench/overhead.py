@@ -11,6 +11,7 @@ cost in us per step over that bare loop (median of per-round differences).
 Configurations:
 
 * ``bare``: hand-written torch loop.
+* ``linear_none``: asyncloop with no callback at all (the loop's own cost: step state, event dispatch).
 * ``linear_defaults`` / ``actor_defaults``: asyncloop with the default callbacks (ProgressPrinter to devnull,
   MetricsPrinter to devnull, StopOnNaNLoss, Recorder, Metrics) under each runner.
 * ``bare_blocking``: the bare loop calling a blocking observer (``time.sleep(step)``) inline every step.
@@ -117,8 +118,8 @@ class BlockingObserver(asyncloop.Callback):
         time.sleep(self.seconds)
 
 
-def run_asyncloop(batches: StampedBatches, runner: str, observer_s: float = 0.0) -> None:
-    callbacks = [asyncloop.ProgressPrinter(file=DEVNULL), asyncloop.MetricsPrinter(file=DEVNULL)]
+def run_asyncloop(batches: StampedBatches, runner: str, observer_s: float = 0.0, defaults: bool = True) -> None:
+    callbacks = [asyncloop.ProgressPrinter(file=DEVNULL), asyncloop.MetricsPrinter(file=DEVNULL)] if defaults else []
     if observer_s:
         callbacks.append(BlockingObserver(observer_s))
     learner = asyncloop.Learner(
@@ -127,6 +128,7 @@ def run_asyncloop(batches: StampedBatches, runner: str, observer_s: float = 0.0)
         data=(batches, None),
         optimizer=lambda p: torch.optim.SGD(p, lr=0.01),
         callbacks=callbacks,
+        use_default_callbacks=defaults,
         runner=asyncloop.ActorRunner() if runner == "actor" else asyncloop.LinearRunner(),
     )
     trio.run(asyncloop.fit, learner, 1)
@@ -154,6 +156,7 @@ def main() -> None:
 
     configs = {
         "bare": lambda: bare(batches),
+        "linear_none": lambda: run_asyncloop(batches, "linear", defaults=False),
         "linear_defaults": lambda: run_asyncloop(batches, "linear"),
         "actor_defaults": lambda: run_asyncloop(batches, "actor"),
         "bare_blocking": lambda: bare(batches, step_s),
