@@ -349,9 +349,12 @@ _set = object.__setattr__
 _MUTATORS = frozenset({"clear", "pop", "popitem", "update", "setdefault", "default_factory"})
 
 
-def _view(obj: Any, perms: Mapping[str, Any], name: str) -> Protected:
-    """Build a Protected without running ``__init__`` (a hot path: nested views are built per step)."""
-    view = object.__new__(_ReadOnlyView if perms is _READ_ONLY else _compiled(perms))
+def _view(obj: Any, perms: Mapping[str, Any], name: str, cls: type | None = None) -> Protected:
+    """Build a Protected without running ``__init__`` (a hot path: nested views are built per step).
+
+    ``cls``: the view class of ``perms`` when the caller already knows it (``_compiled(perms)``).
+    """
+    view = object.__new__(cls or _compiled(perms))
     _set(view, "_obj", obj)
     _set(view, "_perms", perms)
     _set(view, "_name", name)
@@ -434,29 +437,9 @@ def _field_getter(name: str, perm: Any) -> Any:
     child_perms = _READ_ONLY if perm.__class__ is Read else perm
     child_cls = _compiled(child_perms)
     read_only = child_perms is _READ_ONLY
-
-    if name == "step":
-        # learner.step is a new PropDict every step: a cached view would keep the previous step's tensors
-        # (and its autograd graph) alive into the next step, so a view is built per read instead.
-        def get_step_view(self: Protected) -> Any:
-            obj = self._obj
-            if obj.__class__ is PropDict:
-                try:
-                    value = obj[name]
-                except KeyError:
-                    raise AttributeError(missing) from None
-            else:
-                value = getattr(obj, name)
-            if read_only and not isinstance(value, dict):
-                return value
-            view = object.__new__(child_cls)
-            _set(view, "_obj", value)
-            _set(view, "_perms", child_perms)
-            _set(view, "_name", type(value).__name__)
-            _set(view, "_views", None)
-            return view
-
-        return get_step_view
+    # learner.step is a new PropDict every step: a cached view of it would keep the previous step's tensors
+    # (and its autograd graph) alive into the next step, so its view is built per read instead.
+    cached = name != "step"
 
     def get_view(self: Protected) -> Any:
         obj = self._obj
@@ -469,6 +452,8 @@ def _field_getter(name: str, perm: Any) -> Any:
             value = getattr(obj, name)
         if read_only and not isinstance(value, dict):
             return value  # Read() on a non-container: the object itself
+        if not cached:
+            return _view(value, child_perms, type(value).__name__, child_cls)
         views = self._views
         if views is None:
             views = {}
@@ -477,11 +462,7 @@ def _field_getter(name: str, perm: Any) -> Any:
             view = views.get(name)
             if view is not None and _OBJ_OF(view) is value:
                 return view
-        view = views[name] = object.__new__(child_cls)
-        _set(view, "_obj", value)
-        _set(view, "_perms", child_perms)
-        _set(view, "_name", type(value).__name__)
-        _set(view, "_views", None)
+        view = views[name] = _view(value, child_perms, type(value).__name__, child_cls)
         return view
 
     return get_view
@@ -509,20 +490,9 @@ class Protected:
         object.__setattr__(self, "_views", None)
 
     def __getattr__(self, name: str) -> Any:
-        perms = self._perms
-        if perms is _READ_ONLY:  # a read-only container view
-            obj = self._obj
-            if obj.__class__ is PropDict:
-                try:
-                    value = obj[name]
-                except KeyError:
-                    raise AttributeError(f"PropDict has no key {name!r}") from None
-            elif name in _MUTATORS:
-                raise ProtectedError(f"Write access to {self._name}.{name} disallowed.")
-            else:
-                value = getattr(obj, name)
-            return _view(value, _READ_ONLY, type(value).__name__) if isinstance(value, dict) else value
-        perm = perms.get(name)
+        # Declared identifier fields are properties of the compiled subclass and never get here; read-only
+        # views of dicts are _ReadOnlyView, which has its own lookup.
+        perm = self._perms.get(name)
         if perm is None:
             raise ProtectedError(f"Read access to {self._name}.{name} disallowed.")
         obj = self._obj
@@ -560,15 +530,7 @@ class Protected:
         delattr(self._obj, name)
 
     def __getitem__(self, key: Any) -> Any:
-        perms = self._perms
-        if perms is _READ_ONLY:
-            obj = self._obj
-            value = obj.get(key, _ABSENT)  # dict.get: a defaultdict does not insert the key
-            if value is _ABSENT:
-                factory = getattr(obj, "default_factory", None)
-                value = factory() if factory is not None and isinstance(obj, defaultdict) else obj[key]
-            return _view(value, _READ_ONLY, type(value).__name__) if isinstance(value, dict) else value
-        perm = perms.get(key)
+        perm = self._perms.get(key)
         if perm is None:
             raise ProtectedError(f"Read access to {self._name}[{key!r}] disallowed.")
         return _guard(self._obj[key], perm)
@@ -580,7 +542,7 @@ class Protected:
 
     def get(self, key: Any, default: Any = None) -> Any:
         """``view[key]`` if the key exists, else ``default``; still checks the permission."""
-        perm = _READ_ONLY if self._perms is _READ_ONLY else self._perms.get(key)
+        perm = self._perms.get(key)
         if perm is None:
             raise ProtectedError(f"Read access to {self._name}[{key!r}] disallowed.")
         obj = self._obj
@@ -633,6 +595,11 @@ class _ReadOnlyView(Protected):
         else:
             value = getattr(obj, name)
         return _view(value, _READ_ONLY, type(value).__name__) if isinstance(value, dict) else value
+
+    def __getattr__(self, name: str) -> Any:
+        # Python calls this after __getattribute__ raised AttributeError (a missing key, a refused mutator):
+        # repeat that lookup so the same error comes out, never Protected's generic one.
+        return _ReadOnlyView.__getattribute__(self, name)
 
     def __getitem__(self, key: Any) -> Any:
         obj = _OBJ_OF(self)
