@@ -111,12 +111,14 @@ class _WeightedMean(AbstractMetric):
             self._last = None
             return
         step = learner.step
-        value = self._compute(step)
-        if value.__class__ is torch.Tensor:  # _detached, inlined: this runs every step
+        self._add(self._compute(step), step.ys)
+
+    def _add(self, value: Any, ys: Any) -> None:
+        """Count one step's ``value`` for a batch with targets ``ys`` (every step: the checks are inlined)."""
+        if value.__class__ is torch.Tensor:  # _detached
             value = value.item() if value.is_cpu else value.detach()
         elif isinstance(value, torch.Tensor):
             value = _detached(value)
-        ys = step.ys
         n = (ys.shape[0] if ys.ndim else 1) if ys.__class__ is torch.Tensor else _batch_size(ys)
         self._sum = self._sum + value * n
         self._count += n
@@ -287,18 +289,10 @@ class Metrics(Callback):
         index = cbstate.history[phase].steps
         series = cbstate.metrics_step[phase]
         for metric in self.metrics:
-            if metric.__class__ is Loss:  # the default metric: Loss.update and step_value inlined (every step)
+            if metric.__class__ is Loss:  # the default metric, every step: Loss.update without its indirections
                 step = learner.step
-                value = step.loss
-                if value.__class__ is torch.Tensor:
-                    value = value.item() if value.is_cpu else value.detach()
-                else:
-                    value = _detached(value)
-                ys = step.ys
-                n = ys.shape[0] if ys.__class__ is torch.Tensor and ys.ndim else _batch_size(ys)
-                metric._sum = metric._sum + value * n
-                metric._count += n
-                metric._last = value
+                metric._add(step.loss, step.ys)
+                value = metric._last
             else:
                 metric.update(learner, phase)
                 value = metric.step_value()
