@@ -521,22 +521,30 @@ async def _controlled_update(learner: Learner, phase: Phase, state: PropDict, op
 
 async def _validation_step(learner: Learner, phase: Phase, batch: Any) -> PropDict:
     """The built-in validation step: forward and loss under ``torch.no_grad()`` with the model in eval mode."""
-    xs, ys = _unpack(batch)
+    # The same hot-path reads as _training_step.
+    if batch.__class__ is tuple and len(batch) == 2:
+        xs, ys = batch
+    else:
+        xs, ys = _unpack(batch)
     runner = learner.runner
     session: Session = learner._session  # type: ignore[assignment]
-    begin, loss_begin, end = runner.step_plans(phase.__class__, _VALIDATION_EVENTS)
+    plans = runner._step_plans.get((phase.__class__, "validation"))
+    if plans is None:
+        plans = runner.step_plans(phase.__class__, _VALIDATION_EVENTS, "validation")
+    begin, loss_begin, end = plans
     state = PropDict(xs=xs, ys=ys)
     learner.step = state
     session.in_step += 1
     try:
         if session.abort_requested or session.control is not None:
             session.check()
-        model = learner.model
+        model = learner._model
         if getattr(model, "training", False):
             model.eval()  # before StepBegin, so that its handlers see the mode the step runs in
-        if begin is not None and (pending := begin(_STEP_BEGIN, phase)) is not None:
-            await pending
-        model = learner.model
+        if begin is not None:
+            if (pending := begin(_STEP_BEGIN, phase)) is not None:
+                await pending
+            model = learner._model  # a StepBegin handler may have replaced it
         autocast = state.get("autocast") or _NO_AUTOCAST
         with torch.no_grad(), autocast:
             state["preds"] = model(state["xs"])
@@ -544,7 +552,8 @@ async def _validation_step(learner: Learner, phase: Phase, batch: Any) -> PropDi
             await pending
         with torch.no_grad(), autocast:
             loss = state["loss"] = learner.loss_fn(state["preds"], state["ys"])
-        _check_loss(loss)
+        if loss.__class__ is not torch.Tensor or loss.numel() != 1:
+            _check_loss(loss)
         if end is not None and (pending := end(_STEP_END, phase)) is not None:
             await pending
     except CancelStepException:

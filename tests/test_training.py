@@ -113,9 +113,11 @@ class TestFit:
             xy, xy | {"preds"}, xy | {"preds", "loss"},
         ]
 
+    @pytest.mark.parametrize("phase_type", [TrainingPhase, ValidationPhase])
     @pytest.mark.parametrize("kind", ["sync", "async"])
-    def test_a_model_replaced_at_step_begin_runs_that_step(self, kind: str) -> None:
-        """A StepBegin handler that assigns learner.model (sync or async) has the new model run the same step."""
+    def test_a_model_replaced_at_step_begin_runs_that_step(self, kind: str, phase_type: type[Phase]) -> None:
+        """A StepBegin handler that assigns learner.model (sync or async) has the new model run the same step,
+        in training and in validation."""
         from asyncloop.testing import ScalarModel
 
         seen: list[torch.Tensor] = []
@@ -131,23 +133,23 @@ class TestFit:
 
             if kind == "sync":
 
-                @on(StepBegin, AbstractTrainingPhase)
+                @on(StepBegin)
                 def begin(self, event: Event, phase: Phase, learner: Any) -> None:
                     self.swap(learner)
 
             else:
 
-                @on(StepBegin, AbstractTrainingPhase)
+                @on(StepBegin)
                 async def begin(self, event: Event, phase: Phase, learner: Any) -> None:
                     self.swap(learner)
 
-            @on(LossBegin, AbstractTrainingPhase)
+            @on(LossBegin)
             def preds(self, event: Event, phase: Phase, learner: Any) -> None:
                 seen.append(learner.step.preds.detach() / learner.step.xs)
 
         learner = test_learner(Swap(), n_batches=1)
         learner.optimizer = lambda params: torch.optim.SGD(params, lr=0.0)
-        trio.run(epoch, learner, TrainingPhase())
+        trio.run(epoch, learner, phase_type(), learner.data.training)
         assert torch.allclose(seen[0], torch.full_like(seen[0], 10.0))
 
     def test_loss_is_detached_after_backward(self) -> None:
