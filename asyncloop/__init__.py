@@ -8,42 +8,42 @@ The public surface is re-exported here; every name is also importable from its o
 """
 
 from . import events, loggables, phases, stopping
-from .callback import Callback as Callback
-from .callback import ConflictResolution as ConflictResolution
-from .callback import NoConflict as NoConflict
-from .callback import NotDefined as NotDefined
-from .callback import RunFirst as RunFirst
-from .callback import Unresolvable as Unresolvable
-from .callback import on as on
-from .callbacks.checkpointer import Checkpointer as Checkpointer
-from .callbacks.conditional import CallbackCondition as CallbackCondition
-from .callbacks.conditional import ConditionalCallback as ConditionalCallback
-from .callbacks.conditional import FrequencyThrottle as FrequencyThrottle
-from .callbacks.conditional import TimeThrottle as TimeThrottle
-from .callbacks.conditional import throttle as throttle
-from .callbacks.custom import CustomCallback as CustomCallback
-from .callbacks.earlystopping import EarlyStopping as EarlyStopping
-from .callbacks.garbagecollect import GarbageCollect as GarbageCollect
-from .callbacks.helpers import GradientAccumulation as GradientAccumulation
-from .callbacks.helpers import GradientClipping as GradientClipping
-from .callbacks.helpers import MixedPrecision as MixedPrecision
-from .callbacks.metrics import AbstractMetric as AbstractMetric
-from .callbacks.metrics import Loss as Loss
-from .callbacks.metrics import Metric as Metric
-from .callbacks.metrics import Metrics as Metrics
-from .callbacks.metrics import accuracy as accuracy
-from .callbacks.printers import MetricsPrinter as MetricsPrinter
-from .callbacks.printers import ProgressPrinter as ProgressPrinter
-from .callbacks.recorder import Recorder as Recorder
-from .callbacks.sanitycheck import Check as Check
-from .callbacks.sanitycheck import SanityCheck as SanityCheck
-from .callbacks.scheduler import Scheduler as Scheduler
-from .callbacks.stoponnan import StopOnNaNLoss as StopOnNaNLoss
-from .callbacks.todevice import ToDevice as ToDevice
-from .callbacks.todevice import ToGPU as ToGPU
-from .callbacks.traces import Traces as Traces
-from .checkpoint import load_model as load_model
-from .checkpoint import save_model as save_model
+from ._callback import Callback as Callback
+from ._callback import ConflictResolution as ConflictResolution
+from ._callback import NoConflict as NoConflict
+from ._callback import NotDefined as NotDefined
+from ._callback import RunFirst as RunFirst
+from ._callback import Unresolvable as Unresolvable
+from ._callback import on as on
+from .callbacks._checkpointer import Checkpointer as Checkpointer
+from .callbacks._conditional import CallbackCondition as CallbackCondition
+from .callbacks._conditional import ConditionalCallback as ConditionalCallback
+from .callbacks._conditional import FrequencyThrottle as FrequencyThrottle
+from .callbacks._conditional import TimeThrottle as TimeThrottle
+from .callbacks._conditional import throttle as throttle
+from .callbacks._custom import CustomCallback as CustomCallback
+from .callbacks._earlystopping import EarlyStopping as EarlyStopping
+from .callbacks._garbagecollect import GarbageCollect as GarbageCollect
+from .callbacks._helpers import GradientAccumulation as GradientAccumulation
+from .callbacks._helpers import GradientClipping as GradientClipping
+from .callbacks._helpers import MixedPrecision as MixedPrecision
+from .callbacks._metrics import AbstractMetric as AbstractMetric
+from .callbacks._metrics import Loss as Loss
+from .callbacks._metrics import Metric as Metric
+from .callbacks._metrics import Metrics as Metrics
+from .callbacks._metrics import accuracy as accuracy
+from .callbacks._printers import MetricsPrinter as MetricsPrinter
+from .callbacks._printers import ProgressPrinter as ProgressPrinter
+from .callbacks._recorder import Recorder as Recorder
+from .callbacks._sanitycheck import Check as Check
+from .callbacks._sanitycheck import SanityCheck as SanityCheck
+from .callbacks._scheduler import Scheduler as Scheduler
+from .callbacks._stoponnan import StopOnNaNLoss as StopOnNaNLoss
+from .callbacks._todevice import ToDevice as ToDevice
+from .callbacks._todevice import ToGPU as ToGPU
+from .callbacks._traces import Traces as Traces
+from ._checkpoint import load_model as load_model
+from ._checkpoint import save_model as save_model
 from .events import BackwardBegin as BackwardBegin
 from .events import BackwardEnd as BackwardEnd
 from .events import EpochBegin as EpochBegin
@@ -54,22 +54,26 @@ from .events import FitEnd as FitEnd
 from .events import LossBegin as LossBegin
 from .events import StepBegin as StepBegin
 from .events import StepEnd as StepEnd
-from .exceptions import CallbackCycleError as CallbackCycleError
-from .exceptions import CallbackGraphError as CallbackGraphError
-from .exceptions import CancelEpochException as CancelEpochException
-from .exceptions import CancelFittingException as CancelFittingException
-from .exceptions import CancelStepException as CancelStepException
-from .exceptions import DetachedWriterError as DetachedWriterError
-from .exceptions import FitException as FitException
-from .exceptions import ProtectedError as ProtectedError
-from .exceptions import SanityCheckException as SanityCheckException
-from .exceptions import WriteConflictError as WriteConflictError
-from .graph import callback_graph as callback_graph
+from ._exceptions import CallbackCycleError as CallbackCycleError
+from ._exceptions import CheckpointError as CheckpointError
+from ._exceptions import EarlyStopped as EarlyStopped
+from ._exceptions import EventLogFormatError as EventLogFormatError
+from ._exceptions import StreamError as StreamError
+from ._exceptions import CallbackGraphError as CallbackGraphError
+from ._exceptions import CancelEpochException as CancelEpochException
+from ._exceptions import CancelFittingException as CancelFittingException
+from ._exceptions import CancelStepException as CancelStepException
+from ._exceptions import DetachedWriterError as DetachedWriterError
+from ._exceptions import FitException as FitException
+from ._exceptions import ProtectedError as ProtectedError
+from ._exceptions import SanityCheckException as SanityCheckException
+from ._exceptions import WriteConflictError as WriteConflictError
+from ._graph import callback_graph as callback_graph
 from .hyperparameters import HyperParameter as HyperParameter
 from .hyperparameters import LearningRate as LearningRate
 from .hyperparameters import one_cycle as one_cycle
 from .hyperparameters import set_hyperparameter as set_hyperparameter
-from .learner import Learner as Learner
+from ._learner import Learner as Learner
 from .loggables import Histogram as Histogram
 from .loggables import Image as Image
 from .loggables import Text as Text
@@ -111,12 +115,12 @@ from .stopping import Threshold as Threshold
 from .stopping import TimeLimit as TimeLimit
 from .stopping import Warmup as Warmup
 from .testing import test_learner as test_learner
-from .training import FitResult as FitResult
-from .training import epoch as epoch
-from .training import fit as fit
-from .training import run_epoch as run_epoch
-from .training import run_step as run_step
-from .training import step as step
+from ._training import FitResult as FitResult
+from ._training import epoch as epoch
+from ._training import fit as fit
+from ._training import run_epoch as run_epoch
+from ._training import run_step as run_step
+from ._training import step as step
 
 __version__ = "0.1.0"
 
@@ -135,6 +139,7 @@ __all__ = [
     "CancelEpochException",
     "CancelFittingException",
     "CancelStepException",
+    "CheckpointError",
     "Check",
     "Checkpointer",
     "ConditionalCallback",
@@ -142,11 +147,13 @@ __all__ = [
     "CustomCallback",
     "DetachedWriterError",
     "Disjunction",
+    "EarlyStopped",
     "EarlyStopping",
     "EpochBegin",
     "EpochEnd",
     "Event",
     "EventLogBackend",
+    "EventLogFormatError",
     "FitBegin",
     "FitEnd",
     "FitException",
@@ -198,6 +205,7 @@ __all__ = [
     "StopOnNaNLoss",
     "StreamBackend",
     "StreamServer",
+    "StreamError",
     "TensorBoardBackend",
     "Text",
     "Threshold",
@@ -235,3 +243,15 @@ __all__ = [
     "test_learner",
     "throttle",
 ]
+
+
+def _claim_public_names() -> None:
+    """Report ``asyncloop`` as the module of every exported class and function (httpx's habit): reprs,
+    tracebacks and docs show ``asyncloop.Learner``, never the private module that defines it."""
+    for name in __all__:
+        obj = globals()[name]
+        if isinstance(obj, type) or callable(obj) and hasattr(obj, "__code__"):
+            obj.__module__ = "asyncloop"
+
+
+_claim_public_names()

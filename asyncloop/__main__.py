@@ -1,5 +1,5 @@
-"""``python -m asyncloop``: the command line (see :mod:`asyncloop.cli`)."""
+"""``python -m asyncloop``: the command line (see :mod:`asyncloop._cli`)."""
 
-from .cli import main
+from ._cli import main
 
 raise SystemExit(main())

@@ -4,7 +4,7 @@
 
 * the loop runs on a dedicated worker thread that runs its own trio event loop, so model compute never blocks
   the caller's event loop and async handlers can still ``await``; torch's thread count is copied into it;
-* detached actors (see :mod:`asyncloop.runners.actor`) run as tasks of a nursery in the caller's event loop;
+* detached actors (see :mod:`asyncloop.runners._actor`) run as tasks of a nursery in the caller's event loop;
 * an external cancellation (cancel scope, Ctrl-C) sets a flag the loop checks at every event, so the worker
   unwinds within about one step; ``fit`` never returns or raises before the worker has finished.
 
@@ -23,7 +23,7 @@ import torch
 import trio
 
 if TYPE_CHECKING:
-    from .learner import Learner
+    from ._learner import Learner
 
 T = TypeVar("T")
 
@@ -106,7 +106,7 @@ class ActorThread:
         self._thread.join()
 
 
-class Aborted(BaseException):
+class _Aborted(BaseException):
     """Raised inside the worker to unwind it when the session is cancelled or an actor failed."""
 
 
@@ -139,12 +139,12 @@ class Session:
     def check(self) -> None:
         """Called by the loop at every event: unwind if aborted, deliver a pending control request."""
         if self.abort_requested:
-            raise Aborted()
+            raise _Aborted()
         if self.control is not None:
             self._deliver_control()
 
     def _deliver_control(self) -> None:
-        from .exceptions import CancelEpochException, CancelStepException
+        from ._exceptions import CancelEpochException, CancelStepException
 
         exc = self.control
         if isinstance(exc, CancelStepException) and not self.in_step:
@@ -247,4 +247,4 @@ class Session:
             if self.abort_requested:
                 scope.cancel()
             return await fn(*args)
-        raise Aborted()
+        raise _Aborted()

@@ -16,6 +16,8 @@ A validation step fires ``StepBegin -> LossBegin -> StepEnd``. ``FitBegin``/``Fi
 
 from __future__ import annotations
 
+from ._values import ValueClass
+
 __all__ = [
     "Event",
     "FitBegin",
@@ -30,19 +32,10 @@ __all__ = [
 ]
 
 
-class Event:
+class Event(ValueClass):
     """Base class of all events. Instances are values: equal and hashed by type."""
 
     __slots__ = ()
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other)
-
-    def __hash__(self) -> int:
-        return hash(type(self))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
 
 
 class FitBegin(Event):

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ._values import ValueClass
+
 if TYPE_CHECKING:
-    from .learner import Learner
+    from ._learner import Learner
 
 _TRAINING_MODULE: Any = None
 
@@ -29,7 +31,7 @@ def _training() -> Any:
     """The training module, imported on first use (it imports this module)."""
     global _TRAINING_MODULE
     if _TRAINING_MODULE is None:
-        from . import training
+        from . import _training as training
 
         _TRAINING_MODULE = training
     return _TRAINING_MODULE
@@ -45,7 +47,7 @@ __all__ = [
 ]
 
 
-class Phase:
+class Phase(ValueClass):
     """Base class of all phases. Instances are values: equal and hashed by type.
 
     Subclasses customise a phase's behaviour by overriding :meth:`step` (one batch) and, rarely, :meth:`epoch`
@@ -54,15 +56,6 @@ class Phase:
 
     __slots__ = ()
     data_key: ClassVar[str | None] = None
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other)
-
-    def __hash__(self) -> int:
-        return hash(type(self))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
 
     async def epoch(self, learner: Learner, data: Any) -> None:
         """Run one epoch over ``data``: ``EpochBegin``, one :meth:`step` per batch, ``EpochEnd``."""

@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from .exceptions import ProtectedError
+from ._exceptions import ProtectedError
+from ._values import ValueClass
 
 __all__ = [
     "PropDict",
@@ -245,19 +246,10 @@ class Gradients(Mapping):
         return {name: p.grad.detach().clone() for name, p in self._params if p.grad is not None}
 
 
-class Permission:
+class Permission(ValueClass):
     """A leaf of a ``state_access`` tree. Instances of one permission type are equal."""
 
     __slots__ = ()
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other)
-
-    def __hash__(self) -> int:
-        return hash(type(self))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
 
 
 class Read(Permission):

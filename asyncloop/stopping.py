@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .exceptions import CancelFittingException
+from ._exceptions import EarlyStopped
 
 __all__ = [
     "StoppingCriterion",
@@ -59,18 +59,6 @@ __all__ = [
     "Disjunction",
     "EarlyStopped",
 ]
-
-
-class EarlyStopped(CancelFittingException):
-    """The :class:`CancelFittingException` raised by :class:`asyncloop.EarlyStopping`.
-
-    ``fit`` returns it as ``FitResult.reason``; its message names the criterion, and ``criterion``, ``monitor``,
-    ``value`` (the monitored value that triggered it) and ``epoch`` say the rest.
-    """
-
-    def __init__(self, message: str, criterion: StoppingCriterion, monitor: str, value: float, epoch: int) -> None:
-        super().__init__(message)
-        self.criterion, self.monitor, self.value, self.epoch = criterion, monitor, value, epoch
 
 
 def _positive_int(name: str, value: Any, owner: str) -> int:

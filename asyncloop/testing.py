@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from .callback import Callback
-from .learner import Learner
+from ._callback import Callback
+from ._learner import Learner
 
 __all__ = ["test_learner", "ScalarModel"]
 

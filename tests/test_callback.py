@@ -1,4 +1,4 @@
-"""Tests for asyncloop.callback: handler registration with @on, dispatch, conflict resolutions, Callback."""
+"""Tests for asyncloop._callback: handler registration with @on, dispatch, conflict resolutions, Callback."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from asyncloop import (
     on,
     test_learner,
 )
-from asyncloop.callback import Handler
+from asyncloop._callback import Handler
 from asyncloop.phases import FitPhase
 from asyncloop.state import Protected
 from matchers import exact

@@ -1,4 +1,4 @@
-"""Tests for asyncloop.checkpoint: training state (de)serialisation, safe loading, atomic writes, save/load_model."""
+"""Tests for asyncloop._checkpoint: training state (de)serialisation, safe loading, atomic writes, save/load_model."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from asyncloop import (
     save_model,
     test_learner,
 )
-from asyncloop.checkpoint import (
+from asyncloop._checkpoint import (
     CheckpointError,
     atomic_write,
     callback_key,

@@ -1,4 +1,4 @@
-"""Tests for asyncloop.callbacks.checkpointer: checkpoints per epoch, top-k, durability, detached writes, resume."""
+"""Tests for asyncloop.callbacks._checkpointer: checkpoints per epoch, top-k, durability, detached writes, resume."""
 
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ from asyncloop import (
     one_cycle,
     test_learner,
 )
-from asyncloop import checkpoint as checkpoint_module
-from asyncloop.checkpoint import CheckpointError, read_checkpoint
+from asyncloop import _checkpoint as checkpoint_module
+from asyncloop._checkpoint import CheckpointError, read_checkpoint
 from asyncloop.stopping import NumberLimit, NumberSinceBest
 from matchers import exact
 from scripted import Scripted

@@ -1,4 +1,4 @@
-"""Tests for asyncloop.cli: ``asyncloop log show|follow FILE`` and ``asyncloop log subscribe HOST PORT``."""
+"""Tests for asyncloop._cli: ``asyncloop log show|follow FILE`` and ``asyncloop log subscribe HOST PORT``."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 import trio
 
 from asyncloop import EventLogBackend, StreamServer, log_to
-from asyncloop.cli import format_record, main
+from asyncloop._cli import format_record, main
 from asyncloop.loggables import Audio, Histogram, Image, RuntimeEvent, Text, Value
-from asyncloop.logging.records import make_record
+from asyncloop.logging._records import make_record
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:

@@ -1,4 +1,4 @@
-"""Tests for asyncloop.callbacks.conditional: ConditionalCallback, the throttles and throttle()."""
+"""Tests for asyncloop.callbacks._conditional: ConditionalCallback, the throttles and throttle()."""
 
 from __future__ import annotations
 

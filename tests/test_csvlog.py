@@ -1,4 +1,4 @@
-"""Tests for asyncloop.logging.csvlog: one CSV row per logged number, read back with the csv module."""
+"""Tests for asyncloop.logging._csvlog: one CSV row per logged number, read back with the csv module."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from asyncloop import (
     test_learner,
 )
 from asyncloop.loggables import Histogram, Image, Text, Value
-from asyncloop.logging.csvlog import CSV_COLUMNS
+from asyncloop.logging._csvlog import CSV_COLUMNS
 
 
 def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:

@@ -1,4 +1,4 @@
-"""Tests for asyncloop.callbacks.custom: CustomCallback runs a function on one event type."""
+"""Tests for asyncloop.callbacks._custom: CustomCallback runs a function on one event type."""
 
 from __future__ import annotations
 

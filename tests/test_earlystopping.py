@@ -1,4 +1,4 @@
-"""Tests for asyncloop.callbacks.earlystopping: EarlyStopping driven by any recorded metric."""
+"""Tests for asyncloop.callbacks._earlystopping: EarlyStopping driven by any recorded metric."""
 
 from __future__ import annotations
 

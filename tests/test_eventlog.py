@@ -1,4 +1,4 @@
-"""Tests for asyncloop.logging.eventlog: the crash-safe msgpack event log, its readers and follow()."""
+"""Tests for asyncloop.logging._eventlog: the crash-safe msgpack event log, its readers and follow()."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from asyncloop import EventLogBackend, log_to
 from asyncloop.loggables import Audio, Histogram, Image, RuntimeEvent, Text, Value
 from asyncloop.logging import EventLogFormatError, decode_array, follow, read_events
-from asyncloop.logging import eventlog
-from asyncloop.logging.eventlog import HEADER, HEADER_SIZE, MAGIC, frame
-from asyncloop.logging.records import is_record, make_record, pack
+from asyncloop.logging import _eventlog as eventlog
+from asyncloop.logging._eventlog import HEADER, HEADER_SIZE, MAGIC, frame
+from asyncloop.logging._records import is_record, make_record, pack
 
 RECORDS = [
     make_record(Value(0.5), "Loss", 1, ("Step", "TrainingPhase", "Metrics"), run="r", seq=0),

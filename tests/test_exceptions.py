@@ -1,11 +1,12 @@
-"""Tests for asyncloop.exceptions: the exception hierarchy and structured graph errors."""
+"""Tests for asyncloop._exceptions: the exception hierarchy and structured graph errors."""
 
 from __future__ import annotations
 
 import pytest
 
-from asyncloop import Recorder, exceptions
-from asyncloop.exceptions import (
+from asyncloop import Recorder
+from asyncloop import _exceptions as exceptions
+from asyncloop._exceptions import (
     CallbackCycleError,
     CallbackGraphError,
     CancelEpochException,
@@ -68,12 +69,25 @@ class TestMessages:
 
 
 class TestModule:
-    def test_all(self) -> None:
-        """asyncloop.exceptions.__all__ lists every exception class of the module."""
-        assert sorted(exceptions.__all__) == sorted(
-            [
-                "FitException", "CancelStepException", "CancelEpochException", "CancelFittingException",
-                "ProtectedError", "SanityCheckException", "CallbackGraphError", "WriteConflictError",
-                "CallbackCycleError", "DetachedWriterError",
-            ]
-        )
+    def test_every_exception_is_in_the_tree_and_at_the_top_level(self) -> None:
+        """Every public exception class asyncloop defines lives in asyncloop._exceptions and is exported."""
+        import importlib
+        import pkgutil
+
+        import asyncloop
+
+        found = set()
+        for info in pkgutil.walk_packages(asyncloop.__path__, "asyncloop."):
+            if info.name == "asyncloop.__main__":
+                continue
+            module = importlib.import_module(info.name)
+            for name, obj in vars(module).items():
+                if isinstance(obj, type) and issubclass(obj, BaseException) and obj.__module__ in (
+                    info.name, "asyncloop"
+                ) and not name.startswith("_"):
+                    found.add(obj)
+        defined = {obj for obj in vars(exceptions).values() if isinstance(obj, type) and issubclass(obj, BaseException)}
+        assert {cls.__name__ for cls in found} <= {cls.__name__ for cls in defined}
+        for cls in defined:
+            assert getattr(asyncloop, cls.__name__) is cls
+            assert cls.__module__ == "asyncloop"

@@ -12,27 +12,27 @@ import asyncloop
 EXPORTED = [
     "AbstractMetric", "AbstractTrainingPhase", "AbstractValidationPhase", "ActorRunner", "BackwardBegin",
     "BackwardEnd", "CSVBackend", "Callback", "CallbackCondition", "CallbackCycleError", "CallbackGraphError",
-    "CancelEpochException", "CancelFittingException", "CancelStepException", "Check", "Checkpointer",
+    "CancelEpochException", "CancelFittingException", "CancelStepException", "Check", "CheckpointError", "Checkpointer",
     "ConditionalCallback", "ConflictResolution", "CustomCallback", "DetachedWriterError", "Disjunction",
-    "EarlyStopping", "EpochBegin", "EpochEnd", "Event", "EventLogBackend", "FitBegin", "FitEnd", "FitException",
+    "EarlyStopped", "EarlyStopping", "EpochBegin", "EpochEnd", "Event", "EventLogBackend", "EventLogFormatError", "FitBegin", "FitEnd", "FitException",
     "FitResult", "FrequencyThrottle", "GL", "GarbageCollect", "GradientAccumulation", "GradientClipping",
     "Histogram", "History", "HyperParameter", "Image", "InvalidValue", "Learner", "LearningRate", "LinearRunner",
     "LogHistograms", "LogHyperParams", "LogMetrics", "LogTraces", "LogVisualization", "LoggerBackend", "Loss",
     "LossBegin", "Metric", "Metrics", "MetricsPrinter", "MixedPrecision", "Never", "NoConflict", "NotDefined",
     "NumberLimit", "NumberSinceBest", "PQ", "Patience", "Phase", "ProgressPrinter", "PropDict", "ProtectedError",
     "Read", "Recorder", "RunFirst", "SanityCheck", "SanityCheckException", "Scheduler", "StepBegin", "StepEnd",
-    "StopOnNaNLoss", "StreamBackend", "StreamServer", "TensorBoardBackend", "Text", "Threshold", "TimeLimit",
+    "StopOnNaNLoss", "StreamBackend", "StreamError", "StreamServer", "TensorBoardBackend", "Text", "Threshold", "TimeLimit",
     "TimeThrottle", "ToDevice", "ToGPU", "Traces", "TrainingPhase", "Unresolvable", "ValidationPhase", "Value",
     "Warmup", "Write", "WriteConflictError", "accesses", "accuracy", "callback_graph", "epoch", "events", "fit",
     "load_model", "log_to", "loggables", "on", "one_cycle", "phases", "run_epoch", "run_step", "save_model",
     "set_hyperparameter", "step", "stopping", "subscribe", "test_learner", "throttle",
 ]
 
-#: The names of API.md's import-surface table that ``asyncloop`` provides at the top level, with their own module.
+#: The names of API.md's import-surface table, with the public namespace each is also importable from
+#: ("asyncloop" where the top level is its only home: its defining module is private).
 API_PROVIDED = {
     # training
-    "Learner": "asyncloop.learner",
-    **dict.fromkeys(["fit", "epoch", "step", "run_step", "run_epoch", "FitResult"], "asyncloop.training"),
+    **dict.fromkeys(["Learner", "fit", "epoch", "step", "run_step", "run_epoch", "FitResult"], "asyncloop"),
     # events
     **dict.fromkeys(
         ["Event", "FitBegin", "FitEnd", "EpochBegin", "EpochEnd", "StepBegin", "LossBegin", "BackwardBegin",
@@ -46,54 +46,50 @@ API_PROVIDED = {
     ),
     # callbacks API
     **dict.fromkeys(
-        ["Callback", "on", "ConflictResolution", "NotDefined", "NoConflict", "RunFirst", "Unresolvable"],
-        "asyncloop.callback",
+        ["Callback", "on", "ConflictResolution", "NotDefined", "NoConflict", "RunFirst", "Unresolvable",
+         "callback_graph"],
+        "asyncloop",
     ),
     **dict.fromkeys(["Read", "Write", "accesses"], "asyncloop.state"),
-    "callback_graph": "asyncloop.graph",
     # runners
-    "LinearRunner": "asyncloop.runners.linear",
-    "ActorRunner": "asyncloop.runners.actor",
+    **dict.fromkeys(["LinearRunner", "ActorRunner"], "asyncloop.runners"),
     # control flow
     **dict.fromkeys(
         ["FitException", "CancelStepException", "CancelEpochException", "CancelFittingException", "ProtectedError",
          "SanityCheckException"],
-        "asyncloop.exceptions",
+        "asyncloop",
     ),
     # state
     **dict.fromkeys(["PropDict", "History"], "asyncloop.state"),
     # built-in callbacks
-    "Recorder": "asyncloop.callbacks.recorder",
-    **dict.fromkeys(["Metrics", "Metric", "AbstractMetric", "Loss", "accuracy"], "asyncloop.callbacks.metrics"),
-    **dict.fromkeys(["ProgressPrinter", "MetricsPrinter"], "asyncloop.callbacks.printers"),
-    "StopOnNaNLoss": "asyncloop.callbacks.stoponnan",
-    "Checkpointer": "asyncloop.callbacks.checkpointer",
-    "EarlyStopping": "asyncloop.callbacks.earlystopping",
-    "Scheduler": "asyncloop.callbacks.scheduler",
-    **dict.fromkeys(["ToDevice", "ToGPU"], "asyncloop.callbacks.todevice"),
-    "GarbageCollect": "asyncloop.callbacks.garbagecollect",
-    "CustomCallback": "asyncloop.callbacks.custom",
     **dict.fromkeys(
-        ["ConditionalCallback", "CallbackCondition", "FrequencyThrottle", "TimeThrottle", "throttle"],
-        "asyncloop.callbacks.conditional",
+        ["Recorder", "Metrics", "Metric", "AbstractMetric", "Loss", "accuracy", "ProgressPrinter", "MetricsPrinter",
+         "StopOnNaNLoss", "Checkpointer", "EarlyStopping", "Scheduler", "ToDevice", "ToGPU", "GarbageCollect",
+         "CustomCallback", "ConditionalCallback", "CallbackCondition", "FrequencyThrottle", "TimeThrottle",
+         "throttle", "SanityCheck", "Check", "Traces"],
+        "asyncloop.callbacks",
     ),
-    **dict.fromkeys(["SanityCheck", "Check"], "asyncloop.callbacks.sanitycheck"),
-    "Traces": "asyncloop.callbacks.traces",
     # logging
-    **dict.fromkeys(["LoggerBackend", "log_to"], "asyncloop.logging.backend"),
-    "TensorBoardBackend": "asyncloop.logging.tensorboard",
     **dict.fromkeys(
-        ["LogMetrics", "LogHyperParams", "LogHistograms", "LogVisualization", "LogTraces"],
-        "asyncloop.logging.callbacks",
+        ["LoggerBackend", "log_to", "TensorBoardBackend", "LogMetrics", "LogHyperParams", "LogHistograms",
+         "LogVisualization", "LogTraces"],
+        "asyncloop.logging",
     ),
     # hyperparameters
     **dict.fromkeys(
         ["HyperParameter", "LearningRate", "set_hyperparameter", "one_cycle"], "asyncloop.hyperparameters"
     ),
     # helpers
-    **dict.fromkeys(["save_model", "load_model"], "asyncloop.checkpoint"),
+    **dict.fromkeys(["save_model", "load_model"], "asyncloop"),
     "test_learner": "asyncloop.testing",
 }
+
+#: The public modules: those API.md and docs/ name. Every other module of the package is private (``_name``).
+PUBLIC_MODULES = [
+    "asyncloop", "asyncloop.callbacks", "asyncloop.events", "asyncloop.hyperparameters", "asyncloop.loggables",
+    "asyncloop.logging", "asyncloop.phases", "asyncloop.runners", "asyncloop.state", "asyncloop.stopping",
+    "asyncloop.testing",
+]
 
 #: API.md's early stopping criteria, which live in ``asyncloop.stopping``.
 STOPPING = [
@@ -133,6 +129,35 @@ class TestApiSurface:
         """Each provided API.md name is importable from asyncloop and from its own module, as the same object."""
         assert name in asyncloop.__all__
         assert getattr(importlib.import_module(module), name) is getattr(asyncloop, name)
+
+    @pytest.mark.parametrize("name", EXPORTED)
+    def test_module_is_asyncloop(self, name: str) -> None:
+        """Every exported class and function reports asyncloop as its module, never a private one."""
+        obj = getattr(asyncloop, name)
+        if isinstance(obj, type) or callable(obj):
+            assert obj.__module__ == "asyncloop"
+
+    def test_public_modules_are_pinned(self) -> None:
+        """Only the modules the contract and docs name are public; the kernel is private."""
+        import pkgutil
+
+        public = sorted(
+            ["asyncloop"]
+            + [
+                info.name
+                for info in pkgutil.walk_packages(asyncloop.__path__, "asyncloop.")
+                if not any(part.startswith("_") for part in info.name.split("."))
+            ]
+        )
+        assert public == PUBLIC_MODULES
+
+    @pytest.mark.parametrize("module", PUBLIC_MODULES)
+    def test_public_all_lists_public_names(self, module: str) -> None:
+        """A public module's __all__ lists only public names that exist in it."""
+        namespace = importlib.import_module(module)
+        for name in namespace.__all__:
+            assert not name.startswith("_")
+            assert hasattr(namespace, name)
 
     @pytest.mark.parametrize(("name", "module"), sorted(API_IN_MODULE.items()))
     def test_namespace_modules(self, name: str, module: str) -> None:

@@ -1,4 +1,4 @@
-"""Tests for asyncloop.callbacks.garbagecollect: GarbageCollect runs the collector every n steps."""
+"""Tests for asyncloop.callbacks._garbagecollect: GarbageCollect runs the collector every n steps."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for asyncloop.graph: ordering edges, conflict resolution, cycles and the linear order."""
+"""Tests for asyncloop._graph: ordering edges, conflict resolution, cycles and the linear order."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from asyncloop import (
     callback_graph,
     test_learner,
 )
-from asyncloop.graph import analyse, linear_order
+from asyncloop._graph import analyse, linear_order
 from matchers import exact
 
 
@@ -408,7 +408,7 @@ class TestAnalyse:
         """Anything that is not a Callback instance is rejected, with a hint for classes."""
         with pytest.raises(TypeError, match=exact("callbacks[0] is 3, not a Callback; subclass asyncloop.Callback")):
             analyse([3])  # type: ignore[list-item]
-        with pytest.raises(TypeError, match=exact("callbacks[1] is <class 'asyncloop.callbacks.recorder.Recorder'>, "
+        with pytest.raises(TypeError, match=exact("callbacks[1] is <class 'asyncloop.Recorder'>, "
                                                   "not a Callback; pass an instance: Recorder()")):
             analyse([Recorder(), Recorder])  # type: ignore[list-item]
 

@@ -1,4 +1,4 @@
-"""Tests for asyncloop.callbacks.helpers: GradientClipping, GradientAccumulation and MixedPrecision."""
+"""Tests for asyncloop.callbacks._helpers: GradientClipping, GradientAccumulation and MixedPrecision."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for asyncloop.learner: construction, data, optimizer handling and the callback utilities."""
+"""Tests for asyncloop._learner: construction, data, optimizer handling and the callback utilities."""
 
 from __future__ import annotations
 

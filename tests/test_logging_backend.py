@@ -1,4 +1,4 @@
-"""Tests for asyncloop.logging.backend: the LoggerBackend interface and log_to's fan-out."""
+"""Tests for asyncloop.logging._backend: the LoggerBackend interface and log_to's fan-out."""
 
 from __future__ import annotations
 

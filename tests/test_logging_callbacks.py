@@ -1,4 +1,4 @@
-"""Tests for asyncloop.logging.callbacks: the Log* callbacks (metrics, hyperparameters, histograms, images, ...)."""
+"""Tests for asyncloop.logging._callbacks: the Log* callbacks (metrics, hyperparameters, histograms, images, ...)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ from asyncloop import (
     throttle,
 )
 from asyncloop.loggables import Histogram, Image, Loggable, RuntimeEvent, Value
-from asyncloop.checkpoint import save_checkpoint
+from asyncloop._checkpoint import save_checkpoint
 from asyncloop.logging import EventLogBackend, LogEvents, read_events
 
 RUNNERS = [pytest.param(LinearRunner, id="linear"), pytest.param(ActorRunner, id="actor")]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncloop.cli import main as cli_main
+from asyncloop._cli import main as cli_main
 from docs_snippets import python_blocks, run_and_check
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""Tests for asyncloop.callbacks.metrics: Metric, Loss, Metrics, accuracy and the torchmetrics adapter."""
+"""Tests for asyncloop.callbacks._metrics: Metric, Loss, Metrics, accuracy and the torchmetrics adapter."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from asyncloop import (
     fit,
     test_learner,
 )
-from asyncloop.callbacks.metrics import TorchMetric
+from asyncloop.callbacks._metrics import TorchMetric
 from asyncloop.state import PhaseDict, SeriesHistory
 from matchers import exact
 

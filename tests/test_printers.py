@@ -1,4 +1,4 @@
-"""Tests for asyncloop.callbacks.printers: the per-epoch progress bar and metrics table."""
+"""Tests for asyncloop.callbacks._printers: the per-epoch progress bar and metrics table."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from asyncloop import (
     fit,
     test_learner,
 )
-from asyncloop.callbacks.printers import format_table
+from asyncloop.callbacks._printers import format_table
 
 
 def max_error(preds: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Tests for asyncloop.callbacks.recorder: completed epochs and steps per phase in cbstate.history."""
+"""Tests for asyncloop.callbacks._recorder: completed epochs and steps per phase in cbstate.history."""
 
 from __future__ import annotations
 

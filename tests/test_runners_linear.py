@@ -1,4 +1,4 @@
-"""Tests for asyncloop.runners.linear: the LinearRunner runs every handler inline, one at a time, in order."""
+"""Tests for asyncloop.runners._linear: the LinearRunner runs every handler inline, one at a time, in order."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from asyncloop import (
     on,
     test_learner,
 )
-from asyncloop.callback import Handler
+from asyncloop._callback import Handler
 
 
 class Tracer(Callback):

@@ -1,4 +1,4 @@
-"""Tests for asyncloop.callbacks.sanitycheck: Check, the default checks and the SanityCheck callback."""
+"""Tests for asyncloop.callbacks._sanitycheck: Check, the default checks and the SanityCheck callback."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from asyncloop import (
     fit,
     test_learner,
 )
-from asyncloop.callbacks.sanitycheck import CHECKS, DEFAULT_CHECKS
+from asyncloop.callbacks._sanitycheck import CHECKS, DEFAULT_CHECKS
 from matchers import exact
 
 RUNNERS = [LinearRunner, ActorRunner]

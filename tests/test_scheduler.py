@@ -1,4 +1,4 @@
-"""Tests for asyncloop.callbacks.scheduler: Scheduler sets hyperparameters on the live optimizer every step."""
+"""Tests for asyncloop.callbacks._scheduler: Scheduler sets hyperparameters on the live optimizer every step."""
 
 from __future__ import annotations
 

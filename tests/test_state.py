@@ -649,7 +649,7 @@ class TestReadOnlyViewMutators:
     def test_read_only_dict_view_refuses_mutating_methods(self) -> None:
         """A Read() view of a plain dict (e.g. a PhaseDict) refuses clear/pop/update/setdefault."""
         from asyncloop.state import History, PhaseDict, PropDict, Protected, Read
-        from asyncloop.exceptions import ProtectedError
+        from asyncloop._exceptions import ProtectedError
 
         view = Protected(PropDict(cbstate=PropDict(history=PhaseDict(History))), {"cbstate": {"history": Read()}})
         for name in ("clear", "pop", "popitem", "update", "setdefault"):
@@ -660,7 +660,7 @@ class TestReadOnlyViewMutators:
     def test_view_attributes_come_before_keys_and_missing_keys_are_attribute_errors(self) -> None:
         """On a Read() view of a PropDict the view's own methods win over same-named keys (use view[key] for
         those); a missing key is an AttributeError, so hasattr() is False; nested dicts are read-only too."""
-        from asyncloop.exceptions import ProtectedError
+        from asyncloop._exceptions import ProtectedError
 
         step = PropDict(loss=1.0, get="a key named get", inner={"k": 1})
         view = Protected(PropDict(step=step), {"step": Read()}).step

@@ -1,4 +1,4 @@
-"""Tests for asyncloop.callbacks.stoponnan: stop on a NaN or infinite training loss, before the update."""
+"""Tests for asyncloop.callbacks._stoponnan: stop on a NaN or infinite training loss, before the update."""
 
 from __future__ import annotations
 

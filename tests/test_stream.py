@@ -1,4 +1,4 @@
-"""Tests for asyncloop.logging.stream: the live TCP stream, its subscribers and hostile clients (loopback only)."""
+"""Tests for asyncloop.logging._stream: the live TCP stream, its subscribers and hostile clients (loopback only)."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ from asyncloop import (
 )
 from asyncloop.loggables import Text, Value
 from asyncloop.logging import StreamError
-from asyncloop.logging.records import pack, unpack
-from asyncloop.logging.stream import MAX_HELLO_SIZE, PROTOCOL_VERSION
+from asyncloop.logging._records import pack, unpack
+from asyncloop.logging._stream import MAX_HELLO_SIZE, PROTOCOL_VERSION
 
 HOST = "127.0.0.1"
 

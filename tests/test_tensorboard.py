@@ -1,4 +1,4 @@
-"""Tests for asyncloop.logging.tensorboard: real event files, read back with TensorBoard's own reader."""
+"""Tests for asyncloop.logging._tensorboard: real event files, read back with TensorBoard's own reader."""
 
 from __future__ import annotations
 

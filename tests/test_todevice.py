@@ -1,4 +1,4 @@
-"""Tests for asyncloop.callbacks.todevice: ToDevice / ToGPU move the model in place and every batch."""
+"""Tests for asyncloop.callbacks._todevice: ToDevice / ToGPU move the model in place and every batch."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from asyncloop import (
     on,
     test_learner,
 )
-from asyncloop.callbacks.todevice import _move_optimizer_state, move_to
+from asyncloop.callbacks._todevice import _move_optimizer_state, move_to
 from matchers import exact
 
 RUNNERS = [LinearRunner, ActorRunner]

@@ -1,4 +1,4 @@
-"""Tests for asyncloop.callbacks.traces: Traces records values per step into cbstate.trace_history."""
+"""Tests for asyncloop.callbacks._traces: Traces records values per step into cbstate.trace_history."""
 
 from __future__ import annotations
 

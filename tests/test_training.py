@@ -1,4 +1,4 @@
-"""Tests for asyncloop.training: fit, epoch, step, run_epoch, run_step, FitResult and the loop's control flow."""
+"""Tests for asyncloop._training: fit, epoch, step, run_epoch, run_step, FitResult and the loop's control flow."""
 
 from __future__ import annotations
 

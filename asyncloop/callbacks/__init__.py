@@ -1,19 +1,19 @@
 """The callback library."""
 
-from .checkpointer import Checkpointer
-from .conditional import CallbackCondition, ConditionalCallback, FrequencyThrottle, TimeThrottle, throttle
-from .custom import CustomCallback
-from .earlystopping import EarlyStopping
-from .garbagecollect import GarbageCollect
-from .helpers import GradientAccumulation, GradientClipping, MixedPrecision
-from .metrics import AbstractMetric, Loss, Metric, Metrics, TorchMetric, accuracy
-from .printers import MetricsPrinter, ProgressPrinter
-from .recorder import Recorder
-from .sanitycheck import CHECKS, DEFAULT_CHECKS, Check, SanityCheck
-from .scheduler import Scheduler
-from .stoponnan import StopOnNaNLoss
-from .todevice import ToDevice, ToGPU
-from .traces import Traces
+from ._checkpointer import Checkpointer
+from ._conditional import CallbackCondition, ConditionalCallback, FrequencyThrottle, TimeThrottle, throttle
+from ._custom import CustomCallback
+from ._earlystopping import EarlyStopping
+from ._garbagecollect import GarbageCollect
+from ._helpers import GradientAccumulation, GradientClipping, MixedPrecision
+from ._metrics import AbstractMetric, Loss, Metric, Metrics, TorchMetric, accuracy
+from ._printers import MetricsPrinter, ProgressPrinter
+from ._recorder import Recorder
+from ._sanitycheck import CHECKS, DEFAULT_CHECKS, Check, SanityCheck
+from ._scheduler import Scheduler
+from ._stoponnan import StopOnNaNLoss
+from ._todevice import ToDevice, ToGPU
+from ._traces import Traces
 
 __all__ = [
     "AbstractMetric",

@@ -10,29 +10,29 @@ the logger's worker thread, never on the training thread or on a trio event loop
 * readers: :func:`read_events`, :func:`follow` (event log), :func:`subscribe` (stream).
 """
 
-from .backend import LoggerBackend as LoggerBackend
-from .backend import default_run_name as default_run_name
-from .backend import log_to as log_to
-from .callbacks import LogEvents as LogEvents
-from .callbacks import LogHistograms as LogHistograms
-from .callbacks import LogHyperParams as LogHyperParams
-from .callbacks import LogMetrics as LogMetrics
-from .callbacks import LogTraces as LogTraces
-from .callbacks import LogVisualization as LogVisualization
-from .csvlog import CSVBackend as CSVBackend
-from .eventlog import EventLogBackend as EventLogBackend
-from .eventlog import EventLogFormatError as EventLogFormatError
-from .eventlog import EventLogReader as EventLogReader
-from .eventlog import follow as follow
-from .eventlog import read_events as read_events
-from .records import decode_array as decode_array
-from .stream import StreamBackend as StreamBackend
-from .stream import StreamError as StreamError
-from .stream import StreamServer as StreamServer
-from .stream import StreamStatistics as StreamStatistics
-from .stream import Subscription as Subscription
-from .stream import subscribe as subscribe
-from .tensorboard import TensorBoardBackend as TensorBoardBackend
+from ._backend import LoggerBackend as LoggerBackend
+from ._backend import default_run_name as default_run_name
+from ._backend import log_to as log_to
+from ._callbacks import LogEvents as LogEvents
+from ._callbacks import LogHistograms as LogHistograms
+from ._callbacks import LogHyperParams as LogHyperParams
+from ._callbacks import LogMetrics as LogMetrics
+from ._callbacks import LogTraces as LogTraces
+from ._callbacks import LogVisualization as LogVisualization
+from ._csvlog import CSVBackend as CSVBackend
+from ._eventlog import EventLogBackend as EventLogBackend
+from ._eventlog import EventLogFormatError as EventLogFormatError
+from ._eventlog import EventLogReader as EventLogReader
+from ._eventlog import follow as follow
+from ._eventlog import read_events as read_events
+from ._records import decode_array as decode_array
+from ._stream import StreamBackend as StreamBackend
+from ._stream import StreamError as StreamError
+from ._stream import StreamServer as StreamServer
+from ._stream import StreamStatistics as StreamStatistics
+from ._stream import Subscription as Subscription
+from ._stream import subscribe as subscribe
+from ._tensorboard import TensorBoardBackend as TensorBoardBackend
 
 __all__ = [
     "CSVBackend",

@@ -1,7 +1,7 @@
 """Runners decide how the handlers of an event are executed: inline in order, or as concurrent actors."""
 
-from .actor import ActorRunner
-from .base import ActorStatistics, Runner
-from .linear import LinearRunner
+from ._actor import ActorRunner
+from ._base import ActorStatistics, Runner
+from ._linear import LinearRunner
 
 __all__ = ["ActorRunner", "ActorStatistics", "LinearRunner", "Runner"]

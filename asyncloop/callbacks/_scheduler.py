@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..callback import Callback, ConflictResolution, NotDefined, RunFirst, on
+from .._callback import Callback, ConflictResolution, NotDefined, RunFirst, on
 from ..events import StepBegin
 from ..hyperparameters import HyperParameter, _check_hyperparameter, merge_access
 from ..phases import AbstractTrainingPhase, Phase
 from ..state import Read, SeriesHistory, Write
-from .recorder import Recorder
+from ._recorder import Recorder
 
 __all__ = ["Scheduler"]
 
@@ -65,7 +65,7 @@ class Scheduler(Callback):
         self._t = 1
 
     def resolve_conflict(self, other: Callback) -> ConflictResolution:
-        from .todevice import ToDevice
+        from ._todevice import ToDevice
 
         if isinstance(other, ToDevice):
             return RunFirst(other)  # FluxTraining #122: the model and its optimizer state move first

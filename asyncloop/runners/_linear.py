@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..events import Event
 from ..phases import Phase
-from .base import Plan, Runner, call_async, sync_plan
+from ._base import Plan, Runner, call_async, sync_plan
 
 __all__ = ["LinearRunner"]
 

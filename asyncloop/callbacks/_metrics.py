@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from ..callback import Callback, on
+from .._callback import Callback, on
 from ..events import EpochBegin, EpochEnd, StepEnd
 from ..phases import Phase
 from ..state import PhaseDict, Read, SeriesHistory, Write
-from .recorder import Recorder
+from ._recorder import Recorder
 
 __all__ = ["AbstractMetric", "Metric", "Loss", "Metrics", "accuracy"]
 

@@ -1,25 +1,32 @@
-"""Exceptions raised by asyncloop, and the control-flow exceptions callbacks raise.
+"""Every exception asyncloop raises, and the control-flow exceptions callbacks raise (private module).
 
-Hierarchy::
+All of them are importable from the top level (``asyncloop.CheckpointError``). Hierarchy::
 
     Exception
     ├── FitException                  control flow: raise from a handler to change the loop
     │   ├── CancelStepException       skip the rest of the step (no StepEnd)
     │   ├── CancelEpochException      skip the rest of the epoch (EpochEnd still fires)
     │   └── CancelFittingException    stop the fit; fit() returns FitResult(stopped=True)
+    │       └── EarlyStopped          raised by EarlyStopping: criterion, monitor, value, epoch
     ├── SanityCheckException          a SanityCheck found an error-level problem
+    ├── CheckpointError               a checkpoint could not be written or read (names the file)
+    ├── StreamError                   a stream server refused a subscription, or the connection broke
     ├── AttributeError
     │   └── ProtectedError            a handler touched learner state outside its state_access
     └── ValueError
-        └── CallbackGraphError        the callback set cannot be ordered (raised by Learner(...))
-            ├── WriteConflictError    two callbacks write the same state and no resolution says how
-            ├── CallbackCycleError    the ordering constraints form a cycle
-            └── DetachedWriterError   a detached callback declares Write() access
+        ├── CallbackGraphError        the callback set cannot be ordered (raised by Learner(...))
+        │   ├── WriteConflictError    two callbacks write the same state and no resolution says how
+        │   ├── CallbackCycleError    the ordering constraints form a cycle
+        │   └── DetachedWriterError   a detached callback declares Write() access
+        └── EventLogFormatError       a file is not an asyncloop event log (or a newer or corrupt one)
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .stopping import StoppingCriterion
 
 __all__ = [
     "FitException",
@@ -32,6 +39,10 @@ __all__ = [
     "WriteConflictError",
     "CallbackCycleError",
     "DetachedWriterError",
+    "EarlyStopped",
+    "CheckpointError",
+    "StreamError",
+    "EventLogFormatError",
 ]
 
 
@@ -83,3 +94,28 @@ class CallbackCycleError(CallbackGraphError):
 
 class DetachedWriterError(CallbackGraphError):
     """A callback with ``detached = True`` declares ``Write()`` access; only read-only callbacks may be detached."""
+
+
+class EarlyStopped(CancelFittingException):
+    """The :class:`CancelFittingException` raised by :class:`asyncloop.EarlyStopping`.
+
+    ``fit`` returns it as ``FitResult.reason``; its message names the criterion, and ``criterion``, ``monitor``,
+    ``value`` (the monitored value that triggered it) and ``epoch`` say the rest.
+    """
+
+    def __init__(self, message: str, criterion: StoppingCriterion, monitor: str, value: float, epoch: int) -> None:
+        super().__init__(message)
+        self.criterion, self.monitor, self.value, self.epoch = criterion, monitor, value, epoch
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be written or read. The message names the file and what to do."""
+
+
+class StreamError(Exception):
+    """The stream server refused a subscription or broke the protocol, or the connection was lost."""
+
+
+class EventLogFormatError(ValueError):
+    """The file is not an asyncloop event log, or one of a newer format version; or, when appending to it, it has
+    a corrupt record with more data after it."""

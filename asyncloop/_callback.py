@@ -23,12 +23,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from ._values import ValueClass
 from .events import Event
 from .phases import Phase
 from .state import _view, snapshot_tree
 
 if TYPE_CHECKING:
-    from .learner import Learner
+    from ._learner import Learner
 
 __all__ = [
     "Callback",
@@ -80,19 +81,10 @@ class Handler:
     accept: Callable[[Event, Phase], bool] | None = None
 
 
-class ConflictResolution:
+class ConflictResolution(ValueClass):
     """A strategy for a write/write (or write/read) conflict, returned by :meth:`Callback.resolve_conflict`."""
 
     __slots__ = ()
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other)
-
-    def __hash__(self) -> int:
-        return hash(type(self))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
 
 
 class NotDefined(ConflictResolution):

@@ -9,16 +9,16 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import networkx as nx
 
-from ..callback import Callback, Handler
+from .._callback import Callback, Handler
 from ..events import Event
-from ..exceptions import FitException
-from ..graph import CallbackInfo, analyse, linear_order
+from .._exceptions import FitException
+from .._graph import CallbackInfo, analyse, linear_order
 from ..phases import Phase
 from ..state import Protected
 
 if TYPE_CHECKING:
     from .._session import Session
-    from ..learner import Learner
+    from .._learner import Learner
 
 __all__ = ["Runner", "ActorStatistics"]
 

@@ -6,7 +6,7 @@ File format, version 1 (all integers big-endian)::
              2 bytes   format version (uint16), currently 1
              2 bytes   reserved, zero
     record   4 bytes   N, the payload length (uint32), at most MAX_RECORD_SIZE
-             N bytes   payload: one msgpack map (see asyncloop.logging.records for its keys)
+             N bytes   payload: one msgpack map (see asyncloop.logging._records for its keys)
              4 bytes   CRC-32 (zlib.crc32) of the 4 length bytes and the payload (uint32)
     record   ...
 
@@ -32,9 +32,10 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import IO, BinaryIO
 
+from .._exceptions import EventLogFormatError
 from ..loggables import Loggable
-from .backend import LoggerBackend, default_run_name
-from .records import FORMAT_VERSION, control_record, is_record, make_record, open_value, pack, unpack
+from ._backend import LoggerBackend, default_run_name
+from ._records import FORMAT_VERSION, control_record, is_record, make_record, open_value, pack, unpack
 
 __all__ = [
     "MAGIC",
@@ -42,7 +43,6 @@ __all__ = [
     "HEADER",
     "MAX_RECORD_SIZE",
     "EventLogBackend",
-    "EventLogFormatError",
     "EventLogReader",
     "read_events",
     "follow",
@@ -54,11 +54,6 @@ HEADER = MAGIC + FORMAT_VERSION.to_bytes(2, "big") + b"\x00\x00"
 HEADER_SIZE = len(HEADER)
 #: The largest payload a record may have (64 MiB); a longer length prefix marks a corrupt tail.
 MAX_RECORD_SIZE = 64 * 1024 * 1024
-
-
-class EventLogFormatError(ValueError):
-    """The file is not an asyncloop event log, or one of a newer format version; or, when appending to it, it has
-    a corrupt record with more data after it."""
 
 
 def frame(payload: bytes) -> bytes:

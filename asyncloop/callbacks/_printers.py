@@ -14,12 +14,12 @@ class tqdm(_tqdm):  # noqa: N801 - tqdm's own name
 
     monitor_interval = 0
 
-from ..callback import Callback, on
+from .._callback import Callback, on
 from ..events import EpochBegin, EpochEnd, FitEnd, StepEnd
 from ..phases import Phase
 from ..state import History, PropDict, Read
-from .metrics import Metrics
-from .recorder import Recorder
+from ._metrics import Metrics
+from ._recorder import Recorder
 
 __all__ = ["ProgressPrinter", "MetricsPrinter", "format_table"]
 

@@ -14,7 +14,7 @@ Wire protocol, version 1. Every frame is a 4-byte big-endian length ``N`` follow
 1. the subscriber sends ``{"kind": "hello", "protocol": 1, "token": str | None}`` (at most 4 KiB);
 2. the server answers ``{"kind": "welcome", "protocol": 1}``, or ``{"kind": "error", "message": str}`` and
    closes the connection;
-3. the server sends records (see :mod:`asyncloop.logging.records`) until it shuts down; the subscriber sends
+3. the server sends records (see :mod:`asyncloop.logging._records`) until it shuts down; the subscriber sends
    nothing more.
 
 Guarantees:
@@ -49,9 +49,10 @@ from typing import Any
 
 import trio
 
+from .._exceptions import StreamError
 from ..loggables import Loggable
-from .backend import LoggerBackend, default_run_name
-from .records import make_record, pack, unpack
+from ._backend import LoggerBackend, default_run_name
+from ._records import make_record, pack, unpack
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -61,7 +62,6 @@ __all__ = [
     "StreamBackend",
     "StreamStatistics",
     "Subscription",
-    "StreamError",
     "subscribe",
 ]
 
@@ -71,10 +71,6 @@ DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
 #: The largest hello a server accepts.
 MAX_HELLO_SIZE = 4096
 _CHUNK = 65536
-
-
-class StreamError(Exception):
-    """The stream server refused a subscription or broke the protocol, or the connection was lost."""
 
 
 class _ProtocolError(Exception):

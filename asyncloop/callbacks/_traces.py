@@ -7,12 +7,12 @@ from typing import Any
 
 import torch
 
-from ..callback import Callback, on
+from .._callback import Callback, on
 from ..events import StepEnd
 from ..hyperparameters import merge_access
 from ..phases import Phase
 from ..state import PhaseDict, Read, SeriesHistory, Write
-from .recorder import Recorder
+from ._recorder import Recorder
 
 __all__ = ["Traces"]
 

@@ -9,7 +9,7 @@ import time
 from typing import IO, Any
 
 from ..loggables import Loggable, Value
-from .backend import LoggerBackend, default_run_name
+from ._backend import LoggerBackend, default_run_name
 
 __all__ = ["CSVBackend", "CSV_COLUMNS"]
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..callback import Callback, on
+from .._callback import Callback, on
 from ..events import EpochEnd
 from ..phases import AbstractTrainingPhase, AbstractValidationPhase, Phase
 from ..state import Read
 from ..stopping import Disjunction as _Disjunction
 from ..stopping import EarlyStopped, NumberSinceBest, StoppingCriterion
-from .metrics import Metrics
-from .recorder import Recorder
+from ._metrics import Metrics
+from ._recorder import Recorder
 
 __all__ = ["EarlyStopping"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..callback import Callback, on
+from .._callback import Callback, on
 from ..events import EpochBegin, EpochEnd, StepEnd
 from ..phases import Phase
 from ..state import History, PhaseDict, Write

@@ -8,7 +8,7 @@ import gc
 import sys
 from typing import Any
 
-from ..callback import Callback, on
+from .._callback import Callback, on
 from ..events import StepEnd
 from ..phases import Phase
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from ..callback import Callback, on
-from ..checkpoint import LATEST, CheckpointError, atomic_write, fsync_dir, training_state, unprotect
+from .._callback import Callback, on
+from .._checkpoint import LATEST, CheckpointError, atomic_write, fsync_dir, training_state, unprotect
 from ..events import EpochBegin, EpochEnd, Event, FitEnd
 from ..phases import AbstractTrainingPhase, Phase, TrainingPhase
 from ..state import Protected, Read

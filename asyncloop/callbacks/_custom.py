@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..callback import Callback, Handler
+from .._callback import Callback, Handler
 from ..events import Event
 from ..phases import Phase
 

@@ -14,7 +14,7 @@ Control flow (FluxTraining's, plus fit-level events):
 * any other error propagates as itself, with a note naming the callback and event that raised it.
 
 Step-state controls: callbacks with ``Write()`` access to these ``learner.step`` keys steer the built-in steps
-(:mod:`asyncloop.callbacks.helpers` uses them; an unset key costs nothing):
+(:mod:`asyncloop.callbacks._helpers` uses them; an unset key costs nothing):
 
 * ``autocast`` (set at ``StepBegin``): a context manager entered around the forward pass and around the loss,
   on the training thread, and always left (training and validation steps);
@@ -37,7 +37,7 @@ import outcome
 import torch
 import trio
 
-from ._session import Aborted, Session, run_in_thread
+from ._session import _Aborted, Session, run_in_thread
 from .events import (
     BackwardBegin,
     BackwardEnd,
@@ -50,13 +50,13 @@ from .events import (
     StepBegin,
     StepEnd,
 )
-from .exceptions import CancelEpochException, CancelFittingException, CancelStepException
+from ._exceptions import CancelEpochException, CancelFittingException, CancelStepException
 from .phases import FitPhase, Phase, TrainingPhase, ValidationPhase
 from .state import PropDict
 
 if TYPE_CHECKING:
-    from .learner import Learner
-    from .runners.base import ActorStatistics
+    from ._learner import Learner
+    from .runners._base import ActorStatistics
 
 __all__ = ["fit", "epoch", "step", "run_epoch", "run_step", "FitResult"]
 
@@ -140,7 +140,7 @@ async def _run_session(learner: Learner, fn: Callable[..., Awaitable[Any]], args
         runner.join()  # every actor task has finished: their threads are exiting
         learner._session = None
         teardown_error = await _teardown(learner)
-    if result is not None and isinstance(result, outcome.Error) and not isinstance(result.error, Aborted):
+    if result is not None and isinstance(result, outcome.Error) and not isinstance(result.error, _Aborted):
         return result.unwrap()
     if session.error is not None:
         raise session.error
@@ -154,7 +154,7 @@ async def _run_session(learner: Learner, fn: Callable[..., Awaitable[Any]], args
 
 async def _teardown(learner: Learner) -> BaseException | None:
     """Run every overridden ``Callback.teardown`` in a thread, shielded; return the first error."""
-    from .callback import Callback
+    from ._callback import Callback
 
     callbacks = [cb for cb in learner._callbacks if type(cb).teardown is not Callback.teardown]
     if not callbacks:
@@ -297,12 +297,12 @@ async def _default_epoch(learner: Learner, phase: Phase, data: Iterable[Any]) ->
         if direct is not None:
             for batch in data:
                 if session.abort_requested:  # type: ignore[union-attr]
-                    raise Aborted()
+                    raise _Aborted()
                 await direct(learner, phase, batch)
             return
         for batch in data:
             if session.abort_requested:  # type: ignore[union-attr]
-                raise Aborted()
+                raise _Aborted()
             await phase.step(learner, batch)
 
     learner.epoch_data = data

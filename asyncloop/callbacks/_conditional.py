@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..callback import Callback, ConflictResolution, Handler
+from .._callback import Callback, ConflictResolution, Handler
 from ..events import Event
 from ..phases import Phase
 

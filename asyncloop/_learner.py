@@ -8,12 +8,12 @@ from typing import Any
 import networkx as nx
 import torch
 
-from .callback import Callback
-from .graph import callback_graph
-from .runners.base import Runner
-from .runners.linear import LinearRunner
+from ._callback import Callback
+from ._graph import callback_graph
+from .runners._base import Runner
+from .runners._linear import LinearRunner
 from .state import Gradients, PropDict
-from .training import _as_data
+from ._training import _as_data
 
 __all__ = ["Learner"]
 
@@ -21,10 +21,10 @@ OptimizerSpec = torch.optim.Optimizer | Callable[[Any], torch.optim.Optimizer] |
 
 
 def _default_callbacks() -> list[type[Callback]]:
-    from .callbacks.metrics import Metrics
-    from .callbacks.printers import MetricsPrinter, ProgressPrinter
-    from .callbacks.recorder import Recorder
-    from .callbacks.stoponnan import StopOnNaNLoss
+    from .callbacks._metrics import Metrics
+    from .callbacks._printers import MetricsPrinter, ProgressPrinter
+    from .callbacks._recorder import Recorder
+    from .callbacks._stoponnan import StopOnNaNLoss
 
     return [ProgressPrinter, MetricsPrinter, StopOnNaNLoss, Recorder, Metrics]
 
@@ -194,9 +194,9 @@ class Learner:
         """The full training state as plain data: model, optimizer, stateful callbacks, ``cbstate``, RNG states.
 
         Everything a fit needs to go on exactly where it stopped (at an epoch boundary); see
-        :mod:`asyncloop.checkpoint`. Tensors are copies.
+        :mod:`asyncloop._checkpoint`. Tensors are copies.
         """
-        from .checkpoint import training_state
+        from ._checkpoint import training_state
 
         return training_state(self)
 
@@ -205,7 +205,7 @@ class Learner:
 
         Callbacks are matched by class name and occurrence (the second ``Metrics`` gets the second's state).
         """
-        from .checkpoint import load_training_state
+        from ._checkpoint import load_training_state
 
         load_training_state(self, state)
 
@@ -213,9 +213,9 @@ class Learner:
         """Restore the training state from a checkpoint file, or from a Checkpointer folder (its latest checkpoint).
 
         Loads safely (no code is unpickled). ``await fit(learner, n, resume=path)`` does this and then trains ``n``
-        more epochs. A corrupted file raises :class:`asyncloop.checkpoint.CheckpointError` and changes nothing.
+        more epochs. A corrupted file raises :class:`asyncloop._checkpoint.CheckpointError` and changes nothing.
         """
-        from .checkpoint import load_checkpoint
+        from ._checkpoint import load_checkpoint
 
         load_checkpoint(self, path)
 

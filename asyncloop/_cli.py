@@ -80,7 +80,7 @@ def _print_records(records: Iterable[dict], as_json: bool, out: TextIO) -> None:
 
 
 def _show(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from .logging.eventlog import read_events
+    from .logging._eventlog import read_events
 
     with read_events(args.file) as reader:
         _print_records(reader, args.json, out)
@@ -94,7 +94,7 @@ def _show(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _follow(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from .logging.eventlog import follow
+    from .logging._eventlog import follow
 
     until = (lambda r: r["kind"] == "close") if args.until_close else None
     records = follow(args.file, poll_interval=args.poll, idle_timeout=args.idle_timeout, until=until)
@@ -105,7 +105,7 @@ def _follow(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _subscribe(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import trio
 
-    from .logging.stream import subscribe
+    from .logging._stream import subscribe
 
     async def run() -> None:
         async with subscribe(args.host, args.port, os.environ.get(TOKEN_ENV)) as records:
@@ -175,8 +175,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
     args = _parser().parse_args(argv)
-    from .logging.eventlog import EventLogFormatError
-    from .logging.stream import StreamError
+    from .logging._eventlog import EventLogFormatError
+    from .logging._stream import StreamError
 
     try:
         return args.run(args, out, err)

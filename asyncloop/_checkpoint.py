@@ -28,14 +28,15 @@ from typing import IO, TYPE_CHECKING, Any
 
 import torch
 
+from ._exceptions import CheckpointError
+
 from .phases import Phase
 from .state import History, PhaseDict, Protected, SeriesHistory, _clone_tree
 
 if TYPE_CHECKING:
-    from .learner import Learner
+    from ._learner import Learner
 
 __all__ = [
-    "CheckpointError",
     "training_state",
     "load_training_state",
     "save_checkpoint",
@@ -52,10 +53,6 @@ MODEL_FORMAT = "asyncloop.model"
 VERSION = 1
 #: Name of the pointer file a :class:`asyncloop.Checkpointer` keeps next to its checkpoints.
 LATEST = "latest"
-
-
-class CheckpointError(Exception):
-    """A checkpoint could not be written or read. The message names the file and what to do."""
 
 
 # --------------------------------------------------------------------------------------------------------------

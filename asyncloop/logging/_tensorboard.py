@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 from ..loggables import Audio, Histogram, Image, Loggable, Text, Value
-from .backend import LoggerBackend
+from ._backend import LoggerBackend
 
 __all__ = ["TensorBoardBackend"]
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from ..callback import Callback, on
+from .._callback import Callback, on
 from ..events import BackwardEnd
-from ..exceptions import CancelFittingException
+from .._exceptions import CancelFittingException
 from ..phases import AbstractTrainingPhase, Phase
 from ..state import Read
 

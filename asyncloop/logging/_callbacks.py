@@ -37,15 +37,15 @@ from typing import Any
 
 import torch
 
-from ..callback import Callback, Handler, on
-from ..callbacks.conditional import FrequencyThrottle
-from ..callbacks.metrics import Metrics
-from ..callbacks.recorder import Recorder
+from .._callback import Callback, Handler, on
+from ..callbacks._conditional import FrequencyThrottle
+from ..callbacks._metrics import Metrics
+from ..callbacks._recorder import Recorder
 from ..events import EpochEnd, Event, FitBegin, FitEnd, StepEnd
 from ..loggables import Histogram, Image, Loggable, RuntimeEvent, Value
 from ..phases import AbstractTrainingPhase, FitPhase, Phase, TrainingPhase
 from ..state import Read, snapshot
-from .backend import LoggerBackend, log_to
+from ._backend import LoggerBackend, log_to
 
 __all__ = ["LogMetrics", "LogHyperParams", "LogHistograms", "LogVisualization", "LogTraces", "LogEvents"]
 

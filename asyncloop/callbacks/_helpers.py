@@ -1,6 +1,6 @@
 """Training helpers: GradientClipping, GradientAccumulation and MixedPrecision.
 
-They steer the built-in training step through its step-state controls (see :mod:`asyncloop.training`), which
+They steer the built-in training step through its step-state controls (see :mod:`asyncloop._training`), which
 a callback sets on ``learner.step`` before the step reaches them:
 
 * ``autocast`` (at ``StepBegin``): a context manager the forward pass and the loss run in;
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..callback import Callback, on
+from .._callback import Callback, on
 from ..events import BackwardEnd, EpochBegin, StepBegin
 from ..phases import AbstractTrainingPhase, Phase
 from ..state import Read, Write

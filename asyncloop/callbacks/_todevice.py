@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..callback import Callback, on
+from .._callback import Callback, on
 from ..events import EpochBegin, FitBegin, StepBegin
 from ..phases import Phase
 from ..state import Write

@@ -10,9 +10,9 @@ from typing import Any, TextIO
 
 import torch
 
-from ..callback import Callback, on
+from .._callback import Callback, on
 from ..events import EpochBegin, FitBegin
-from ..exceptions import SanityCheckException
+from .._exceptions import SanityCheckException
 from ..phases import AbstractTrainingPhase, Phase
 from ..state import Read
 
@@ -67,7 +67,7 @@ def _iterates_over_pairs(learner: Any) -> bool:
 
 
 def _data_fn(learner: Any) -> Callable[[Any], Any]:
-    from .todevice import ToDevice
+    from ._todevice import ToDevice
 
     for cb in learner.callbacks:
         inner = getattr(cb, "wrapped", None) or cb

@@ -22,8 +22,8 @@ from typing import Any
 
 import networkx as nx
 
-from .callback import Callback, ConflictResolution, NotDefined, RunFirst, Unresolvable
-from .exceptions import CallbackCycleError, DetachedWriterError, WriteConflictError
+from ._callback import Callback, ConflictResolution, NotDefined, RunFirst, Unresolvable
+from ._exceptions import CallbackCycleError, DetachedWriterError, WriteConflictError
 from .state import Read, Write, accesses, validate_state_access
 
 __all__ = ["callback_graph", "linear_order", "CallbackInfo", "analyse"]

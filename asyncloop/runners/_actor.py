@@ -40,13 +40,13 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 import trio
 
-from ..callback import Callback
+from .._callback import Callback
 from ..events import EpochBegin, EpochEnd, Event, FitBegin, FitEnd
-from ..exceptions import CancelFittingException, FitException
-from ..graph import CallbackInfo
+from .._exceptions import CancelFittingException, FitException
+from .._graph import CallbackInfo
 from ..phases import Phase
 from .._session import ActorThread
-from .base import ActorStatistics, Plan, Runner, _Step, annotate, call_async, call_sync, sync_plan
+from ._base import ActorStatistics, Plan, Runner, _Step, annotate, call_async, call_sync, sync_plan
 
 if TYPE_CHECKING:
     from .._session import Session
