@@ -370,7 +370,7 @@ def load_training_state(learner: Learner, state: Mapping[str, Any], *, where: st
     not match, and leaves the learner as it was.
     """
     _check_state(state, where)
-    if learner._session is not None:
+    if learner.session is not None:
         raise RuntimeError(
             "cannot load a training state while fit() is running; load it before fit, or use fit(..., resume=path)"
         )

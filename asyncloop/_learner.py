@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import torch
@@ -15,7 +15,8 @@ from .runners._linear import LinearRunner
 from .state import Gradients, PropDict
 from ._training import _as_data
 
-__all__ = ["Learner"]
+if TYPE_CHECKING:
+    from ._session import Session
 
 OptimizerSpec = torch.optim.Optimizer | Callable[[Any], torch.optim.Optimizer] | None
 
@@ -85,7 +86,7 @@ class Learner:
             runner = LinearRunner()
         if not isinstance(runner, Runner):
             raise TypeError(f"runner must be LinearRunner() or ActorRunner(), got {runner!r}")
-        self._session: Any = None
+        self._session: Session | None = None
         self._model = model
         self._params: tuple[tuple[str, torch.nn.Parameter], ...] | None = None
         self._grads: Gradients | None = None
@@ -111,6 +112,16 @@ class Learner:
         except BaseException:
             runner._learner = None  # a learner that failed to build does not keep the runner
             raise
+
+    # -- the running session ------------------------------------------------------------------------------------
+    @property
+    def session(self) -> Session | None:
+        """The session of the fit (or ``epoch``/``step`` call) running now, or ``None`` between runs."""
+        return self._session
+
+    def attach_session(self, session: Session | None) -> None:
+        """Used by asyncloop's session when a run starts (``session``) and ends (``None``)."""
+        self._session = session
 
     # -- data / model / optimizer -----------------------------------------------------------------------------------
     @property

@@ -1,19 +1,21 @@
-"""One run of the training loop on its own worker thread (private).
+"""A session: one run of the training loop on its own worker thread, from start to teardown (private).
 
-``fit`` (and ``epoch``/``step``/``run_*`` when called from outside a fit) open a :class:`Session`:
+``fit`` (and ``epoch``/``step``/``run_*`` when called from outside a fit) run their body with :func:`in_session`:
 
-* the loop runs on a dedicated worker thread that runs its own trio event loop, so model compute never blocks
-  the caller's event loop and async handlers can still ``await``; torch's thread count is copied into it;
-* detached actors (see :mod:`asyncloop.runners._actor`) run as tasks of a nursery in the caller's event loop;
-* an external cancellation (cancel scope, Ctrl-C) sets a flag the loop checks at every event, so the worker
-  unwinds within about one step; ``fit`` never returns or raises before the worker has finished.
+* the body runs on a dedicated worker thread that runs its own trio event loop, so model compute never blocks
+  the caller's event loop and async handlers can still ``await``; torch's per-thread state (thread count,
+  default device, CUDA device) is copied into it;
+* the runner's detached actors run as tasks of a nursery in the caller's event loop (the *host*);
+* an external cancellation (cancel scope, Ctrl-C) or an actor's error sets a flag the loop checks at every
+  event, so the worker unwinds within about one step; the session never ends before the worker has finished;
+* when the body is done, the runner drains its actors, and every callback's ``teardown`` runs, however the
+  session ended.
 
 Errors are never wrapped in exception groups: the first error of the session is re-raised as itself.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,96 +24,44 @@ import outcome
 import torch
 import trio
 
+from ._callback import Callback
+from ._exceptions import CancelEpochException, CancelStepException
+from ._threads import Reply, run_in_thread
+
 if TYPE_CHECKING:
     from ._learner import Learner
 
 T = TypeVar("T")
 
 
-async def run_in_thread(fn: Callable[..., T], *args: Any, name: str = "asyncloop-io") -> T:
-    """Run ``fn(*args)`` in a new dedicated thread and wait for it without blocking the event loop.
-
-    Unlike ``trio.to_thread.run_sync`` no pooled thread survives the call. The wait is shielded: a running
-    function is never abandoned (cancellation takes effect once it returns).
-    """
-    done = trio.Event()
-    box: list[outcome.Outcome] = []
-    token = trio.lowlevel.current_trio_token()
-
-    def main() -> None:
-        box.append(outcome.capture(fn, *args))
-        try:
-            token.run_sync_soon(done.set)
-        except trio.RunFinishedError:  # pragma: no cover - the caller's loop is gone
-            pass
-
-    thread = threading.Thread(target=main, name=name, daemon=True)
-    thread.start()
-    with trio.CancelScope(shield=True):
-        await done.wait()
-    thread.join()
-    return box[0].unwrap()
-
-
-class ActorThread:
-    """A detached actor's own thread for its blocking handlers: one per actor, gone when the session ends."""
-
-    def __init__(self, name: str) -> None:
-        self._token = trio.lowlevel.current_trio_token()
-        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.stopped = False
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self._thread.start()
-
-    def _main(self) -> None:
-        torch.set_num_threads(1)  # handlers must not fight the training thread for BLAS threads
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            fn, args, deliver = job
-            result = outcome.capture(fn, *args)
-            try:
-                self._token.run_sync_soon(deliver, result)
-            except trio.RunFinishedError:  # pragma: no cover - the caller's loop is gone
-                return
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on this thread; the wait is shielded (a running handler is never abandoned).
-
-        Must not be called after :meth:`stop` (the job would never run): check ``stopped`` first. Both run in
-        the caller's trio thread, so the check cannot race with ``stop``.
-        """
-        if self.stopped:
-            raise RuntimeError("this actor thread was stopped; no more jobs")
-        done = trio.Event()
-        box: list[outcome.Outcome] = []
-
-        def deliver(result: outcome.Outcome) -> None:
-            box.append(result)
-            done.set()
-
-        self._jobs.put((fn, args, deliver))
-        with trio.CancelScope(shield=True):
-            await done.wait()
-        return box[0].unwrap()
-
-    def stop(self) -> None:
-        """Ask the thread to exit after its current job (non-blocking, idempotent)."""
-        if not self.stopped:
-            self.stopped = True
-            self._jobs.put(None)
-
-    def join(self) -> None:
-        self._thread.join()
-
-
 class _Aborted(BaseException):
     """Raised inside the worker to unwind it when the session is cancelled or an actor failed."""
 
 
+async def in_session(learner: Learner, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``await fn(*args)`` on ``learner``'s worker: inline when already there, else in a new session.
+
+    One session per learner at a time: a second one from outside the worker is an error.
+    """
+    session = learner.session
+    if session is not None:
+        if session.in_worker():
+            return await fn(*args)
+        raise RuntimeError(
+            "fit() is already running for this learner; await it before starting another, or use a second Learner"
+        )
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        raise RuntimeError(
+            "asyncloop's loop functions are trio async functions: call them as trio.run(asyncloop.fit, learner, 3) "
+            "or 'await asyncloop.fit(learner, 3)' inside trio"
+        ) from None
+    return await Session(learner).run(fn, args)
+
+
 class Session:
-    """State shared by the host (caller's trio loop) and the worker thread for one run."""
+    """State shared by the host (the caller's trio loop) and the worker thread for one run."""
 
     def __init__(self, learner: Learner) -> None:
         self.learner = learner
@@ -132,6 +82,81 @@ class Session:
         self.in_step = 0
         self.nursery: trio.Nursery | None = None
 
+    # -- the whole run (host side) -----------------------------------------------------------------------------
+    async def run(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
+        """Start the runner, run ``await fn(*args)`` on the worker, drain, tear down; return or raise its result."""
+        learner, runner = self.learner, self.learner.runner
+        result: outcome.Outcome | None = None
+        body_error: BaseException | None = None
+        learner.attach_session(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                try:
+                    await runner.start(self)
+                    result = await self._run_worker(fn, args)
+                    if self.error is None and isinstance(result, outcome.Value):
+                        await runner.drain()
+                except BaseException as exc:  # re-raised below, unwrapped
+                    body_error = exc
+                finally:
+                    self.abort_requested = True  # actors' worker threads stop between two items
+                    runner.close()
+                    nursery.cancel_scope.cancel()
+        finally:
+            runner.join()  # every actor task has finished: their threads are exiting
+            learner.attach_session(None)
+            teardown_error = await _teardown(learner)
+        if isinstance(result, outcome.Error) and not isinstance(result.error, _Aborted):
+            return result.unwrap()
+        if self.error is not None:
+            raise self.error
+        if body_error is not None:
+            raise body_error
+        if teardown_error is not None:
+            raise teardown_error
+        assert result is not None
+        return result.unwrap()
+
+    async def _run_worker(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> outcome.Outcome:
+        """Run ``await fn(*args)`` on a fresh worker thread with its own trio loop; return its outcome.
+
+        If the caller is cancelled meanwhile, the worker is told to unwind and is waited for (shielded) before
+        the cancellation propagates: the thread is never abandoned.
+        """
+        reply: Reply[Any] = Reply()
+
+        def main() -> None:
+            reply.send(outcome.Value(outcome.capture(trio.run, self._worker_main, fn, args)))
+
+        # A dedicated thread (not trio's thread cache): when the session ends, the thread is gone.
+        thread = threading.Thread(target=main, name="asyncloop-worker", daemon=True)
+        thread.start()
+        try:
+            try:
+                return await reply.receive(shield=False)
+            except BaseException:
+                self.abort()
+                await reply.outcome()  # shielded: the worker unwinds within about one step
+                raise
+        finally:
+            thread.join()  # returns at once: the thread's last act was to deliver its outcome
+
+    async def _worker_main(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
+        torch.set_num_threads(self.num_threads)
+        if self.default_device is not None and self.default_device != torch.device("cpu"):
+            torch.set_default_device(self.default_device)
+        if self.cuda_device is not None:
+            torch.cuda.set_device(self.cuda_device)
+        self.thread_id = threading.get_ident()
+        with trio.CancelScope() as scope:
+            self.worker_scope = scope
+            self.worker_token = trio.lowlevel.current_trio_token()
+            if self.abort_requested:
+                scope.cancel()
+            return await fn(*args)
+        raise _Aborted()
+
     # -- worker side -------------------------------------------------------------------------------------------
     def in_worker(self) -> bool:
         return threading.get_ident() == self.thread_id
@@ -144,8 +169,6 @@ class Session:
             self._deliver_control()
 
     def _deliver_control(self) -> None:
-        from ._exceptions import CancelEpochException, CancelStepException
-
         exc = self.control
         if isinstance(exc, CancelStepException) and not self.in_step:
             return
@@ -154,31 +177,22 @@ class Session:
         self.control = None
         raise exc  # type: ignore[misc]
 
-    async def call_host(self, fn: Callable[[], Awaitable[Any]]) -> Any:
-        """From the worker: run ``await fn()`` in the host loop and wait for it (a barrier, ~100-150 us)."""
-        done = trio.Event()
-        box: list[outcome.Outcome] = []
-        worker_token = self.worker_token
-        assert worker_token is not None
+    async def call_host(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """From the worker: run ``await fn()`` as a task in the host loop and wait for it (~100-150 us)."""
+        reply: Reply[T] = Reply()
 
         async def run() -> None:
-            box.append(await outcome.acapture(fn))
-            try:
-                worker_token.run_sync_soon(done.set)
-            except trio.RunFinishedError:  # pragma: no cover - worker already gone
-                pass
+            reply.send(await outcome.acapture(fn))
 
         def spawn() -> None:
             try:
                 assert self.nursery is not None
                 self.nursery.start_soon(run)
             except BaseException as exc:  # never raise from run_sync_soon
-                box.append(outcome.Error(exc))
-                worker_token.run_sync_soon(done.set)
+                reply.send(outcome.Error(exc))
 
         self.host_token.run_sync_soon(spawn)
-        await done.wait()
-        return box[0].unwrap()
+        return await reply.receive(shield=False)
 
     # -- host side ---------------------------------------------------------------------------------------------
     def fail(self, exc: BaseException) -> None:
@@ -201,50 +215,21 @@ class Session:
         if self.worker_scope is not None:
             self.worker_scope.cancel()
 
-    async def run_worker(self, fn: Callable[..., Awaitable[T]], *args: Any) -> outcome.Outcome:
-        """Run ``await fn(*args)`` on a fresh worker thread with its own trio loop; return its outcome.
 
-        If the caller is cancelled meanwhile, the worker is told to unwind and is waited for (shielded) before
-        the cancellation propagates: the thread is never abandoned.
-        """
-        done = trio.Event()
-        box: list[outcome.Outcome] = []
+async def _teardown(learner: Learner) -> BaseException | None:
+    """Run every overridden ``Callback.teardown`` in a thread (they may block), shielded; return the first error."""
+    callbacks = [cb for cb in learner.callbacks if type(cb).teardown is not Callback.teardown]
+    if not callbacks:
+        return None
 
-        def deliver(result: outcome.Outcome) -> None:
-            box.append(result)
+    def run() -> BaseException | None:
+        first = None
+        for cb in callbacks:
             try:
-                self.host_token.run_sync_soon(done.set)
-            except trio.RunFinishedError:  # pragma: no cover - host loop gone
-                pass
+                cb.teardown(learner)
+            except Exception as exc:
+                exc.add_note(f"asyncloop: raised by {cb.name}.teardown()")
+                first = first or exc
+        return first
 
-        def main() -> None:
-            deliver(outcome.capture(trio.run, self._worker_main, fn, args))
-
-        # A dedicated thread (not trio's thread cache): when the session ends, the thread is gone.
-        thread = threading.Thread(target=main, name="asyncloop-worker", daemon=True)
-        thread.start()
-        try:
-            await done.wait()
-        except BaseException:
-            self.abort()
-            with trio.CancelScope(shield=True):
-                await done.wait()
-            raise
-        finally:
-            thread.join()  # returns at once: the thread's last act was to deliver its outcome
-        return box[0]
-
-    async def _worker_main(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
-        torch.set_num_threads(self.num_threads)
-        if self.default_device is not None and self.default_device != torch.device("cpu"):
-            torch.set_default_device(self.default_device)
-        if self.cuda_device is not None:
-            torch.cuda.set_device(self.cuda_device)
-        self.thread_id = threading.get_ident()
-        with trio.CancelScope() as scope:
-            self.worker_scope = scope
-            self.worker_token = trio.lowlevel.current_trio_token()
-            if self.abort_requested:
-                scope.cancel()
-            return await fn(*args)
-        raise _Aborted()
+    return await run_in_thread(run, name="asyncloop-teardown")

@@ -37,7 +37,8 @@ import outcome
 import torch
 import trio
 
-from ._session import _Aborted, Session, run_in_thread
+from ._session import Session, _Aborted, in_session
+from ._threads import run_in_thread
 from .events import (
     BackwardBegin,
     BackwardEnd,
@@ -98,81 +99,6 @@ class FitResult:
 # ------------------------------------------------------------------------------------------------------------
 
 
-async def _in_session(learner: Learner, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-    session = learner._session
-    if session is not None:
-        if session.in_worker():
-            return await fn(*args)
-        raise RuntimeError(
-            "fit() is already running for this learner; await it before starting another, or use a second Learner"
-        )
-    try:
-        trio.lowlevel.current_trio_token()
-    except RuntimeError:
-        raise RuntimeError(
-            "asyncloop's loop functions are trio async functions: call them as trio.run(asyncloop.fit, learner, 3) "
-            "or 'await asyncloop.fit(learner, 3)' inside trio"
-        ) from None
-    return await _run_session(learner, fn, args)
-
-
-async def _run_session(learner: Learner, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> Any:
-    session = Session(learner)
-    runner = learner.runner
-    learner._session = session
-    result: outcome.Outcome | None = None
-    body_error: BaseException | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            session.nursery = nursery
-            try:
-                await runner.start(session)
-                result = await session.run_worker(fn, *args)
-                if session.error is None and isinstance(result, outcome.Value):
-                    await runner.drain()
-            except BaseException as exc:  # re-raised below, unwrapped
-                body_error = exc
-            finally:
-                session.abort_requested = True  # actors' worker threads stop between two items
-                runner.close()
-                nursery.cancel_scope.cancel()
-    finally:
-        runner.join()  # every actor task has finished: their threads are exiting
-        learner._session = None
-        teardown_error = await _teardown(learner)
-    if result is not None and isinstance(result, outcome.Error) and not isinstance(result.error, _Aborted):
-        return result.unwrap()
-    if session.error is not None:
-        raise session.error
-    if body_error is not None:
-        raise body_error
-    if teardown_error is not None:
-        raise teardown_error
-    assert result is not None
-    return result.unwrap()
-
-
-async def _teardown(learner: Learner) -> BaseException | None:
-    """Run every overridden ``Callback.teardown`` in a thread, shielded; return the first error."""
-    from ._callback import Callback
-
-    callbacks = [cb for cb in learner._callbacks if type(cb).teardown is not Callback.teardown]
-    if not callbacks:
-        return None
-
-    def run() -> BaseException | None:
-        first = None
-        for cb in callbacks:
-            try:
-                cb.teardown(learner)
-            except Exception as exc:
-                exc.add_note(f"asyncloop: raised by {cb.name}.teardown()")
-                first = first or exc
-        return first
-
-    return await run_in_thread(run, name="asyncloop-teardown")
-
-
 def _as_data(data: Any) -> PropDict:
     if isinstance(data, PropDict):
         return data
@@ -228,7 +154,7 @@ async def fit(learner: Learner, n_epochs: int, data: Any = None, *, resume: Any 
     t0 = time.perf_counter()
     if resume is not None:
         await run_in_thread(learner.load_checkpoint, resume, name="asyncloop-resume")
-    result = await _in_session(learner, _fit, learner, n_epochs, batches)
+    result = await in_session(learner, _fit, learner, n_epochs, batches)
     # After the drain: detached actors' time and events are complete; copies, so a later fit leaves them alone.
     statistics = tuple(copy.copy(s) for s in learner.runner.statistics())
     return dataclasses.replace(result, elapsed=time.perf_counter() - t0, statistics=statistics)
@@ -278,7 +204,7 @@ async def epoch(learner: Learner, phase: Phase, data: Iterable[Any] | None = Non
                 if key is not None
                 else f"{phase!r} has no data_key; pass data to epoch()"
             )
-    await _in_session(learner, phase.epoch, learner, data)
+    await in_session(learner, phase.epoch, learner, data)
 
 
 async def _default_epoch(learner: Learner, phase: Phase, data: Iterable[Any]) -> None:
@@ -293,7 +219,7 @@ async def _default_epoch(learner: Learner, phase: Phase, data: Iterable[Any]) ->
         direct = None
 
     async def epoch_fn(handle: Handle) -> None:
-        session = learner._session
+        session = learner.session
         if direct is not None:
             for batch in data:
                 if session.abort_requested:  # type: ignore[union-attr]
@@ -317,12 +243,12 @@ async def run_epoch(epoch_fn: Callable[[Handle], Awaitable[Any]], learner: Learn
     dispatched; if that ``EpochEnd`` raises again, the exception propagates.
     """
     _check_phase(phase)
-    await _in_session(learner, _run_epoch, epoch_fn, learner, phase)
+    await in_session(learner, _run_epoch, epoch_fn, learner, phase)
 
 
 async def _run_epoch(epoch_fn: Callable[[Handle], Awaitable[Any]], learner: Learner, phase: Phase) -> None:
     runner = learner.runner
-    session: Session = learner._session  # type: ignore[assignment]
+    session: Session = learner.session  # type: ignore[assignment]
 
     async def handle(event: Event) -> None:
         await runner.handle(event, phase)
@@ -347,7 +273,7 @@ async def _run_epoch(epoch_fn: Callable[[Handle], Awaitable[Any]], learner: Lear
 async def step(learner: Learner, phase: Phase, batch: Any) -> PropDict:
     """Run one step of ``phase`` on ``batch`` (``phase.step``) and return the step state (``learner.step``)."""
     _check_phase(phase)
-    return await _in_session(learner, phase.step, learner, batch)
+    return await in_session(learner, phase.step, learner, batch)
 
 
 async def run_step(
@@ -363,7 +289,7 @@ async def run_step(
     ``StepEnd``; the partly filled state is returned.
     """
     _check_phase(phase)
-    return await _in_session(learner, _run_step, step_fn, learner, phase, initial_state)
+    return await in_session(learner, _run_step, step_fn, learner, phase, initial_state)
 
 
 async def _run_step(
@@ -373,7 +299,7 @@ async def _run_step(
     initial_state: Mapping[str, Any] | None,
 ) -> PropDict:
     runner = learner.runner
-    session: Session = learner._session  # type: ignore[assignment]
+    session: Session = learner.session  # type: ignore[assignment]
 
     async def handle(event: Event) -> None:
         await runner.handle(event, phase)
@@ -433,7 +359,7 @@ async def _training_step(learner: Learner, phase: Phase, batch: Any) -> PropDict
     else:
         xs, ys = _unpack(batch)
     runner = learner.runner
-    session: Session = learner._session  # type: ignore[assignment]
+    session: Session = learner.session  # type: ignore[assignment]
     plans = runner._step_plans.get((phase.__class__, "training"))
     if plans is None:
         plans = runner.step_plans(phase.__class__, _TRAINING_EVENTS, "training")
@@ -527,7 +453,7 @@ async def _validation_step(learner: Learner, phase: Phase, batch: Any) -> PropDi
     else:
         xs, ys = _unpack(batch)
     runner = learner.runner
-    session: Session = learner._session  # type: ignore[assignment]
+    session: Session = learner.session  # type: ignore[assignment]
     plans = runner._step_plans.get((phase.__class__, "validation"))
     if plans is None:
         plans = runner.step_plans(phase.__class__, _VALIDATION_EVENTS, "validation")

@@ -45,7 +45,7 @@ from ..events import EpochBegin, EpochEnd, Event, FitBegin, FitEnd
 from .._exceptions import CancelFittingException, FitException
 from .._graph import CallbackInfo
 from ..phases import Phase
-from .._session import ActorThread
+from .._threads import ActorThread
 from ._base import ActorStatistics, Plan, Runner, _Step, annotate, call_async, call_sync, sync_plan
 
 if TYPE_CHECKING:
