@@ -119,3 +119,7 @@ class StreamError(Exception):
 class EventLogFormatError(ValueError):
     """The file is not an asyncloop event log, or one of a newer format version; or, when appending to it, it has
     a corrupt record with more data after it."""
+
+
+class _Aborted(BaseException):
+    """Internal: raised inside the worker to unwind it when the session is cancelled or an actor failed."""

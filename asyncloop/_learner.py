@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
@@ -13,7 +13,6 @@ from ._graph import callback_graph
 from .runners._base import Runner
 from .runners._linear import LinearRunner
 from .state import Gradients, PropDict
-from ._training import _as_data
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -36,6 +35,21 @@ def _check_callback(cb: Any, where: str) -> Callback:
     if isinstance(cb, type) and issubclass(cb, Callback):
         raise TypeError(f"{where} is the class {cb.__name__}; pass an instance: {cb.__name__}()")
     raise TypeError(f"{where} is {cb!r}, not a Callback; callbacks must subclass asyncloop.Callback")
+
+
+def as_data(data: Any) -> PropDict:
+    if isinstance(data, PropDict):
+        return data
+    if isinstance(data, Mapping):
+        return PropDict(data)
+    if isinstance(data, tuple) and len(data) == 0:
+        return PropDict()
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return PropDict(training=data[0], validation=data[1])
+    raise TypeError(
+        f"data must be (), a pair (train_batches, valid_batches) or a mapping with keys 'training'/'validation', "
+        f"got {type(data).__name__}" + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
+    )
 
 
 class Learner:
@@ -94,7 +108,7 @@ class Learner:
         self._optimizer_factory: Callable[[Any], torch.optim.Optimizer] | None = None
         self.optimizer = optimizer  # type: ignore[assignment]
         self.loss_fn = loss_fn
-        self.data = _as_data(data)
+        self.data = as_data(data)
         self.step = PropDict()
         self.cbstate = PropDict()
         self.epoch_data: Any = None
@@ -131,7 +145,7 @@ class Learner:
 
     @data.setter
     def data(self, data: Any) -> None:
-        self._data = _as_data(data)
+        self._data = as_data(data)
 
     @property
     def model(self) -> Any:
@@ -179,15 +193,19 @@ class Learner:
             self._params_index = dict(self._params)
         return self._params
 
-    def _gradients(self) -> Gradients:
-        """The lazy gradient mapping of the current model (one object per model: it reads ``p.grad`` live)."""
+    def gradients(self) -> Gradients:
+        """The model's gradients as a lazy mapping, parameter name -> ``p.grad`` (what ``learner.step.grads``
+        holds after ``BackwardEnd``). One object per model: it reads the gradients live, so it costs nothing
+        per step; parameters without a gradient are absent."""
         grads = self._grads
         if grads is None or self._params is None:
             params = self._named_parameters()
             grads = self._grads = Gradients(params, self._params_index)
         return grads
 
-    def _check_optimizer(self) -> None:
+    def check_optimizer(self) -> None:
+        """Raise ``ValueError`` if the optimizer holds none of the model's trainable parameters (a replaced
+        model with the old optimizer); ``fit`` calls this before it starts."""
         model = self._model
         if self._optimizer is None or not isinstance(model, torch.nn.Module):
             return

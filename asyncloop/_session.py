@@ -18,24 +18,35 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, TypeVar
 
 import outcome
 import torch
 import trio
 
 from ._callback import Callback
-from ._exceptions import CancelEpochException, CancelStepException
+from ._exceptions import CancelEpochException, CancelStepException, _Aborted
 from ._threads import Reply, run_in_thread
 
 if TYPE_CHECKING:
     from ._learner import Learner
+    from .events import Event
+    from .phases import Phase
 
 T = TypeVar("T")
 
+#: ``dispatch(event)`` hands an event to the runner's plan: ``None`` when every handler is done, else an
+#: awaitable for what must be waited for (async handlers, a full inbox).
+Dispatch = Callable[["Event"], Optional[Awaitable[None]]]
 
-class _Aborted(BaseException):
-    """Raised inside the worker to unwind it when the session is cancelled or an actor failed."""
+
+class Dispatcher(NamedTuple):
+    """How the loop hands one phase's events to the runner: ``dispatch`` (sync when it can) and ``handle``
+    (the same as an async function, for custom steps and epochs)."""
+
+    phase: Phase
+    dispatch: Dispatch
+    handle: Callable[[Event], Awaitable[None]]
 
 
 async def in_session(learner: Learner, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -81,6 +92,7 @@ class Session:
         self.in_epoch = 0
         self.in_step = 0
         self.nursery: trio.Nursery | None = None
+        self._dispatchers: dict[type, Dispatcher] = {}
 
     # -- the whole run (host side) -----------------------------------------------------------------------------
     async def run(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
@@ -158,6 +170,36 @@ class Session:
         raise _Aborted()
 
     # -- worker side -------------------------------------------------------------------------------------------
+    def dispatcher(self, phase: Phase) -> Dispatcher:
+        """The dispatcher of ``phase``'s events for this session (one per phase instance in use)."""
+        known = self._dispatchers.get(phase.__class__)
+        if known is not None and known.phase is phase:
+            return known
+        made = self._dispatchers[phase.__class__] = self._make_dispatcher(phase)
+        return made
+
+    def _make_dispatcher(self, phase: Phase) -> Dispatcher:
+        plan_of = self.learner.runner.plan
+        phase_type = phase.__class__
+        plans: dict[type, Any] = {}  # event type -> the runner's compiled plan (or None: nobody handles it)
+        check = self.check
+
+        def dispatch(event: Event) -> Awaitable[None] | None:
+            if self.abort_requested or self.control is not None:
+                check()
+            event_type = event.__class__
+            try:
+                plan = plans[event_type]
+            except KeyError:
+                plan = plans[event_type] = plan_of(event_type, phase_type)
+            return None if plan is None else plan(event, phase)
+
+        async def handle(event: Event) -> None:
+            if (pending := dispatch(event)) is not None:
+                await pending
+
+        return Dispatcher(phase, dispatch, handle)
+
     def in_worker(self) -> bool:
         return threading.get_ident() == self.thread_id
 

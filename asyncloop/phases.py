@@ -19,23 +19,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from . import _steps
 from ._values import ValueClass
 
 if TYPE_CHECKING:
     from ._learner import Learner
-
-_TRAINING_MODULE: Any = None
-
-
-def _training() -> Any:
-    """The training module, imported on first use (it imports this module)."""
-    global _TRAINING_MODULE
-    if _TRAINING_MODULE is None:
-        from . import _training as training
-
-        _TRAINING_MODULE = training
-    return _TRAINING_MODULE
-
 
 __all__ = [
     "Phase",
@@ -59,7 +47,7 @@ class Phase(ValueClass):
 
     async def epoch(self, learner: Learner, data: Any) -> None:
         """Run one epoch over ``data``: ``EpochBegin``, one :meth:`step` per batch, ``EpochEnd``."""
-        await _training()._default_epoch(learner, self, data)
+        await _steps.default_epoch(learner, self, data)
 
     async def step(self, learner: Learner, batch: Any) -> Any:
         """Run one step on ``batch``. Custom phases must implement this, usually with :func:`asyncloop.run_step`."""
@@ -89,7 +77,11 @@ class TrainingPhase(AbstractTrainingPhase):
     __slots__ = ()
 
     async def step(self, learner: Learner, batch: Any) -> Any:
-        return await _training()._training_step(learner, self, batch)
+        state = _steps.supervised_state(batch)
+        model = learner.model
+        if getattr(model, "training", True) is False:
+            model.train()  # before StepBegin, so that its handlers see the mode the step runs in
+        return await _steps.run_step(learner, self, _steps.training_body, state)
 
 
 class ValidationPhase(AbstractValidationPhase):
@@ -98,7 +90,11 @@ class ValidationPhase(AbstractValidationPhase):
     __slots__ = ()
 
     async def step(self, learner: Learner, batch: Any) -> Any:
-        return await _training()._validation_step(learner, self, batch)
+        state = _steps.supervised_state(batch)
+        model = learner.model
+        if getattr(model, "training", False):
+            model.eval()  # before StepBegin, so that its handlers see the mode the step runs in
+        return await _steps.run_step(learner, self, _steps.validation_body, state)
 
 
 class FitPhase(Phase):

@@ -86,7 +86,11 @@ class TestModule:
                     info.name, "asyncloop"
                 ) and not name.startswith("_"):
                     found.add(obj)
-        defined = {obj for obj in vars(exceptions).values() if isinstance(obj, type) and issubclass(obj, BaseException)}
+        defined = {
+            obj
+            for name, obj in vars(exceptions).items()
+            if isinstance(obj, type) and issubclass(obj, BaseException) and not name.startswith("_")
+        }
         assert {cls.__name__ for cls in found} <= {cls.__name__ for cls in defined}
         for cls in defined:
             assert getattr(asyncloop, cls.__name__) is cls

@@ -242,13 +242,13 @@ class TestGradients:
     def test_one_mapping_per_model_reads_live_gradients(self) -> None:
         """The learner hands out one lazy mapping per model (it reads .grad live); a new model gets a new one."""
         learner = test_learner()
-        grads = learner._gradients()
-        assert learner._gradients() is grads
+        grads = learner.gradients()
+        assert learner.gradients() is grads
         learner.model.c.grad = torch.full_like(learner.model.c, 2.0)
         assert torch.equal(grads["c"], learner.model.c.grad)
         learner.model = torch.nn.Linear(1, 1)
-        assert learner._gradients() is not grads
-        assert set(learner._gradients()._index) == {"weight", "bias"}
+        assert learner.gradients() is not grads
+        assert set(learner.gradients()._index) == {"weight", "bias"}
 
     def test_snapshot_is_a_dict_of_detached_tensors(self, model: torch.nn.Module) -> None:
         """snapshot(Gradients) materialises a plain dict of the current gradients."""

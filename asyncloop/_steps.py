@@ -1,0 +1,206 @@
+"""The step and epoch skeletons every phase runs in, and the built-in supervised steps (private).
+
+One skeleton for every step, built-in or custom (:func:`run_step`): install a fresh ``learner.step``, count
+the step, dispatch ``StepBegin``, run the step's body, dispatch ``StepEnd``; a ``CancelStepException`` from
+anywhere inside skips the rest and is swallowed. One skeleton for every epoch (:func:`run_epoch`):
+``EpochBegin``, the body, ``EpochEnd`` (also after a ``CancelEpochException``). Every event goes through the
+session's dispatcher, which checks for an abort or a pending control request first.
+
+Step-state controls: callbacks with ``Write()`` access to these ``learner.step`` keys steer the built-in steps
+(:mod:`asyncloop.callbacks` helpers use them; an unset key costs a dict lookup):
+
+* ``autocast`` (set at ``StepBegin``): a context manager entered around the forward pass and around the loss,
+  on the training thread, and always left (training and validation steps);
+* ``zero_grad`` (default True), ``loss_scale`` (multiplies the loss for backward only) and ``grad_scaler`` (a
+  ``torch.amp.GradScaler`` for backward and the optimizer step), set before ``BackwardBegin`` ends;
+* ``accumulate`` (default False, until ``BackwardEnd``): skip the optimizer step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .state import PropDict
+from ._exceptions import CancelEpochException, CancelStepException, _Aborted
+from .events import BackwardBegin, BackwardEnd, EpochBegin, EpochEnd, Event, LossBegin, StepBegin, StepEnd
+
+if TYPE_CHECKING:
+    from ._learner import Learner
+    from ._session import Dispatch
+    from .phases import Phase
+
+#: ``handle(event)``: what custom step and epoch functions await to dispatch an event.
+Handle = Callable[[Event], Awaitable[None]]
+#: A step's body: ``await body(learner, phase, dispatch, state)`` between ``StepBegin`` and ``StepEnd``.
+StepBody = Callable[["Learner", "Phase", "Dispatch", PropDict], Awaitable[Any]]
+
+_EPOCH_BEGIN, _EPOCH_END = EpochBegin(), EpochEnd()
+_STEP_BEGIN, _STEP_END = StepBegin(), StepEnd()
+_LOSS_BEGIN, _BACKWARD_BEGIN, _BACKWARD_END = LossBegin(), BackwardBegin(), BackwardEnd()
+
+
+async def run_step(learner: Learner, phase: Phase, body: StepBody, state: PropDict) -> PropDict:
+    """The step skeleton: ``state`` becomes ``learner.step``, then ``StepBegin``, ``body``, ``StepEnd``."""
+    session = learner.session
+    assert session is not None, "a step runs inside a session"
+    dispatch = session.dispatcher(phase).dispatch
+    learner.step = state
+    session.in_step += 1
+    try:
+        if (pending := dispatch(_STEP_BEGIN)) is not None:
+            await pending
+        await body(learner, phase, dispatch, state)
+        if (pending := dispatch(_STEP_END)) is not None:
+            await pending
+    except CancelStepException:
+        pass
+    finally:
+        session.in_step -= 1
+    return state
+
+
+async def run_custom_step(
+    step_fn: Callable[[Handle, PropDict], Awaitable[Any]], learner: Learner, phase: Phase, state: PropDict
+) -> PropDict:
+    """:func:`run_step` with a user's ``step_fn(handle, state)`` as the body (``asyncloop.run_step``)."""
+    handle = learner.session.dispatcher(phase).handle  # type: ignore[union-attr]
+
+    async def body(learner: Learner, phase: Phase, dispatch: Dispatch, state: PropDict) -> None:
+        await step_fn(handle, state)
+
+    return await run_step(learner, phase, body, state)
+
+
+async def run_epoch(learner: Learner, phase: Phase, epoch_fn: Callable[[Handle], Awaitable[Any]]) -> None:
+    """The epoch skeleton: ``EpochBegin``, ``await epoch_fn(handle)``, ``EpochEnd`` (also after a
+    ``CancelEpochException``; if that ``EpochEnd`` raises one again, it propagates)."""
+    session = learner.session
+    assert session is not None, "an epoch runs inside a session"
+    handle = session.dispatcher(phase).handle
+    session.in_epoch += 1
+    try:
+        try:
+            await handle(_EPOCH_BEGIN)
+            await epoch_fn(handle)
+            await handle(_EPOCH_END)
+        except CancelEpochException:
+            await handle(_EPOCH_END)
+    finally:
+        session.in_epoch -= 1
+
+
+async def default_epoch(learner: Learner, phase: Phase, data: Iterable[Any]) -> None:
+    """``Phase.epoch``: one :meth:`Phase.step` per batch of ``data``, inside :func:`run_epoch`."""
+    learner.epoch_data = data
+    session = learner.session
+    step = phase.step
+
+    async def steps(handle: Handle) -> None:
+        for batch in data:
+            if session.abort_requested:  # type: ignore[union-attr]
+                raise _Aborted()
+            await step(learner, batch)
+
+    await run_epoch(learner, phase, steps)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The built-in supervised steps
+# --------------------------------------------------------------------------------------------------------------
+
+
+def supervised_state(batch: Any) -> PropDict:
+    """The initial step state of a supervised batch: ``xs`` and ``ys`` from an ``(xs, ys)`` pair."""
+    if batch.__class__ is tuple and len(batch) == 2:
+        return PropDict(xs=batch[0], ys=batch[1])
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return PropDict(xs=batch[0], ys=batch[1])
+    desc = type(batch).__name__
+    if isinstance(batch, (tuple, list)):
+        desc += f" of length {len(batch)}"
+    elif isinstance(batch, torch.Tensor):
+        desc = f"a tensor of shape {tuple(batch.shape)}"
+    raise TypeError(
+        f"each batch must be an (xs, ys) pair, got {desc}; make the data yield (inputs, targets) tuples, "
+        f"or give your Phase its own step()"
+    )
+
+
+def _check_loss(loss: Any) -> None:
+    if loss.__class__ is torch.Tensor and loss.numel() == 1:
+        return
+    if isinstance(loss, torch.Tensor):
+        if loss.numel() == 1:
+            return
+        raise TypeError(
+            f"loss_fn must return a scalar tensor, got a tensor of shape {tuple(loss.shape)}; "
+            f"reduce it, e.g. with .mean() or reduction='mean'"
+        )
+    raise TypeError(
+        f"loss_fn must return a scalar tensor, got {type(loss).__name__}; compute the loss with torch "
+        f"operations on (preds, targets) so it can be backpropagated"
+    )
+
+
+def _forward(learner: Learner, state: PropDict, autocast: Any) -> None:
+    """``preds`` from the model, under ``autocast`` when a callback set one (read after ``StepBegin``, so a
+    model replaced by a ``StepBegin`` handler runs this step)."""
+    if autocast is None:
+        state["preds"] = learner.model(state["xs"])
+    else:
+        with autocast:
+            state["preds"] = learner.model(state["xs"])
+
+
+def _loss(learner: Learner, state: PropDict, autocast: Any) -> Any:
+    if autocast is None:
+        loss = state["loss"] = learner.loss_fn(state["preds"], state["ys"])
+    else:
+        with autocast:
+            loss = state["loss"] = learner.loss_fn(state["preds"], state["ys"])
+    _check_loss(loss)
+    return loss
+
+
+async def training_body(learner: Learner, phase: Phase, dispatch: Dispatch, state: PropDict) -> None:
+    """Forward, ``LossBegin``, loss, ``BackwardBegin``, backward, ``BackwardEnd``, optimizer step."""
+    autocast = state.get("autocast")
+    _forward(learner, state, autocast)
+    if (pending := dispatch(_LOSS_BEGIN)) is not None:
+        await pending
+    _loss(learner, state, autocast)
+    if (pending := dispatch(_BACKWARD_BEGIN)) is not None:
+        await pending
+    optimizer = learner.optimizer
+    if state.get("zero_grad", True):
+        optimizer.zero_grad(set_to_none=True)
+    loss = state["loss"]
+    if "loss_scale" in state:
+        loss = loss * state["loss_scale"]
+    scaler = state.get("grad_scaler")
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    state["loss"] = state["loss"].detach()  # the graph is spent: handlers read a plain tensor from here on
+    state["grads"] = learner.gradients()
+    if (pending := dispatch(_BACKWARD_END)) is not None:
+        await pending
+    if state.get("accumulate", False):
+        return
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+
+
+async def validation_body(learner: Learner, phase: Phase, dispatch: Dispatch, state: PropDict) -> None:
+    """Forward, ``LossBegin``, loss; both under ``torch.no_grad()``."""
+    autocast = state.get("autocast")
+    with torch.no_grad():
+        _forward(learner, state, autocast)
+    if (pending := dispatch(_LOSS_BEGIN)) is not None:
+        await pending
+    with torch.no_grad():
+        _loss(learner, state, autocast)
