@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -46,30 +45,12 @@ from asyncloop import (
     step,
     test_learner,
 )
+from loops import Boom, history, raiser
 from matchers import exact
 
 T, V, F = "TrainingPhase", "ValidationPhase", "FitPhase"
 TRAIN_STEP = [("StepBegin", T), ("LossBegin", T), ("BackwardBegin", T), ("BackwardEnd", T), ("StepEnd", T)]
 VALID_STEP = [("StepBegin", V), ("LossBegin", V), ("StepEnd", V)]
-
-
-def raiser(exc: BaseException, *, times: int | None = None, after: int = 0) -> Any:
-    """A function for CustomCallback that raises ``exc`` on call ``after+1`` onwards (``times`` times at most)."""
-    calls = {"n": 0, "raised": 0}
-
-    def fn(learner: Any) -> None:
-        calls["n"] += 1
-        if calls["n"] > after and (times is None or calls["raised"] < times):
-            calls["raised"] += 1
-            raise exc
-
-    return fn
-
-
-def history(learner: Learner, phase: Phase = TrainingPhase()) -> tuple[int, int, int]:
-    """``(epochs, steps, steps_epoch)`` of ``phase``."""
-    h = learner.cbstate.history[phase]
-    return h.epochs, h.steps, h.steps_epoch
 
 
 class CustomPhase(AbstractTrainingPhase):
@@ -503,14 +484,6 @@ class TestCancelFitting:
             trio.run(step, learner, TrainingPhase(), learner.data.training[0])
 
 
-class Boom(Callback):
-    """Raises ValueError('boom') at the first training StepEnd."""
-
-    @on(StepEnd, TrainingPhase)
-    def h(self, event: Event, phase: Phase, learner: Any) -> None:
-        raise ValueError("boom")
-
-
 class AsyncBoom(Callback):
     """Raises KeyError('async boom') from an async handler at the first validation StepBegin."""
 
@@ -573,123 +546,6 @@ class TestErrors:
             trio.run(fit, learner, 1)
         learner.remove_callback(Boom)
         assert trio.run(fit, learner, 1).epochs == 1
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Concurrency and cancellation
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class SlowSteps(Callback):
-    """Blocks the loop for 20 ms at every step (time.sleep), counting steps."""
-
-    def __init__(self) -> None:
-        self.steps = 0
-
-    @on(StepEnd)
-    def h(self, event: Event, phase: Phase, learner: Any) -> None:
-        time.sleep(0.02)
-        self.steps += 1
-
-
-def worker_threads() -> list[threading.Thread]:
-    """The threads currently running an asyncloop loop."""
-    return [t for t in threading.enumerate() if t.name == "asyncloop-worker"]
-
-
-class TestCancellation:
-    async def test_cancel_scope_stops_fit_promptly(self) -> None:
-        """Cancelling the caller stops the fit within about one step, and leaves no worker thread behind."""
-        slow = SlowSteps()
-        learner = test_learner(slow, n_batches=50)
-        total = 2 * 2 * 50
-        scope = trio.CancelScope()
-
-        async def run() -> None:
-            with scope:
-                await fit(learner, 2)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run)
-            while slow.steps < 3:
-                await trio.sleep(0.005)
-            at_cancel = slow.steps
-            scope.cancel()
-        assert scope.cancelled_caught
-        assert slow.steps <= at_cancel + 5
-        assert slow.steps < total / 2
-        await trio.testing.wait_all_threads_completed()
-        assert worker_threads() == []
-        assert trio.testing.active_thread_count() == 0
-
-    async def test_move_on_after(self) -> None:
-        """trio.move_on_after around await fit(...) ends the fit early, far fewer steps than asked for."""
-        slow = SlowSteps()
-        with trio.move_on_after(0.3) as scope:
-            await fit(test_learner(slow, n_batches=50), 2)
-        assert scope.cancelled_caught
-        assert slow.steps < 2 * 2 * 50 / 2
-        assert worker_threads() == []
-
-    async def test_learner_usable_after_cancellation(self) -> None:
-        """After a cancelled fit the same learner can be fitted again."""
-        slow = SlowSteps()
-        learner = test_learner(Recorder(), slow, n_batches=50)
-        with trio.move_on_after(0.1):
-            await fit(learner, 1)
-        result = await fit(learner, 1, (learner.data.training[:1], []))
-        assert result.epochs == 1
-
-    async def test_two_learners_fit_concurrently(self) -> None:
-        """Two fits of different learners run at the same time in one nursery, each with its own results."""
-        barrier = threading.Barrier(2, timeout=30)
-        learners = [
-            test_learner(Recorder(), CustomCallback(lambda _: barrier.wait(), FitBegin), n_batches=2, coeff=c)
-            for c in (2.0, 3.0)
-        ]
-        results: dict[int, FitResult] = {}
-
-        async def run(i: int) -> None:
-            results[i] = await fit(learners[i], 2)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run, 0)
-            nursery.start_soon(run, 1)
-        assert [results[i].epochs for i in (0, 1)] == [2, 2]
-        assert [history(learner) for learner in learners] == [(2, 4, 2), (2, 4, 2)]
-
-    async def test_second_fit_of_same_learner_is_refused(self) -> None:
-        """A second fit of a learner that is already fitting raises RuntimeError; the first one completes."""
-        started, release = threading.Event(), threading.Event()
-
-        def hold(_: Any) -> None:
-            started.set()
-            release.wait(30)
-
-        learner = test_learner(Recorder(), CustomCallback(hold, FitBegin), n_batches=1)
-        results: list[FitResult] = []
-
-        async def first() -> None:
-            results.append(await fit(learner, 1))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(first)
-            while not started.is_set():
-                await trio.sleep(0.001)
-            try:
-                with pytest.raises(
-                    RuntimeError,
-                    match=exact(
-                        "fit() is already running for this learner; await it before starting another, "
-                        "or use a second Learner"
-                    ),
-                ):
-                    await fit(learner, 1)
-                with pytest.raises(RuntimeError, match=r"^fit\(\) is already running for this learner"):
-                    await epoch(learner, TrainingPhase())
-            finally:
-                release.set()
-        assert results[0].epochs == 1
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -866,56 +722,3 @@ class TestRunStepRunEpoch:
         state = trio.run(run_step, step_fn, learner, CustomPhase())
         assert state == PropDict(a=1)
         assert event_log.events == [("StepBegin", "CustomPhase")]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Callback.teardown
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class Closing(Callback):
-    """Records every teardown call with the learner it received."""
-
-    def __init__(self, fail: bool = False) -> None:
-        self.torn_down: list[Any] = []
-        self.fail = fail
-
-    def teardown(self, learner: Any) -> None:
-        self.torn_down.append(learner)
-        if self.fail:
-            raise OSError("cannot close")
-
-
-class TestTeardown:
-    def test_after_success(self) -> None:
-        """teardown runs once after a successful fit, with the unprotected learner."""
-        cb = Closing()
-        learner = test_learner(cb, n_batches=1)
-        trio.run(fit, learner, 1)
-        assert cb.torn_down == [learner]
-
-    def test_after_stop_and_error(self) -> None:
-        """teardown also runs when the fit stops early and when it fails."""
-        stop, fail = Closing(), Closing()
-        trio.run(fit, test_learner(stop, CustomCallback(raiser(CancelFittingException("x")), StepEnd), n_batches=1), 1)
-        with pytest.raises(ValueError):
-            trio.run(fit, test_learner(fail, Boom(), n_batches=1), 1)
-        assert len(stop.torn_down) == 1
-        assert len(fail.torn_down) == 1
-
-    async def test_after_cancellation(self) -> None:
-        """teardown runs when the caller cancels the fit."""
-        cb = Closing()
-        with trio.move_on_after(0.05):
-            await fit(test_learner(cb, SlowSteps(), n_batches=50), 1)
-        assert len(cb.torn_down) == 1
-
-    def test_teardown_error_is_raised_with_a_note(self) -> None:
-        """An error in teardown after an otherwise successful fit is raised, noted with the callback."""
-        with pytest.raises(OSError, match=exact("cannot close\nasyncloop: raised by Closing.teardown()")):
-            trio.run(fit, test_learner(Closing(fail=True), n_batches=1), 1)
-
-    def test_teardown_error_does_not_hide_the_fit_error(self) -> None:
-        """When the fit itself failed, that error is raised, not the teardown's."""
-        with pytest.raises(ValueError, match=r"^boom\n"):
-            trio.run(fit, test_learner(Closing(fail=True), Boom(), n_batches=1), 1)
