@@ -18,7 +18,6 @@ from asyncloop import (
     Phase,
     PropDict,
     StepBegin,
-    StepEnd,
     TrainingPhase,
     ValidationPhase,
     Write,
