@@ -16,8 +16,9 @@ Errors are never wrapped in exception groups: the first error of the session is 
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional, TypeVar
 
 import outcome
@@ -102,7 +103,7 @@ class Session:
         body_error: BaseException | None = None
         learner.attach_session(self)
         try:
-            async with trio.open_nursery() as nursery:
+            async with _ungrouped(), trio.open_nursery() as nursery:
                 self.nursery = nursery
                 try:
                     await runner.start(self)
@@ -119,6 +120,8 @@ class Session:
             runner.join()  # every actor task has finished: their threads are exiting
             learner.attach_session(None)
             teardown_error = await _teardown(learner)
+        if teardown_error is not None and not isinstance(teardown_error, Exception):
+            raise teardown_error  # an interrupt or exit during teardown is never swallowed
         if isinstance(result, outcome.Error) and not isinstance(result.error, _Aborted):
             return result.unwrap()
         if self.error is not None:
@@ -265,13 +268,36 @@ async def _teardown(learner: Learner) -> BaseException | None:
         return None
 
     def run() -> BaseException | None:
-        first = None
+        first: BaseException | None = None
         for cb in callbacks:
             try:
                 cb.teardown(learner)
-            except Exception as exc:
+            except BaseException as exc:  # even KeyboardInterrupt/SystemExit: every teardown runs first
                 exc.add_note(f"asyncloop: raised by {cb.name}.teardown()")
-                first = first or exc
+                if first is None or (not isinstance(exc, Exception) and isinstance(first, Exception)):
+                    first = exc  # an interrupt or exit outranks an ordinary error
         return first
 
     return await run_in_thread(run, name="asyncloop-teardown")
+
+
+@contextlib.asynccontextmanager
+async def _ungrouped() -> AsyncIterator[None]:
+    """Re-raise an exception group coming out of the session's nursery as its first leaf.
+
+    The nursery's tasks (actors, host calls) catch their own errors; what still escapes is an interrupt that
+    landed between two of their statements, which must come out of ``fit`` as itself, not grouped.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        first = next((e for e in leaves if not isinstance(e, Exception)), leaves[0])
+        raise first from None
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found

@@ -218,3 +218,45 @@ class TestDispatcher:
 
         await in_session(learner, body)
         assert spy.tags == ["b", "a"]
+
+
+class TestErrorsComeOutAsThemselves:
+    def test_base_exception_in_teardown_still_runs_every_teardown(self) -> None:
+        """A teardown raising KeyboardInterrupt/SystemExit does not skip later teardowns; it is re-raised after."""
+
+        class Interrupting(Callback):
+            def teardown(self, learner: Any) -> None:
+                raise KeyboardInterrupt()
+
+        later = Closing()
+        learner = test_learner(Interrupting(), later, n_batches=1)
+        with pytest.raises(KeyboardInterrupt):
+            trio.run(fit, learner, 1)
+        assert later.torn_down == [learner]
+
+    async def test_interrupt_in_a_host_task_is_not_grouped(self) -> None:
+        """A KeyboardInterrupt raised in a task of the session's host nursery comes out of fit as itself."""
+        from asyncloop import ActorRunner, Event, Phase, StepEnd, on
+
+        box: list[Any] = []
+
+        def interrupt() -> None:
+            raise KeyboardInterrupt()
+
+        class Interrupter(Callback):
+            detached = True
+            blocking = False
+
+            @on(StepEnd, TrainingPhase)
+            async def h(self, event: Event, phase: Phase, learner: Any) -> None:
+                box[0].session.nursery.start_soon(_raise_async, interrupt)
+
+        learner = test_learner(Interrupter(), SlowSteps(), n_batches=20, runner=ActorRunner())
+        box.append(learner)
+        with pytest.raises(KeyboardInterrupt) as info:
+            await fit(learner, 1)
+        assert type(info.value) is KeyboardInterrupt
+
+
+async def _raise_async(fn: Any) -> None:
+    fn()
