@@ -49,12 +49,8 @@ def _fmt(path: tuple[str, ...]) -> str:
     return ".".join(path)
 
 
-def _inner(cb: Callback) -> Callback:
-    return getattr(cb, "wrapped", None) or cb
-
-
 def _resolve(a: Callback, b: Callback) -> ConflictResolution:
-    ia, ib = _inner(a), _inner(b)
+    ia, ib = a.inner, b.inner
     for first, second in ((ia, ib), (ib, ia)):
         answer = first.resolve_conflict(second)
         if not isinstance(answer, ConflictResolution):
@@ -128,7 +124,7 @@ def callback_graph(callbacks: Sequence[Callback]) -> nx.DiGraph:
     for b in infos:
         for a in infos:
             if a.index != b.index and (
-                isinstance(a.callback, b.callback.run_after) or isinstance(_inner(a.callback), b.callback.run_after)
+                isinstance(a.callback, b.callback.run_after) or isinstance(a.callback.inner, b.callback.run_after)
             ):
                 add(a.index, b.index, f"{b.callback.name}.run_after lists {type(a.callback).__name__}", True)
 

@@ -89,10 +89,14 @@ class ConditionalCallback(Callback):
         self.blocking = callback.blocking  # type: ignore[misc]
 
     @property
+    def inner(self) -> Callback:
+        """The innermost wrapped callback (seen through nested wrappers)."""
+        return self.callback.inner
+
+    @property
     def wrapped(self) -> Callback:
-        """The innermost wrapped callback."""
-        inner = self.callback
-        return inner.wrapped if isinstance(inner, ConditionalCallback) else inner
+        """The innermost wrapped callback: the same as :attr:`inner`, kept for existing code."""
+        return self.callback.inner
 
     def init(self, learner: Any) -> None:
         self.callback.init(learner)

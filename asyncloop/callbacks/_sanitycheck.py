@@ -70,7 +70,7 @@ def _data_fn(learner: Any) -> Callable[[Any], Any]:
     from ._todevice import ToDevice
 
     for cb in learner.callbacks:
-        inner = getattr(cb, "wrapped", None) or cb
+        inner = cb.inner
         if isinstance(inner, ToDevice):
             return inner.data_fn
     return lambda value: value
