@@ -17,6 +17,7 @@ from .._checkpoint import LATEST, CheckpointError, atomic_write, fsync_dir, trai
 from ..events import EpochBegin, EpochEnd, Event, FitEnd
 from ..phases import AbstractTrainingPhase, Phase, TrainingPhase
 from ..state import Protected, Read
+from ._monitor import monitored_epoch_value
 
 __all__ = ["Checkpointer"]
 
@@ -124,30 +125,13 @@ class Checkpointer(Callback):
         if self._pending is None:
             return None
         epoch, self._pending = self._pending, None
-        value = self._monitored(learner)
+        value = monitored_epoch_value(learner.cbstate, self.phase, self.monitor, who="Checkpointer")
         name = f"checkpoint_epoch_{epoch:03d}_{self._tag}_{_format_value(value)}{EXTENSION}"
         entries = [e for e in self._saved if e[2] != name] + [(epoch, value, name)]
         kept = self._retain(entries)
         remove = tuple(e[2] for e in entries if e not in kept)
         self._saved = kept
         return _Job(self.folder / name, training_state(learner, clone=clone), remove)
-
-    def _monitored(self, learner: Any) -> float | None:
-        cbstate = learner.cbstate
-        series = cbstate["metrics_epoch"].get(self.phase) if "metrics_epoch" in cbstate else None
-        if series is None or self.monitor not in series:
-            if series is not None and len(series):
-                known = ", ".join(repr(k) for k in series.keys())
-                raise ValueError(
-                    f"Checkpointer monitors {self.monitor!r}, which Metrics did not record for {self.phase!r} "
-                    f"(recorded: {known}); pass monitor= one of those, or add the metric to Metrics(...)"
-                )
-            return None
-        index, value = series.last(self.monitor)
-        history = cbstate.history.get(self.phase)
-        if history is None or index != history.epochs:
-            return None
-        return float(value)
 
     def _rank(self, entry: tuple[int, float | None, str]) -> tuple[int, float, int]:
         epoch, value, _ = entry
