@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .._callback import Callback, on
-from .._checkpoint import LATEST, CheckpointError, atomic_write, fsync_dir, training_state, unprotect
+from .._checkpoint import training_state
+from .._checkpoint_files import write_latest
+from .._durable import fsync_dir, save_file
+from .._exceptions import CheckpointError
 from ..events import EpochBegin, EpochEnd, Event, FitEnd
 from ..phases import AbstractTrainingPhase, Phase, TrainingPhase
 from ..state import Protected, Read
@@ -150,14 +151,14 @@ class Checkpointer(Callback):
     @on(EpochBegin, AbstractTrainingPhase)
     @on(FitEnd)
     def checkpoint(self, event: Event, phase: Phase, learner: Any) -> None:
-        job = self._plan(event, phase, unprotect(learner), clone=False) if isinstance(learner, Protected) else learner
+        job = self._plan(event, phase, _unprotect(learner), clone=False) if isinstance(learner, Protected) else learner
         if job is not None:
             self._write(job)
 
     def _write(self, job: _Job) -> None:
         try:
-            atomic_write(job.path, lambda f: torch.save(job.state, f))
-            atomic_write(self.folder / LATEST, lambda f: f.write(f"{job.path.name}\n".encode()))
+            save_file(job.state, job.path)
+            write_latest(self.folder, job.path.name)
         except OSError as exc:
             raise CheckpointError(
                 f"Checkpointer could not write {job.path}: {exc.strerror or exc}; earlier checkpoints are untouched"
@@ -193,6 +194,11 @@ class Checkpointer(Callback):
     def __repr__(self) -> str:
         top = "" if self.keep_top_k is None else f", keep_top_k={self.keep_top_k}"
         return f"Checkpointer({str(self.folder)!r}{top})"
+
+
+def _unprotect(learner: Any) -> Any:
+    """The learner behind a handler's protected view (this callback declared what it reads)."""
+    return object.__getattribute__(learner, "_obj") if isinstance(learner, Protected) else learner
 
 
 def _check_folder(folder: Path) -> None:
