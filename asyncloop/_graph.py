@@ -26,8 +26,6 @@ from ._callback import Callback, ConflictResolution, NotDefined, RunFirst, Unres
 from ._exceptions import CallbackCycleError, DetachedWriterError, WriteConflictError
 from .state import Read, Write, accesses, validate_state_access
 
-__all__ = ["callback_graph", "linear_order", "CallbackInfo", "analyse"]
-
 
 @dataclass(frozen=True)
 class CallbackInfo:

@@ -20,7 +20,6 @@ from ..phases import AbstractTrainingPhase, Phase, TrainingPhase
 from ..state import Protected, Read
 from ._monitor import monitored_epoch_value
 
-__all__ = ["Checkpointer"]
 
 _MODES = ("min", "max")
 EXTENSION = ".pt"

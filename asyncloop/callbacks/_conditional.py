@@ -9,8 +9,6 @@ from .._callback import Callback, ConflictResolution, Handler
 from ..events import Event
 from ..phases import Phase
 
-__all__ = ["CallbackCondition", "ConditionalCallback", "FrequencyThrottle", "TimeThrottle", "throttle"]
-
 
 class CallbackCondition:
     """Decides per event whether a :class:`ConditionalCallback` forwards it. Implement :meth:`should_run`.

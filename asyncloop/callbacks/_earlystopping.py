@@ -15,7 +15,6 @@ from ._metrics import Metrics
 from ._monitor import monitored_epoch_value
 from ._recorder import Recorder
 
-__all__ = ["EarlyStopping"]
 
 _MODES = ("min", "max")
 

@@ -19,8 +19,6 @@ from ..phases import Phase
 from ..state import PhaseDict, Read, SeriesHistory, Write
 from ._recorder import Recorder
 
-__all__ = ["AbstractMetric", "Metric", "Loss", "Metrics", "accuracy"]
-
 
 def accuracy(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Fraction of rows whose argmax over the last axis matches the target.

@@ -16,8 +16,6 @@ from .._exceptions import SanityCheckException
 from ..phases import AbstractTrainingPhase, Phase
 from ..state import Read
 
-__all__ = ["Check", "SanityCheck", "DEFAULT_CHECKS", "CHECKS"]
-
 
 @dataclass(frozen=True)
 class Check:

@@ -10,8 +10,6 @@ from typing import Any
 
 from ..loggables import Loggable
 
-__all__ = ["LoggerBackend", "log_to", "default_run_name"]
-
 
 class LoggerBackend(abc.ABC):
     """Where logging callbacks send :mod:`asyncloop.loggables` (FluxTraining's ``LoggerBackend``).

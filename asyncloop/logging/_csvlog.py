@@ -11,7 +11,6 @@ from typing import IO, Any
 from ..loggables import Loggable, Value
 from ._backend import LoggerBackend, default_run_name
 
-__all__ = ["CSVBackend", "CSV_COLUMNS"]
 
 #: The header of every file :class:`CSVBackend` writes.
 CSV_COLUMNS = ("run", "phase", "unit", "index", "name", "value", "tag", "time")

@@ -54,16 +54,6 @@ from ..loggables import Loggable
 from ._backend import LoggerBackend, default_run_name
 from ._records import make_record, pack, unpack
 
-__all__ = [
-    "PROTOCOL_VERSION",
-    "DEFAULT_MAX_FRAME_SIZE",
-    "MAX_HELLO_SIZE",
-    "StreamServer",
-    "StreamBackend",
-    "StreamStatistics",
-    "Subscription",
-    "subscribe",
-]
 
 PROTOCOL_VERSION = 1
 #: Default largest frame payload, both ways (16 MiB).

@@ -10,8 +10,6 @@ from typing import Any
 from ..loggables import Audio, Histogram, Image, Loggable, Text, Value
 from ._backend import LoggerBackend
 
-__all__ = ["TensorBoardBackend"]
-
 
 class TensorBoardBackend(LoggerBackend):
     """Log to TensorBoard event files in ``logdir`` (view them with ``tensorboard --logdir <parent>``).
