@@ -27,7 +27,7 @@ def monitored_epoch_value(cbstate: Any, phase: Phase, monitor: str, *, who: str,
             )
         return None
     index, value = series.last(monitor)
-    history = cbstate["history"].get(phase) if "history" in cbstate else None
+    history = cbstate["history"].get(phase)
     if history is None or index != history.epochs:
         return None
     return float(value)

@@ -68,9 +68,8 @@ def _data_fn(learner: Any) -> Callable[[Any], Any]:
     from ._todevice import ToDevice
 
     for cb in learner.callbacks:
-        inner = cb.inner
-        if isinstance(inner, ToDevice):
-            return inner.data_fn
+        if isinstance(cb.inner, ToDevice):
+            return cb.inner.data_fn
     return lambda value: value
 
 
