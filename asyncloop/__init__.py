@@ -42,8 +42,8 @@ from .callbacks._stoponnan import StopOnNaNLoss as StopOnNaNLoss
 from .callbacks._todevice import ToDevice as ToDevice
 from .callbacks._todevice import ToGPU as ToGPU
 from .callbacks._traces import Traces as Traces
-from ._checkpoint import load_model as load_model
-from ._checkpoint import save_model as save_model
+from ._model_io import load_model as load_model
+from ._model_io import save_model as save_model
 from .events import BackwardBegin as BackwardBegin
 from .events import BackwardEnd as BackwardEnd
 from .events import EpochBegin as EpochBegin

@@ -159,6 +159,16 @@ class Callback:
         cls._registry = registry
         cls._handler_cache = {}
 
+    @property
+    def inner(self) -> Callback:
+        """The callback doing the work: ``self``, or for a wrapper (:class:`asyncloop.ConditionalCallback`) the
+        innermost wrapped callback, however deeply nested.
+
+        Use it wherever a wrapper must be seen through (``run_after`` ordering, conflict resolution, finding a
+        callback by type); ``type(cb.inner)`` is the class a throttled callback really is.
+        """
+        return self
+
     # -- extension points ------------------------------------------------------------------------------------
     def init(self, learner: Learner) -> None:
         """One-time set-up with the unprotected learner (e.g. create ``cbstate`` entries). Must be idempotent."""

@@ -1,197 +1,40 @@
-"""Saving and loading: the learner's full training state, model weights, atomic writes, safe loading.
+"""The learner's training state: everything a fit needs to go on exactly, as plain data, in memory or a file.
 
 * :func:`training_state` / :func:`load_training_state` -- the whole state of a run as plain data: model and
   optimizer ``state_dict``s, the ``state_dict()`` of every stateful callback, the shared ``cbstate`` histories
-  (epoch/step counters, metrics, hyperparameters, traces) and the RNG states (torch CPU and CUDA, Python's
-  ``random``, NumPy's global generator when NumPy is installed). ``Learner.state_dict()`` and
-  ``Learner.load_state_dict()`` call them.
-* :func:`save_checkpoint` / :func:`load_checkpoint` -- that state in a file.
-* :func:`save_model` / :func:`load_model` -- weights only.
-* :func:`atomic_write` -- temporary file in the same folder, flush, fsync, rename, fsync the folder: a crash
-  leaves the old file or the new one, never a torn one.
+  (epoch/step counters, metrics, hyperparameters, traces; encoded by :mod:`asyncloop._plaindata`) and the RNG
+  states (torch CPU and CUDA, Python's ``random``, NumPy's global generator when NumPy is installed).
+  ``Learner.state_dict()`` and ``Learner.load_state_dict()`` call them.
+* :func:`save_checkpoint` / :func:`load_checkpoint` -- that state in a file (written atomically, loaded with
+  ``torch.load(..., weights_only=True)``: loading a file never runs code from it).
 
-Everything saved is plain data (dicts, lists, tuples, numbers, strings, tensors), and everything is loaded with
-``torch.load(..., weights_only=True)``: loading a file never runs code from it. Phases, which key the per-phase
-histories, are saved by class name and looked up among the already defined :class:`asyncloop.Phase` subclasses.
+Pitfall: loading is all or nothing, but only for what the state covers: a learner built with other callbacks
+keeps the state of those the checkpoint does not mention.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import random
-import tempfile
 import warnings
-from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ._checkpoint_files import read_checkpoint
+from ._durable import save_file
 from ._exceptions import CheckpointError
-
-from .phases import Phase
-from .state import History, PhaseDict, Protected, SeriesHistory, _clone_tree
+from ._plaindata import SKIP, decode, encode, is_plain
+from .phases import TrainingPhase
+from .state import _clone_tree
 
 if TYPE_CHECKING:
+    from ._callback import Callback
     from ._learner import Learner
 
-__all__ = [
-    "training_state",
-    "load_training_state",
-    "save_checkpoint",
-    "load_checkpoint",
-    "read_checkpoint",
-    "save_model",
-    "load_model",
-    "atomic_write",
-    "LATEST",
-]
-
 FORMAT = "asyncloop.training_state"
-MODEL_FORMAT = "asyncloop.model"
 VERSION = 1
-#: Name of the pointer file a :class:`asyncloop.Checkpointer` keeps next to its checkpoints.
-LATEST = "latest"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Atomic, durable writes
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _fsync(fd: int) -> None:
-    os.fsync(fd)
-
-
-def fsync_dir(folder: str | os.PathLike[str]) -> None:
-    """Make a rename or unlink in ``folder`` durable (no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        _fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:
-    """Write ``path`` atomically: ``write(file)`` into a temporary file next to it, fsync, rename, fsync the folder.
-
-    On any error the temporary file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            _fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(path.parent)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Plain-data encoding of cbstate
-# --------------------------------------------------------------------------------------------------------------
-
-_PLAIN = (type(None), bool, int, float, str, torch.Tensor)
-
-
-def _is_plain(value: Any) -> bool:
-    if isinstance(value, _PLAIN):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_is_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, (str, int)) and _is_plain(v) for k, v in value.items())
-    return False
-
-
-def _phase_name(phase: Phase) -> str:
-    return type(phase).__qualname__
-
-
-def _phase_classes(cls: type[Phase] = Phase) -> list[type[Phase]]:
-    found = []
-    for sub in cls.__subclasses__():
-        found.append(sub)
-        found.extend(_phase_classes(sub))
-    return found
-
-
-def _phase_from_name(name: str) -> Phase:
-    """The phase whose class has this qualified name; the latest definition wins (a re-run notebook cell)."""
-    matches = [c for c in _phase_classes() if c.__qualname__ == name]
-    if not matches:
-        raise CheckpointError(
-            f"the checkpoint has state for the phase {name!r}, but no Phase subclass of that name is defined; "
-            f"define (import) the custom phase before loading the checkpoint"
-        )
-    return matches[-1]()
-
-
-_FACTORIES: dict[str, Callable[[], Any]] = {"History": History, "SeriesHistory": SeriesHistory}
-
-
-def _encode(value: Any, clone: bool) -> Any:
-    """Encode one cbstate entry as plain data, or return ``_SKIP``."""
-    if isinstance(value, History):
-        return {"__type__": "History", "epochs": value.epochs, "steps": value.steps, "steps_epoch": value.steps_epoch}
-    if isinstance(value, SeriesHistory):
-        series = value.state_dict()
-        if not _is_plain(series):
-            return _SKIP
-        return {"__type__": "SeriesHistory", "series": _clone_tree(series) if clone else series}
-    if isinstance(value, PhaseDict):
-        factory = getattr(value.default_factory, "__name__", None)
-        if factory not in _FACTORIES:
-            return _SKIP
-        items = []
-        for phase, entry in list(value.items()):
-            encoded = _encode(entry, clone)
-            if encoded is _SKIP or not isinstance(phase, Phase):
-                return _SKIP
-            items.append((_phase_name(phase), encoded))
-        return {"__type__": "PhaseDict", "factory": factory, "items": items}
-    if _is_plain(value):
-        return _clone_tree(value) if clone else value
-    return _SKIP
-
-
-def _decode(value: Any) -> Any:
-    if isinstance(value, dict) and "__type__" in value:
-        kind = value["__type__"]
-        if kind == "History":
-            return History(value["epochs"], value["steps"], value["steps_epoch"])
-        if kind == "SeriesHistory":
-            series = SeriesHistory()
-            series.load_state_dict(value["series"])
-            return series
-        if kind == "PhaseDict":
-            out = PhaseDict(_FACTORIES[value["factory"]])
-            for name, entry in value["items"]:
-                out[_phase_from_name(name)] = _decode(entry)
-            return out
-        raise CheckpointError(f"unknown entry type {kind!r} in a checkpoint's cbstate")
-    return value
-
-
-class _Skip:
-    def __repr__(self) -> str:
-        return "<skip>"
-
-
-_SKIP = _Skip()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -237,20 +80,14 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def callback_key(callbacks: list[Any], index: int) -> str:
-    """``"Scheduler"`` for the first Scheduler, ``"Scheduler#1"`` for the second, and so on."""
-    name = _callback_class(callbacks[index]).__name__
-    occurrence = sum(1 for cb in callbacks[:index] if _callback_class(cb).__name__ == name)
+def callback_key(callbacks: list[Callback], index: int) -> str:
+    """``"Scheduler"`` for the first Scheduler, ``"Scheduler#1"`` for the second, and so on.
+
+    A wrapped callback counts as what it wraps (``type(cb.inner)``), so throttling one keeps its key.
+    """
+    name = type(callbacks[index].inner).__name__
+    occurrence = sum(1 for cb in callbacks[:index] if type(cb.inner).__name__ == name)
     return name if occurrence == 0 else f"{name}#{occurrence}"
-
-
-def _callback_class(cb: Any) -> type:
-    return type(getattr(cb, "wrapped", None) or cb)
-
-
-def unprotect(learner: Any) -> Learner:
-    """The learner behind a handler's protected view (for library callbacks that declared what they read)."""
-    return object.__getattribute__(learner, "_obj") if isinstance(learner, Protected) else learner
 
 
 def training_state(learner: Learner, *, clone: bool = True) -> dict[str, Any]:
@@ -278,7 +115,7 @@ def training_state(learner: Learner, *, clone: bool = True) -> dict[str, Any]:
             continue
         key = callback_key(callbacks, i)
         value = fn()
-        if not _is_plain(value):
+        if not is_plain(value):
             raise CheckpointError(
                 f"{cb.name}.state_dict() returned something other than plain data (dicts, lists, tuples, numbers, "
                 f"strings, tensors): {value!r}; a checkpoint must load without unpickling code"
@@ -287,8 +124,8 @@ def training_state(learner: Learner, *, clone: bool = True) -> dict[str, Any]:
     state["callbacks"] = cb_states
     cbstate: dict[str, Any] = {}
     for key, value in list(learner.cbstate.items()):
-        encoded = _encode(value, clone)
-        if encoded is _SKIP:
+        encoded = encode(value, clone)
+        if encoded is SKIP:
             warnings.warn(
                 f"cbstate[{key!r}] ({type(value).__name__}) is not plain data and is left out of the training state",
                 stacklevel=2,
@@ -297,8 +134,6 @@ def training_state(learner: Learner, *, clone: bool = True) -> dict[str, Any]:
         cbstate[key] = encoded
     state["cbstate"] = cbstate
     history = learner.cbstate.get("history")
-    from .phases import TrainingPhase
-
     train = history.get(TrainingPhase()) if isinstance(history, Mapping) else None
     state["epoch"] = train.epochs if train is not None else 0
     state["step"] = train.steps if train is not None else 0
@@ -387,7 +222,7 @@ def load_training_state(learner: Learner, state: Mapping[str, Any], *, where: st
         if problem is not None:
             learner._optimizer = had_optimizer
             raise CheckpointError(f"cannot load {where} into this learner: {problem}; {_MISMATCH_HINT}")
-    cbstate = {key: _decode(value) for key, value in state.get("cbstate", {}).items()}
+    cbstate = {key: decode(value) for key, value in state.get("cbstate", {}).items()}
 
     # Snapshot what loading changes, so that a failure part way (a callback rejecting its state, ...) is undone.
     callbacks = learner._callbacks
@@ -441,90 +276,11 @@ def load_training_state(learner: Learner, state: Mapping[str, Any], *, where: st
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _save(obj: Any, path: str | os.PathLike[str]) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-_CORRUPT = "the file is truncated or corrupted; load an earlier checkpoint instead"
-
-
-def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a file written by asyncloop safely (``torch.load(weights_only=True)``) and return its contents.
-
-    A folder means the checkpoint its ``latest`` pointer names. A missing, truncated or corrupted file, or one
-    that needs code to load, raises :class:`CheckpointError` naming the file; nothing on disk is changed.
-    """
-    path = Path(path)
-    if path.is_dir():
-        pointer = path / LATEST
-        try:
-            name = pointer.read_text(encoding="utf-8").strip()
-        except OSError:
-            raise CheckpointError(
-                f"{path} is a folder without a {LATEST!r} pointer file; pass the path of a checkpoint file"
-            ) from None
-        path = path / name
-    try:
-        with open(path, "rb") as f:
-            return torch.load(f, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"no checkpoint at {path}") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{path} is a folder, not a checkpoint file") from None
-    except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc):
-            raise CheckpointError(f"cannot load {path}: {_CORRUPT}") from exc
-        raise CheckpointError(
-            f"cannot load {path}: it holds objects that need code to load, and asyncloop loads only plain data "
-            f"and tensors; it was not written by asyncloop"
-        ) from exc
-    except Exception as exc:
-        raise CheckpointError(f"cannot load {path}: {_CORRUPT}") from exc
-
-
 def save_checkpoint(learner: Learner, path: str | os.PathLike[str]) -> None:
     """Write ``learner.state_dict()`` to ``path`` atomically."""
-    _save(training_state(learner, clone=False), path)
+    save_file(training_state(learner, clone=False), path)
 
 
 def load_checkpoint(learner: Learner, path: str | os.PathLike[str]) -> None:
     """Restore ``learner`` from a checkpoint file (or a Checkpointer folder: its latest checkpoint)."""
     load_training_state(learner, read_checkpoint(path), where=str(path))
-
-
-def save_model(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
-    """Save the weights of ``model`` (its ``state_dict``, on the CPU) to ``path``, atomically.
-
-    Only tensors are saved, never code: rebuild the model and call :func:`load_model` to load them.
-
-    Example::
-
-        save_model(learner.model, "model.pt")
-        model = load_model("model.pt", MyModel())
-    """
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"save_model saves a torch.nn.Module's weights, got {type(model).__name__}")
-    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _save({"format": MODEL_FORMAT, "version": VERSION, "model": weights}, path)
-
-
-def load_model(path: str | os.PathLike[str], model: torch.nn.Module | None = None) -> Any:
-    """Load weights saved by :func:`save_model` (or the model of a training checkpoint) without unpickling code.
-
-    With ``model``, load the weights into it (strictly) and return it; without, return the ``state_dict``.
-
-    Example::
-
-        model = load_model("model.pt", MyModel())   # weights written by save_model
-        weights = load_model("checkpoints")          # the model of a Checkpointer folder's latest checkpoint
-    """
-    data = read_checkpoint(path)
-    if not isinstance(data, Mapping) or data.get("format") not in (MODEL_FORMAT, FORMAT) or "model" not in data:
-        raise CheckpointError(
-            f"{path} holds no asyncloop model weights; was it written by save_model or a Checkpointer?"
-        )
-    weights = data["model"]
-    if model is None:
-        return weights
-    model.load_state_dict(weights)
-    return model

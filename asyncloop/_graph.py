@@ -26,8 +26,6 @@ from ._callback import Callback, ConflictResolution, NotDefined, RunFirst, Unres
 from ._exceptions import CallbackCycleError, DetachedWriterError, WriteConflictError
 from .state import Read, Write, accesses, validate_state_access
 
-__all__ = ["callback_graph", "linear_order", "CallbackInfo", "analyse"]
-
 
 @dataclass(frozen=True)
 class CallbackInfo:
@@ -49,12 +47,8 @@ def _fmt(path: tuple[str, ...]) -> str:
     return ".".join(path)
 
 
-def _inner(cb: Callback) -> Callback:
-    return getattr(cb, "wrapped", None) or cb
-
-
 def _resolve(a: Callback, b: Callback) -> ConflictResolution:
-    ia, ib = _inner(a), _inner(b)
+    ia, ib = a.inner, b.inner
     for first, second in ((ia, ib), (ib, ia)):
         answer = first.resolve_conflict(second)
         if not isinstance(answer, ConflictResolution):
@@ -128,7 +122,7 @@ def callback_graph(callbacks: Sequence[Callback]) -> nx.DiGraph:
     for b in infos:
         for a in infos:
             if a.index != b.index and (
-                isinstance(a.callback, b.callback.run_after) or isinstance(_inner(a.callback), b.callback.run_after)
+                isinstance(a.callback, b.callback.run_after) or isinstance(a.callback.inner, b.callback.run_after)
             ):
                 add(a.index, b.index, f"{b.callback.name}.run_after lists {type(a.callback).__name__}", True)
 

@@ -116,7 +116,7 @@ class Learner:
         cbs = [_check_callback(cb, f"callbacks[{i}]") for i, cb in enumerate(callbacks)]
         if use_default_callbacks:
             for default in _default_callbacks():
-                if not any(type(getattr(cb, "wrapped", None) or cb) is default for cb in cbs):
+                if not any(type(cb.inner) is default for cb in cbs):
                     cbs.append(default())
         self._callbacks: list[Callback] = []
         self._graph = nx.DiGraph()

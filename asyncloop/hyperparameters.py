@@ -200,11 +200,8 @@ class constant:
 
 
 @dataclass(frozen=True)
-class linear:
-    """From ``start`` at ``t = 1`` to ``end`` at ``t = n_steps`` in a straight line, then ``end``.
-
-    With ``start=0`` this is a linear warm-up.
-    """
+class _Anneal:
+    """A schedule from ``start`` to ``end`` over ``n_steps`` steps (an int >= 1), then ``end``."""
 
     start: float
     end: float
@@ -212,6 +209,18 @@ class linear:
 
     def __post_init__(self) -> None:
         _check_steps("n_steps", self.n_steps)
+
+    def _done(self, t: int) -> float:
+        """How far ``t`` is through ``t = 1 .. n_steps + 1``: 0.0 at ``t = 1``, 1.0 from ``t = n_steps + 1`` on."""
+        return min(max(t - 1, 0) / self.n_steps, 1.0)
+
+
+@dataclass(frozen=True)
+class linear(_Anneal):
+    """From ``start`` at ``t = 1`` to ``end`` at ``t = n_steps`` in a straight line, then ``end``.
+
+    With ``start=0`` this is a linear warm-up.
+    """
 
     def __call__(self, t: int) -> float:
         if self.n_steps == 1 or t >= self.n_steps:
@@ -221,19 +230,11 @@ class linear:
 
 
 @dataclass(frozen=True)
-class cosine:
+class cosine(_Anneal):
     """Cosine annealing from ``start`` at ``t = 1`` to ``end`` at ``t = n_steps + 1``, then ``end``."""
 
-    start: float
-    end: float
-    n_steps: int
-
-    def __post_init__(self) -> None:
-        _check_steps("n_steps", self.n_steps)
-
     def __call__(self, t: int) -> float:
-        frac = min(max(t - 1, 0) / self.n_steps, 1.0)
-        return self.end + (self.start - self.end) * (1 + math.cos(math.pi * frac)) / 2
+        return self.end + (self.start - self.end) * (1 + math.cos(math.pi * self._done(t))) / 2
 
 
 @dataclass(frozen=True)
@@ -263,23 +264,16 @@ class exponential:
 
 
 @dataclass(frozen=True)
-class polynomial:
+class polynomial(_Anneal):
     """``(start - end) * (1 - (t - 1) / n_steps) ** power + end`` up to ``t = n_steps + 1``, then ``end``.
 
     ``polynomial(1e-4, 0.0, 10)`` is ParameterSchedulers' ``Poly(λ=1e-4, p=1, max_iter=10)``.
     """
 
-    start: float
-    end: float
-    n_steps: int
     power: float = 1.0
 
-    def __post_init__(self) -> None:
-        _check_steps("n_steps", self.n_steps)
-
     def __call__(self, t: int) -> float:
-        frac = min(max(t - 1, 0) / self.n_steps, 1.0)
-        return (self.start - self.end) * (1 - frac) ** self.power + self.end
+        return (self.start - self.end) * (1 - self._done(t)) ** self.power + self.end
 
 
 @dataclass(frozen=True, init=False)

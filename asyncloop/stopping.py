@@ -196,7 +196,27 @@ class NumberLimit(StoppingCriterion):
 
 
 @dataclass(frozen=True, repr=False)
-class NumberSinceBest(StoppingCriterion):
+class _CountToN(StoppingCriterion):
+    """A criterion whose state is ``(reference value, count)`` and that stops when the count reaches ``n``.
+
+    ``n`` must be an int > 0; errors and the repr name the public class (``_label``), e.g. ``Patience(5)``.
+    """
+
+    n: int
+    _label = "?"
+
+    def __post_init__(self) -> None:
+        _positive_int("n", self.n, self._label)
+
+    def done(self, state: Any) -> bool:
+        return state is not None and state[1] == self.n
+
+    def __repr__(self) -> str:
+        return f"{self._label}({self.n})"
+
+
+@dataclass(frozen=True, repr=False)
+class NumberSinceBest(_CountToN):
     """Stop when the last ``n`` validation values brought no new best (lowest) value.
 
     State: ``(best, number_since_best)``. A value equal to the best is not an improvement. This is "no improvement
@@ -204,21 +224,13 @@ class NumberSinceBest(StoppingCriterion):
     """
 
     n: int = 6
-
-    def __post_init__(self) -> None:
-        _positive_int("n", self.n, "NumberSinceBest")
+    _label = "NumberSinceBest"
 
     def update(self, loss: float, state: Any = None) -> tuple[float, int]:
         if state is None:
             return (loss, 0)
         best, count = state
         return (loss, 0) if loss < best else (best, count + 1)
-
-    def done(self, state: Any) -> bool:
-        return state is not None and state[1] == self.n
-
-    def __repr__(self) -> str:
-        return f"NumberSinceBest({self.n})"
 
 
 @dataclass(frozen=True, repr=False)
@@ -314,27 +326,19 @@ class PQ(StoppingCriterion):
 
 
 @dataclass(frozen=True, repr=False)
-class Patience(StoppingCriterion):
+class Patience(_CountToN):
     """Stop after ``n`` *consecutive increases* of the validation value (Prechelt's UP); a non-increase resets.
 
     State: ``(loss, n_increases)``. Not "no improvement for ``n`` epochs": that is :class:`NumberSinceBest`.
     """
 
     n: int = 5
-
-    def __post_init__(self) -> None:
-        _positive_int("n", self.n, "Patience")
+    _label = "Patience"
 
     def update(self, loss: float, state: Any = None) -> tuple[float, int]:
         if state is None:
             return (loss, 0)
         return (loss, state[1] + 1 if loss > state[0] else 0)
-
-    def done(self, state: Any) -> bool:
-        return state is not None and state[1] == self.n
-
-    def __repr__(self) -> str:
-        return f"Patience({self.n})"
 
 
 #: Prechelt's name for :class:`Patience`.

@@ -377,6 +377,12 @@ class TestCallbackBase:
         assert Recorder().name == "Recorder"
         assert repr(Recorder()) == "Recorder()"
 
+    def test_inner_of_an_ordinary_callback_is_itself(self) -> None:
+        """Callback.inner is the callback itself when it wraps nothing."""
+        cb = Recorder()
+        assert cb.inner is cb
+        assert Callback().inner.__class__ is Callback
+
     def test_default_snapshot_copies_declared_state_behind_protection(self) -> None:
         """Callback.snapshot returns a protected copy of exactly the declared state."""
 

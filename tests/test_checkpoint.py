@@ -1,9 +1,7 @@
-"""Tests for asyncloop._checkpoint: training state (de)serialisation, safe loading, atomic writes, save/load_model."""
+"""Tests for asyncloop._checkpoint: the learner's training state in memory and in files, loaded all or nothing."""
 
 from __future__ import annotations
 
-import os
-import pickle
 import random
 import warnings
 from pathlib import Path
@@ -14,66 +12,12 @@ import pytest
 import torch
 import trio
 
-from asyncloop import (
-    AbstractTrainingPhase,
-    LearningRate,
-    Metrics,
-    Recorder,
-    Scheduler,
-    TrainingPhase,
-    ValidationPhase,
-    fit,
-    load_model,
-    run_epoch,
-    save_model,
-    test_learner,
-)
-from asyncloop._checkpoint import (
-    CheckpointError,
-    atomic_write,
-    callback_key,
-    load_checkpoint,
-    read_checkpoint,
-    save_checkpoint,
-    training_state,
-)
-from asyncloop.hyperparameters import constant
-from asyncloop.state import History, PhaseDict, SeriesHistory
+from asyncloop import Metrics, Recorder, Scheduler, TrainingPhase, ValidationPhase, fit, run_epoch, test_learner
+from asyncloop._checkpoint import callback_key, load_checkpoint, save_checkpoint, training_state
+from asyncloop._exceptions import CheckpointError
+from asyncloop.state import History
 from matchers import exact
-
-
-def trained(seed: int = 0, **kw: Any) -> Any:
-    torch.manual_seed(seed)
-    learner = test_learner(
-        Recorder(),
-        Metrics(),
-        Scheduler({LearningRate: constant(1e-3)}),
-        n_batches=4,
-        optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
-        **kw,
-    )
-    trio.run(fit, learner, 2)
-    return learner
-
-
-def plain(x: Any) -> bool:
-    if isinstance(x, (type(None), bool, int, float, str, torch.Tensor)):
-        return True
-    if isinstance(x, (list, tuple)):
-        return all(plain(v) for v in x)
-    if isinstance(x, dict):
-        return all(isinstance(k, (str, int)) and plain(v) for k, v in x.items())
-    return False
-
-
-def same_tree(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and torch.equal(a, b)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same_tree(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same_tree(a[k], b[k]) for k in a)
-    return a == b or (a != a and b != b)
+from training_states import plain, same_tree, trained
 
 
 class TestTrainingState:
@@ -118,35 +62,6 @@ class TestTrainingState:
         cbs = [Recorder(), Metrics(), Scheduler(), Scheduler()]
         assert [callback_key(cbs, i) for i in range(4)] == ["Recorder", "Metrics", "Scheduler", "Scheduler#1"]
 
-    def test_custom_phase_keys(self) -> None:
-        """Histories of a custom phase restore by looking the class name up among Phase subclasses."""
-
-        class Finetune(AbstractTrainingPhase):
-            async def step(self, learner: Any, batch: Any) -> Any:
-                return None
-
-        learner = trained()
-        learner.cbstate.history[Finetune()].epochs = 7
-        state = learner.state_dict()
-        other = trained(seed=1)
-        other.load_state_dict(state)
-        assert other.cbstate.history[Finetune()].epochs == 7
-
-    def test_unknown_phase(self) -> None:
-        """A phase no class is defined for is a clear error."""
-        learner = trained()
-        state = learner.state_dict()
-        history = state["cbstate"]["history"]
-        history["items"] = [("NoSuchPhase", history["items"][0][1])]
-        with pytest.raises(
-            CheckpointError,
-            match=exact(
-                "the checkpoint has state for the phase 'NoSuchPhase', but no Phase subclass of that name is defined; "
-                "define (import) the custom phase before loading the checkpoint"
-            ),
-        ):
-            learner.load_state_dict(state)
-
     def test_non_plain_callback_state(self) -> None:
         """A callback state_dict that needs pickle is refused when saving."""
 
@@ -157,15 +72,6 @@ class TestTrainingState:
         learner = test_learner(Bad())
         with pytest.raises(CheckpointError, match=r"^Bad\.state_dict\(\) returned something other than plain data"):
             learner.state_dict()
-
-    def test_non_plain_cbstate_is_left_out(self) -> None:
-        """A cbstate entry that is not plain data is skipped with a warning; plain entries are kept."""
-        learner = trained()
-        learner.cbstate.custom = object()
-        learner.cbstate.counts = {"a": [1, 2]}
-        with pytest.warns(UserWarning, match=r"^cbstate\['custom'\] \(object\) is not plain data"):
-            state = learner.state_dict()
-        assert "custom" not in state["cbstate"] and state["cbstate"]["counts"] == {"a": [1, 2]}
 
     def test_not_a_state(self) -> None:
         """Anything but a training state is refused."""
@@ -200,6 +106,14 @@ class TestTrainingState:
         )
 
 
+def test_training_state_without_clone_shares_nothing_needed() -> None:
+    """training_state(clone=False) is the same data (used when writing inline)."""
+    learner = trained()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert same_tree(training_state(learner, clone=False)["model"], learner.state_dict()["model"])
+
+
 class TestFiles:
     def test_checkpoint_file_round_trip(self, tmp_path: Path) -> None:
         """save_checkpoint / load_checkpoint go through a file loaded with weights_only=True."""
@@ -210,35 +124,6 @@ class TestFiles:
         b = trained(seed=3)
         load_checkpoint(b, tmp_path / "a.pt")
         assert torch.equal(b.model.c, a.model.c)
-
-    def test_folder_means_latest(self, tmp_path: Path) -> None:
-        """A folder resolves through its 'latest' pointer; without one it is an error."""
-        save_checkpoint(trained(), tmp_path / "x.pt")
-        (tmp_path / "latest").write_text("x.pt\n")
-        assert read_checkpoint(tmp_path)["epoch"] == 2
-        with pytest.raises(
-            CheckpointError,
-            match=exact(
-                f"{tmp_path / 'sub'} is a folder without a 'latest' pointer file; pass the path of a checkpoint file"
-            ),
-        ):
-            (tmp_path / "sub").mkdir()
-            read_checkpoint(tmp_path / "sub")
-
-    def test_corrupted_file(self, tmp_path: Path) -> None:
-        """A truncated file is a clear error naming it; the file is left as it was."""
-        path = tmp_path / "c.pt"
-        save_checkpoint(trained(), path)
-        data = path.read_bytes()[:200]
-        path.write_bytes(data)
-        learner = trained(seed=2)
-        before = learner.model.c.detach().clone()
-        with pytest.raises(
-            CheckpointError,
-            match=exact(f"cannot load {path}: the file is truncated or corrupted; load an earlier checkpoint instead"),
-        ):
-            learner.load_checkpoint(path)
-        assert path.read_bytes() == data and torch.equal(learner.model.c, before)
 
     @staticmethod
     def _learner_state(learner: Any) -> Any:
@@ -284,85 +169,3 @@ class TestFiles:
         with pytest.raises(CheckpointError, match=r"c has shape \(3,\) in the checkpoint, \(\) in the model; build"):
             learner.load_checkpoint(path)
         assert torch.equal(learner.model.c, before)
-
-    def test_missing_file(self, tmp_path: Path) -> None:
-        """A missing file names the path."""
-        with pytest.raises(CheckpointError, match=exact(f"no checkpoint at {tmp_path / 'nope.pt'}")):
-            read_checkpoint(tmp_path / "nope.pt")
-
-    @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-    def test_never_unpickles_code(self, tmp_path: Path) -> None:
-        """A file holding arbitrary objects is refused and nothing in it runs."""
-        ran = []
-
-        class Evil:
-            def __reduce__(self) -> Any:
-                return (ran.append, ("pwned",))
-
-        path = tmp_path / "evil.pt"
-        torch.save({"format": "asyncloop.model", "model": Evil()}, path)
-        with pytest.raises(CheckpointError, match=r"holds objects that need code to load"):
-            load_model(path)
-        with open(tmp_path / "evil.pkl", "wb") as f:
-            pickle.dump(Evil(), f)
-        with pytest.raises(CheckpointError):
-            read_checkpoint(tmp_path / "evil.pkl")
-        assert ran == []
-
-    def test_atomic_write_failure_keeps_the_old_file(self, tmp_path: Path) -> None:
-        """An error while writing leaves the previous file intact and no temporary file behind."""
-        path = tmp_path / "f.bin"
-        atomic_write(path, lambda f: f.write(b"old"))
-
-        def fail(f: Any) -> None:
-            f.write(b"half")
-            raise OSError("disk full")
-
-        with pytest.raises(OSError, match=exact("disk full")):
-            atomic_write(path, fail)
-        assert path.read_bytes() == b"old"
-        assert os.listdir(tmp_path) == ["f.bin"]
-
-
-class TestSaveLoadModel:
-    def test_round_trip(self, tmp_path: Path) -> None:
-        """save_model writes the weights; load_model loads them into a model, or returns the state dict."""
-        model = torch.nn.Linear(3, 2)
-        save_model(model, tmp_path / "m.pt")
-        other = torch.nn.Linear(3, 2)
-        assert load_model(tmp_path / "m.pt", other) is other
-        assert torch.equal(other.weight, model.weight)
-        weights = load_model(tmp_path / "m.pt")
-        assert set(weights) == {"weight", "bias"}
-
-    def test_loads_a_training_checkpoint(self, tmp_path: Path) -> None:
-        """load_model also takes the model out of a training checkpoint."""
-        learner = trained()
-        save_checkpoint(learner, tmp_path / "ckpt.pt")
-        assert torch.equal(load_model(tmp_path / "ckpt.pt")["c"], learner.model.c.detach())
-
-    def test_bad_input(self, tmp_path: Path) -> None:
-        """A non-module, or a file without weights, is rejected."""
-        with pytest.raises(TypeError, match=exact("save_model saves a torch.nn.Module's weights, got function")):
-            save_model(lambda x: x, tmp_path / "f.pt")  # type: ignore[arg-type]
-        torch.save({"a": 1}, tmp_path / "other.pt")
-        with pytest.raises(CheckpointError, match=r"holds no asyncloop model weights"):
-            load_model(tmp_path / "other.pt")
-
-    def test_state_of_series_with_tensors(self) -> None:
-        """SeriesHistory values that are tensors (e.g. traces) survive the round trip."""
-        learner = trained()
-        learner.cbstate.trace_history = PhaseDict(SeriesHistory)
-        learner.cbstate.trace_history[TrainingPhase()].push("v", 1, torch.arange(3.0))
-        state = learner.state_dict()
-        other = trained(seed=1)
-        other.load_state_dict(state)
-        assert torch.equal(other.cbstate.trace_history[TrainingPhase()].last("v")[1], torch.arange(3.0))
-
-
-def test_training_state_without_clone_shares_nothing_needed() -> None:
-    """training_state(clone=False) is the same data (used when writing inline)."""
-    learner = trained()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert same_tree(training_state(learner, clone=False)["model"], learner.state_dict()["model"])

@@ -38,8 +38,9 @@ from asyncloop import (
     one_cycle,
     test_learner,
 )
-from asyncloop import _checkpoint as checkpoint_module
-from asyncloop._checkpoint import CheckpointError, read_checkpoint
+from asyncloop import _durable as durable_module
+from asyncloop._checkpoint_files import read_checkpoint
+from asyncloop._exceptions import CheckpointError
 from asyncloop.stopping import NumberLimit, NumberSinceBest
 from matchers import exact
 from scripted import Scripted
@@ -264,7 +265,7 @@ class TestDetached:
     ) -> None:
         """Under ActorRunner training steps run while a (slow) checkpoint is written; under LinearRunner none do."""
         intervals: list[tuple[float, float]] = []
-        real = checkpoint_module._fsync
+        real = durable_module._fsync
 
         def slow_fsync(fd: int) -> None:
             t0 = time.perf_counter()
@@ -273,7 +274,7 @@ class TestDetached:
             real(fd)
             intervals.append((t0, time.perf_counter()))
 
-        monkeypatch.setattr(checkpoint_module, "_fsync", slow_fsync)
+        monkeypatch.setattr(durable_module, "_fsync", slow_fsync)
         clock = StepClock()
         learner = test_learner(Checkpointer(tmp_path), Recorder(), Metrics(), clock, n_batches=16, runner=runner())
         trio.run(fit, learner, 3)

@@ -195,6 +195,20 @@ class TestConditionalCallback:
         assert cb.callback.callback is inner
         assert throttle(inner, StepEnd, freq=2).name == "ConditionalCallback(Recorder)"
 
+    def test_inner_sees_through_nested_wrappers(self) -> None:
+        """inner is the innermost wrapped callback at every level of nesting, the same object as wrapped."""
+        inner = Recorder()
+        once = throttle(inner, StepEnd, freq=2)
+        twice = throttle(once, EpochEnd, freq=2)
+        assert once.inner is inner
+        assert twice.inner is inner
+        assert twice.wrapped is twice.inner
+
+    def test_wrapped_callback_keeps_run_after_ordering(self) -> None:
+        """run_after = (Recorder,) orders a callback after a Recorder wrapped twice (seen through inner)."""
+        g = callback_graph([Metrics(), throttle(throttle(Recorder(), StepEnd, freq=2), EpochEnd, freq=3)])
+        assert (1, 0) in g.edges
+
     def test_get_callback_does_not_unwrap(self) -> None:
         """As in FluxTraining, get_callback(Inner) misses a wrapped callback; get_callback of the wrapper finds it."""
         cb = throttle(Recorder(), StepEnd, freq=2)

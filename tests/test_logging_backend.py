@@ -107,3 +107,28 @@ class TestDefaultRunName:
         names = {default_run_name() for _ in range(20)}
         assert len(names) == 20
         assert all(re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", n) for n in names)
+
+
+class TestLazyResource:
+    def test_opens_on_first_use_and_closes_idempotently(self) -> None:
+        """use() opens once and reuses; flush acts only while open; close is idempotent and the next use reopens."""
+        from asyncloop.logging._backend import LazyResource
+
+        calls: list[str] = []
+        counter = iter(range(10))
+        res = LazyResource(
+            lambda: calls.append("open") or next(counter),
+            flush=lambda v: calls.append(f"flush {v}"),
+            close=lambda v: calls.append(f"close {v}"),
+        )
+        res.flush()
+        res.close()
+        assert calls == [] and res.value is None
+        with res.lock:
+            assert res.use() == 0 and res.use() == 0
+        res.flush()
+        res.close()
+        res.close()
+        with res.lock:
+            assert res.use() == 1
+        assert calls == ["open", "flush 0", "close 0", "open"]

@@ -248,3 +248,53 @@ class TestMetrics:
             "step": Read(),
         }
         assert Metrics.run_after == (Recorder,)
+
+
+class TestBatchSize:
+    @pytest.mark.parametrize(
+        ("ys", "expected"),
+        [
+            (torch.zeros(5, 3), 5),
+            (torch.tensor(2.0), 1),
+            ((torch.zeros(4), torch.zeros(4, 2)), 4),
+            ([torch.zeros(3, 2), torch.zeros(3)], 3),
+            ({"boxes": torch.zeros(6, 4), "labels": torch.zeros(6)}, 6),
+            ({"outer": {"inner": torch.zeros(7)}}, 7),
+            ({"names": ["a", "b", "c"]}, 3),
+            ([[torch.zeros(2, 4), torch.zeros(2)], torch.zeros(2)], 2),
+            (({"mask": torch.zeros(5, 1)}, torch.zeros(5)), 5),
+            (["cat", "dog"], 2),
+            ([[1, 2], [3, 4], [5, 6]], 3),
+            ((), 0),
+            ({}, 0),
+            (3.5, 1),
+        ],
+        ids=[
+            "tensor", "scalar-tensor", "tuple", "list", "dict", "nested-dict", "dict-of-list", "nested-list",
+            "tuple-led-by-dict", "list-of-str", "list-of-samples", "empty-tuple", "empty-dict", "number",
+        ],
+    )
+    def test_rows(self, ys: Any, expected: int) -> None:
+        """_batch_size counts the rows of the leading tensor of tuple/list/dict targets, else the length, else 1."""
+        from asyncloop.callbacks._metrics import _batch_size
+
+        assert _batch_size(ys) == expected
+
+    def test_tuple_and_dict_targets_weight_the_epoch_value(self) -> None:
+        """A metric over tuple or dict targets weights each step by the rows of its leading tensor."""
+        for wrap in (lambda t: (t, t.sum()), lambda t: {"y": t, "n": len(t)}):
+            metric = Metric(lambda preds, ys: preds.sum(), name="Sum")
+            for rows, value in ((2, 1.0), (6, 3.0)):
+                step = {"preds": torch.tensor(value), "ys": wrap(torch.zeros(rows))}
+                metric.update(type("L", (), {"step": type("S", (), step)()})(), TrainingPhase())
+            assert metric.epoch_value() == pytest.approx((2 * 1.0 + 6 * 3.0) / 8)
+
+
+class TestLossAdd:
+    def test_add_returns_the_step_value(self) -> None:
+        """Loss.add counts a step by batch size and returns the value step_value() then reports (CPU: a float)."""
+        loss = Loss()
+        assert loss.add(torch.tensor(2.0), torch.zeros(3)) == 2.0
+        value = loss.add(torch.tensor(4.0, requires_grad=True), torch.zeros(1))
+        assert value == 4.0 and type(value) is float and loss.step_value() == value
+        assert loss.epoch_value() == pytest.approx((3 * 2.0 + 4.0) / 4)

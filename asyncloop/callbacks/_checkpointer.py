@@ -10,15 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .._callback import Callback, on
-from .._checkpoint import LATEST, CheckpointError, atomic_write, fsync_dir, training_state, unprotect
+from .._checkpoint import training_state
+from .._checkpoint_files import write_latest
+from .._durable import fsync_dir, save_file
+from .._exceptions import CheckpointError
 from ..events import EpochBegin, EpochEnd, Event, FitEnd
 from ..phases import AbstractTrainingPhase, Phase, TrainingPhase
 from ..state import Protected, Read
+from ._monitor import monitored_epoch_value
 
-__all__ = ["Checkpointer"]
 
 _MODES = ("min", "max")
 EXTENSION = ".pt"
@@ -124,30 +125,13 @@ class Checkpointer(Callback):
         if self._pending is None:
             return None
         epoch, self._pending = self._pending, None
-        value = self._monitored(learner)
+        value = monitored_epoch_value(learner.cbstate, self.phase, self.monitor, who="Checkpointer")
         name = f"checkpoint_epoch_{epoch:03d}_{self._tag}_{_format_value(value)}{EXTENSION}"
         entries = [e for e in self._saved if e[2] != name] + [(epoch, value, name)]
         kept = self._retain(entries)
         remove = tuple(e[2] for e in entries if e not in kept)
         self._saved = kept
         return _Job(self.folder / name, training_state(learner, clone=clone), remove)
-
-    def _monitored(self, learner: Any) -> float | None:
-        cbstate = learner.cbstate
-        series = cbstate["metrics_epoch"].get(self.phase) if "metrics_epoch" in cbstate else None
-        if series is None or self.monitor not in series:
-            if series is not None and len(series):
-                known = ", ".join(repr(k) for k in series.keys())
-                raise ValueError(
-                    f"Checkpointer monitors {self.monitor!r}, which Metrics did not record for {self.phase!r} "
-                    f"(recorded: {known}); pass monitor= one of those, or add the metric to Metrics(...)"
-                )
-            return None
-        index, value = series.last(self.monitor)
-        history = cbstate.history.get(self.phase)
-        if history is None or index != history.epochs:
-            return None
-        return float(value)
 
     def _rank(self, entry: tuple[int, float | None, str]) -> tuple[int, float, int]:
         epoch, value, _ = entry
@@ -166,14 +150,14 @@ class Checkpointer(Callback):
     @on(EpochBegin, AbstractTrainingPhase)
     @on(FitEnd)
     def checkpoint(self, event: Event, phase: Phase, learner: Any) -> None:
-        job = self._plan(event, phase, unprotect(learner), clone=False) if isinstance(learner, Protected) else learner
+        job = self._plan(event, phase, _unprotect(learner), clone=False) if isinstance(learner, Protected) else learner
         if job is not None:
             self._write(job)
 
     def _write(self, job: _Job) -> None:
         try:
-            atomic_write(job.path, lambda f: torch.save(job.state, f))
-            atomic_write(self.folder / LATEST, lambda f: f.write(f"{job.path.name}\n".encode()))
+            save_file(job.state, job.path)
+            write_latest(self.folder, job.path.name)
         except OSError as exc:
             raise CheckpointError(
                 f"Checkpointer could not write {job.path}: {exc.strerror or exc}; earlier checkpoints are untouched"
@@ -209,6 +193,11 @@ class Checkpointer(Callback):
     def __repr__(self) -> str:
         top = "" if self.keep_top_k is None else f", keep_top_k={self.keep_top_k}"
         return f"Checkpointer({str(self.folder)!r}{top})"
+
+
+def _unprotect(learner: Any) -> Any:
+    """The learner behind a handler's protected view (this callback declared what it reads)."""
+    return object.__getattribute__(learner, "_obj") if isinstance(learner, Protected) else learner
 
 
 def _check_folder(folder: Path) -> None:

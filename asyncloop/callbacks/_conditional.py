@@ -9,8 +9,6 @@ from .._callback import Callback, ConflictResolution, Handler
 from ..events import Event
 from ..phases import Phase
 
-__all__ = ["CallbackCondition", "ConditionalCallback", "FrequencyThrottle", "TimeThrottle", "throttle"]
-
 
 class CallbackCondition:
     """Decides per event whether a :class:`ConditionalCallback` forwards it. Implement :meth:`should_run`.
@@ -89,10 +87,14 @@ class ConditionalCallback(Callback):
         self.blocking = callback.blocking  # type: ignore[misc]
 
     @property
+    def inner(self) -> Callback:
+        """The innermost wrapped callback (seen through nested wrappers)."""
+        return self.callback.inner
+
+    @property
     def wrapped(self) -> Callback:
-        """The innermost wrapped callback."""
-        inner = self.callback
-        return inner.wrapped if isinstance(inner, ConditionalCallback) else inner
+        """The innermost wrapped callback: the same as :attr:`inner`, kept for existing code."""
+        return self.callback.inner
 
     def init(self, learner: Any) -> None:
         self.callback.init(learner)

@@ -10,8 +10,6 @@ from .._callback import Callback, Handler
 from ..events import Event
 from ..phases import Phase
 
-__all__ = ["CustomCallback"]
-
 
 class CustomCallback(Callback):
     """Call ``fn(learner)`` on every event of type ``event`` during phases of type ``phase``.

@@ -12,9 +12,9 @@ from ..state import Read
 from ..stopping import Disjunction as _Disjunction
 from ..stopping import EarlyStopped, NumberSinceBest, StoppingCriterion
 from ._metrics import Metrics
+from ._monitor import monitored_epoch_value
 from ._recorder import Recorder
 
-__all__ = ["EarlyStopping"]
 
 _MODES = ("min", "max")
 
@@ -117,19 +117,7 @@ class EarlyStopping(Callback):
                 "EarlyStopping judges the epoch values Metrics records, counted by the Recorder; add Metrics() and "
                 "Recorder() (both default callbacks)"
             )
-        series = cbstate.metrics_epoch[phase]
-        if self.monitor not in series:
-            if required and len(series):
-                known = ", ".join(repr(k) for k in series.keys())
-                raise ValueError(
-                    f"EarlyStopping monitors {self.monitor!r}, which Metrics did not record for {phase!r} "
-                    f"(recorded: {known}); pass monitor= one of those, or add the metric to Metrics(...)"
-                )
-            return None
-        index, value = series.last(self.monitor)
-        if index != cbstate.history[phase].epochs:
-            return None  # nothing recorded for this epoch (e.g. it was cancelled before any step)
-        return float(value)
+        return monitored_epoch_value(cbstate, phase, self.monitor, who="EarlyStopping", strict=required)
 
     def state_dict(self) -> dict[str, Any]:
         return {"state": self.state}

@@ -12,8 +12,6 @@ from .._callback import Callback, on
 from ..events import StepEnd
 from ..phases import Phase
 
-__all__ = ["GarbageCollect"]
-
 
 def _malloc_trim() -> Any:
     if not sys.platform.startswith("linux"):

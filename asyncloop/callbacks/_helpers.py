@@ -22,8 +22,6 @@ from ..events import BackwardEnd, EpochBegin, StepBegin
 from ..phases import AbstractTrainingPhase, Phase
 from ..state import Read, Write
 
-__all__ = ["GradientClipping", "GradientAccumulation", "MixedPrecision"]
-
 
 class GradientClipping(Callback):
     """Clip the gradients at ``BackwardEnd`` of training steps, before the optimizer step.

@@ -19,8 +19,6 @@ from ..phases import Phase
 from ..state import PhaseDict, Read, SeriesHistory, Write
 from ._recorder import Recorder
 
-__all__ = ["AbstractMetric", "Metric", "Loss", "Metrics", "accuracy"]
-
 
 def accuracy(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Fraction of rows whose argmax over the last axis matches the target.
@@ -36,17 +34,41 @@ def accuracy(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def _batch_size(ys: Any) -> int:
-    """Rows in a batch of targets: the first dimension of a tensor, of the first tensor of a tuple or dict."""
+    """Rows in a batch of targets ``ys``: the weight of its step in the epoch value.
+
+    * a tensor: its first dimension (a 0-d tensor counts 1);
+    * a dict (the fields of a batch): the rows of its first value;
+    * a tuple or list: when its leading elements (first element, first value, nested) reach a tensor, the
+      fields of a batch as ``default_collate`` builds them (``[boxes, labels]``, ``[[boxes, masks], labels]``):
+      that tensor's rows; otherwise a batch of samples (``["cat", "dog"]``): its length;
+    * anything else with a length: the length; a scalar: 1.
+
+    Pitfall: an empty dict, tuple or list counts 0 rows, so its step adds nothing to the epoch value.
+    """
     if isinstance(ys, torch.Tensor):
         return ys.shape[0] if ys.ndim else 1  # shape[0]: len(tensor) is several times slower
-    if isinstance(ys, (tuple, list)) and ys and isinstance(ys[0], torch.Tensor):
-        return _batch_size(ys[0])
     if isinstance(ys, Mapping) and ys:
         return _batch_size(next(iter(ys.values())))
+    if isinstance(ys, (tuple, list)) and ys:
+        lead = _leading_tensor(ys[0])
+        if lead is not None:
+            return _batch_size(lead)
     try:
         return len(ys)
     except TypeError:  # a scalar
         return 1
+
+
+def _leading_tensor(value: Any) -> torch.Tensor | None:
+    """The tensor reached by following first elements of tuples/lists and first values of dicts, or None."""
+    while not isinstance(value, torch.Tensor):
+        if isinstance(value, (tuple, list)) and value:
+            value = value[0]
+        elif isinstance(value, Mapping) and value:
+            value = next(iter(value.values()))
+        else:
+            return None
+    return value
 
 
 def _detached(value: Any) -> Any:
@@ -111,10 +133,15 @@ class _WeightedMean(AbstractMetric):
             self._last = None
             return
         step = learner.step
-        self._add(self._compute(step), step.ys)
+        self.add(self._compute(step), step.ys)
 
-    def _add(self, value: Any, ys: Any) -> None:
-        """Count one step's ``value`` for a batch with targets ``ys`` (every step: the checks are inlined)."""
+    def add(self, value: Any, ys: Any) -> Any:
+        """Count one step's ``value`` for a batch with targets ``ys`` and return it as :meth:`step_value` will.
+
+        The value is weighted by the batch size (rows of ``ys``, see ``_batch_size``). A CPU tensor becomes a
+        number, an accelerator tensor stays a detached tensor, so this never syncs the device. Runs every step:
+        the checks are inlined. :class:`Metrics` calls it directly for the default :class:`Loss`.
+        """
         if value.__class__ is torch.Tensor:  # _detached
             value = value.item() if value.is_cpu else value.detach()
         elif isinstance(value, torch.Tensor):
@@ -123,6 +150,7 @@ class _WeightedMean(AbstractMetric):
         self._sum = self._sum + value * n
         self._count += n
         self._last = value
+        return value
 
     def step_value(self) -> Any:
         return self._last
@@ -285,14 +313,13 @@ class Metrics(Callback):
 
     @on(StepEnd)
     def step_end(self, event: StepEnd, phase: Phase, learner: Any) -> None:
+        step = learner.step
         cbstate = learner.cbstate
-        index = cbstate.history[phase].steps
         series = cbstate.metrics_step[phase]
+        index = cbstate.history[phase].steps
         for metric in self.metrics:
             if metric.__class__ is Loss:  # the default metric, every step: Loss.update without its indirections
-                step = learner.step
-                metric._add(step.loss, step.ys)
-                value = metric._last
+                value = metric.add(step.loss, step.ys)
             else:
                 metric.update(learner, phase)
                 value = metric.step_value()

@@ -9,8 +9,6 @@ from ..events import EpochBegin, EpochEnd, StepEnd
 from ..phases import Phase
 from ..state import History, PhaseDict, Write
 
-__all__ = ["Recorder"]
-
 
 class Recorder(Callback):
     """Maintain ``learner.cbstate.history[phase]``, a :class:`asyncloop.History` of *completed* units.

@@ -16,8 +16,6 @@ from .._exceptions import SanityCheckException
 from ..phases import AbstractTrainingPhase, Phase
 from ..state import Read
 
-__all__ = ["Check", "SanityCheck", "DEFAULT_CHECKS", "CHECKS"]
-
 
 @dataclass(frozen=True)
 class Check:
@@ -70,9 +68,8 @@ def _data_fn(learner: Any) -> Callable[[Any], Any]:
     from ._todevice import ToDevice
 
     for cb in learner.callbacks:
-        inner = getattr(cb, "wrapped", None) or cb
-        if isinstance(inner, ToDevice):
-            return inner.data_fn
+        if isinstance(cb.inner, ToDevice):
+            return cb.inner.data_fn
     return lambda value: value
 
 

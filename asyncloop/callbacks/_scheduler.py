@@ -12,8 +12,6 @@ from ..phases import AbstractTrainingPhase, Phase
 from ..state import Read, SeriesHistory, Write
 from ._recorder import Recorder
 
-__all__ = ["Scheduler"]
-
 
 class Scheduler(Callback):
     """Set each hyperparameter to ``schedule(t)`` at every training ``StepBegin``, ``t = 1, 2, ...``.

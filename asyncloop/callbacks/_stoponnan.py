@@ -13,8 +13,6 @@ from .._exceptions import CancelFittingException
 from ..phases import AbstractTrainingPhase, Phase
 from ..state import Read
 
-__all__ = ["StopOnNaNLoss"]
-
 
 class StopOnNaNLoss(Callback):
     """Raise ``CancelFittingException("Encountered NaN loss")`` (or ``Inf``/``-Inf``) at ``BackwardEnd``.

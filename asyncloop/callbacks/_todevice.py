@@ -13,8 +13,6 @@ from ..events import EpochBegin, FitBegin, StepBegin
 from ..phases import Phase
 from ..state import Write
 
-__all__ = ["ToDevice", "ToGPU", "move_to"]
-
 
 def move_to(value: Any, device: torch.device) -> Any:
     """``value`` with every tensor in it (also inside tuples, lists and dicts) moved to ``device``."""

@@ -14,8 +14,6 @@ from ..phases import Phase
 from ..state import PhaseDict, Read, SeriesHistory, Write
 from ._recorder import Recorder
 
-__all__ = ["Traces"]
-
 
 def _plain(value: Any) -> Any:
     if isinstance(value, torch.Tensor):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import abc
 import secrets
+import threading
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 from ..loggables import Loggable
-
-__all__ = ["LoggerBackend", "log_to", "default_run_name"]
 
 
 class LoggerBackend(abc.ABC):
@@ -43,6 +42,50 @@ class LoggerBackend(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+R = TypeVar("R")
+
+
+class LazyResource(Generic[R]):
+    """The one resource (file, writer) a backend writes through: opened on first use, closed idempotently.
+
+    ``log_to`` may run on several threads at once (one per logging callback), so every use holds :attr:`lock`::
+
+        with self._out.lock:
+            self._out.use().write(...)
+
+    :meth:`flush` and :meth:`close` take the lock themselves and do nothing while the resource is closed; after
+    :meth:`close` the next :meth:`use` opens it again (one backend can serve several fits).
+    """
+
+    __slots__ = ("lock", "value", "_open", "_flush", "_close")
+
+    def __init__(self, opener: Callable[[], R], *, flush: Callable[[R], Any], close: Callable[[R], Any]) -> None:
+        self.lock = threading.Lock()
+        #: The open resource, or ``None`` while closed.
+        self.value: R | None = None
+        self._open, self._flush, self._close = opener, flush, close
+
+    def use(self) -> R:
+        """The resource, opened now if it is closed. Call it with :attr:`lock` held."""
+        value = self.value
+        if value is None:
+            value = self.value = self._open()
+        return value
+
+    def flush(self) -> None:
+        """Flush the resource if it is open."""
+        with self.lock:
+            if self.value is not None:
+                self._flush(self.value)
+
+    def close(self) -> None:
+        """Close the resource if it is open (idempotent)."""
+        with self.lock:
+            value, self.value = self.value, None
+            if value is not None:
+                self._close(value)
 
 
 def _as_group(group: Any) -> tuple[str, ...]:

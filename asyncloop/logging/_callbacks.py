@@ -47,8 +47,6 @@ from ..phases import AbstractTrainingPhase, FitPhase, Phase, TrainingPhase
 from ..state import Read, snapshot
 from ._backend import LoggerBackend, log_to
 
-__all__ = ["LogMetrics", "LogHyperParams", "LogHistograms", "LogVisualization", "LogTraces", "LogEvents"]
-
 
 def _check_backends(owner: str, backends: Sequence[Any]) -> tuple[LoggerBackend, ...]:
     if not backends:

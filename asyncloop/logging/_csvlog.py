@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import csv
 import os
-import threading
 import time
 from typing import IO, Any
 
 from ..loggables import Loggable, Value
-from ._backend import LoggerBackend, default_run_name
+from ._backend import LazyResource, LoggerBackend, default_run_name
 
-__all__ = ["CSVBackend", "CSV_COLUMNS"]
 
 #: The header of every file :class:`CSVBackend` writes.
 CSV_COLUMNS = ("run", "phase", "unit", "index", "name", "value", "tag", "time")
@@ -40,11 +38,10 @@ class CSVBackend(LoggerBackend):
             raise TypeError(f"run must be a str or None, got {run!r}")
         self.path = os.fspath(path)
         self.run = run if run is not None else default_run_name()
-        self._file: IO[str] | None = None
-        self._writer: Any = None
-        self._lock = threading.Lock()
+        self._out: LazyResource[tuple[IO[str], Any]] = LazyResource(self._open, flush=_flush, close=_close)
 
-    def _open(self) -> Any:
+    def _open(self) -> tuple[IO[str], Any]:
+        """The file opened for appending (its header checked, or written) and a ``csv.writer`` on it."""
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         exists = os.path.exists(self.path) and os.path.getsize(self.path) > 0
         if exists:
@@ -55,11 +52,11 @@ class CSVBackend(LoggerBackend):
                     f"{self.path} exists and its header is not {','.join(CSV_COLUMNS)}; "
                     f"log to a new file or move this one away"
                 )
-        self._file = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115 - closed by close()
-        self._writer = csv.writer(self._file)
+        file = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        writer = csv.writer(file)
         if not exists:
-            self._writer.writerow(CSV_COLUMNS)
-        return self._writer
+            writer.writerow(CSV_COLUMNS)
+        return file, writer
 
     def log_to(self, loggable: Loggable, name: str, index: int, group: tuple[str, ...] = ()) -> None:
         if not isinstance(loggable, Value):
@@ -67,22 +64,25 @@ class CSVBackend(LoggerBackend):
         unit = group[0].lower() if group and group[0] in ("Step", "Epoch") else ""
         phase = group[1] if len(group) == 3 else ""
         row = (self.run, phase, unit, index, name, loggable.data, "/".join((*group, name)), time.time())
-        with self._lock:
-            writer = self._writer if self._writer is not None else self._open()
+        with self._out.lock:
+            file, writer = self._out.use()
             writer.writerow(row)
-            self._file.flush()  # type: ignore[union-attr]
+            file.flush()
 
     def flush(self) -> None:
-        with self._lock:
-            if self._file is not None:
-                self._file.flush()
+        self._out.flush()
 
     def close(self) -> None:
         """Close the file (idempotent; the next ``log_to`` reopens it for appending)."""
-        with self._lock:
-            f, self._file, self._writer = self._file, None, None
-            if f is not None:
-                f.close()
+        self._out.close()
 
     def __repr__(self) -> str:
         return f"CSVBackend({self.path!r}, run={self.run!r})"
+
+
+def _flush(out: tuple[IO[str], Any]) -> None:
+    out[0].flush()
+
+
+def _close(out: tuple[IO[str], Any]) -> None:
+    out[0].close()

@@ -37,17 +37,6 @@ from ..loggables import Loggable
 from ._backend import LoggerBackend, default_run_name
 from ._records import FORMAT_VERSION, control_record, is_record, make_record, open_value, pack, unpack
 
-__all__ = [
-    "MAGIC",
-    "FORMAT_VERSION",
-    "HEADER",
-    "MAX_RECORD_SIZE",
-    "EventLogBackend",
-    "EventLogReader",
-    "read_events",
-    "follow",
-    "frame",
-]
 
 MAGIC = b"\x89ALG\r\n\x1a\n"
 HEADER = MAGIC + FORMAT_VERSION.to_bytes(2, "big") + b"\x00\x00"

@@ -41,7 +41,6 @@ import numpy as np
 
 from ..loggables import Loggable
 
-__all__ = ["FORMAT_VERSION", "make_record", "control_record", "pack", "unpack", "is_record", "decode_array"]
 
 #: Version of the record schema and of the event-log file format.
 FORMAT_VERSION = 1

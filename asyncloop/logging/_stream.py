@@ -54,16 +54,6 @@ from ..loggables import Loggable
 from ._backend import LoggerBackend, default_run_name
 from ._records import make_record, pack, unpack
 
-__all__ = [
-    "PROTOCOL_VERSION",
-    "DEFAULT_MAX_FRAME_SIZE",
-    "MAX_HELLO_SIZE",
-    "StreamServer",
-    "StreamBackend",
-    "StreamStatistics",
-    "Subscription",
-    "subscribe",
-]
 
 PROTOCOL_VERSION = 1
 #: Default largest frame payload, both ways (16 MiB).
@@ -375,7 +365,7 @@ class StreamServer:
             await stream.send_all(_frame(pack({"kind": "welcome", "protocol": PROTOCOL_VERSION})))
             self._subscribers.add(sub)
             self._changed.unpark_all()
-            await self._serve_subscriber(stream, reader, sub)
+            await self._serve_subscriber(stream, sub)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:  # one connection's trouble never reaches the server
@@ -416,7 +406,7 @@ class StreamServer:
         with trio.move_on_after(min(1.0, self.handshake_timeout) or 0.1):
             await stream.send_all(_frame(pack({"kind": "error", "message": reason})))
 
-    async def _serve_subscriber(self, stream: trio.SocketStream, reader: _FrameReader, sub: _Subscriber) -> None:
+    async def _serve_subscriber(self, stream: trio.SocketStream, sub: _Subscriber) -> None:
         self._pumps += 1
         try:
             async with trio.open_nursery() as nursery:

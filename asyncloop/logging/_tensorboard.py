@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import glob
 import os
-import threading
 from typing import Any
 
 from ..loggables import Audio, Histogram, Image, Loggable, Text, Value
-from ._backend import LoggerBackend
-
-__all__ = ["TensorBoardBackend"]
+from ._backend import LazyResource, LoggerBackend
 
 
 class TensorBoardBackend(LoggerBackend):
@@ -43,21 +40,19 @@ class TensorBoardBackend(LoggerBackend):
         self.logdir = os.fspath(logdir)
         self.overwrite = bool(overwrite)
         self.writer_kwargs = writer_kwargs
-        self._writer: Any = None
-        self._lock = threading.Lock()
+        self._writer: LazyResource[Any] = LazyResource(self._open, flush=_flush, close=_close)
 
     def _open(self) -> Any:
         if self.overwrite:
             for old in glob.glob(os.path.join(glob.escape(self.logdir), "events.out.tfevents.*")):
                 os.remove(old)
             self.overwrite = False
-        self._writer = self._writer_class(log_dir=self.logdir, **self.writer_kwargs)
-        return self._writer
+        return self._writer_class(log_dir=self.logdir, **self.writer_kwargs)
 
     def log_to(self, loggable: Loggable, name: str, index: int, group: tuple[str, ...] = ()) -> None:
         tag = "/".join((*group, name))
-        with self._lock:
-            writer = self._writer if self._writer is not None else self._open()
+        with self._writer.lock:
+            writer = self._writer.use()
             if isinstance(loggable, Value):
                 writer.add_scalar(tag, float(loggable.data), index)
             elif isinstance(loggable, Text):
@@ -73,21 +68,24 @@ class TensorBoardBackend(LoggerBackend):
 
     def flush(self) -> None:
         """Write everything logged so far to the event file."""
-        with self._lock:
-            if self._writer is not None:
-                self._writer.flush()
+        self._writer.flush()
 
     def close(self) -> None:
         """Flush and close the event file (idempotent; the next ``log_to`` opens a new one)."""
-        with self._lock:
-            writer, self._writer = self._writer, None
-            if writer is not None:
-                writer.close()
+        self._writer.close()
 
     @property
     def is_open(self) -> bool:
         """True while an event file is open."""
-        return self._writer is not None
+        return self._writer.value is not None
 
     def __repr__(self) -> str:
         return f"TensorBoardBackend({self.logdir!r})"
+
+
+def _flush(writer: Any) -> None:
+    writer.flush()
+
+
+def _close(writer: Any) -> None:
+    writer.close()

@@ -1,0 +1,40 @@
+"""Tests for asyncloop._model_io: save_model / load_model, weights only and without unpickling code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from asyncloop import load_model, save_model
+from asyncloop._checkpoint import save_checkpoint
+from asyncloop._exceptions import CheckpointError
+from matchers import exact
+from training_states import trained
+
+
+class TestSaveLoadModel:
+    def test_round_trip(self, tmp_path: Path) -> None:
+        """save_model writes the weights; load_model loads them into a model, or returns the state dict."""
+        model = torch.nn.Linear(3, 2)
+        save_model(model, tmp_path / "m.pt")
+        other = torch.nn.Linear(3, 2)
+        assert load_model(tmp_path / "m.pt", other) is other
+        assert torch.equal(other.weight, model.weight)
+        weights = load_model(tmp_path / "m.pt")
+        assert set(weights) == {"weight", "bias"}
+
+    def test_loads_a_training_checkpoint(self, tmp_path: Path) -> None:
+        """load_model also takes the model out of a training checkpoint."""
+        learner = trained()
+        save_checkpoint(learner, tmp_path / "ckpt.pt")
+        assert torch.equal(load_model(tmp_path / "ckpt.pt")["c"], learner.model.c.detach())
+
+    def test_bad_input(self, tmp_path: Path) -> None:
+        """A non-module, or a file without weights, is rejected."""
+        with pytest.raises(TypeError, match=exact("save_model saves a torch.nn.Module's weights, got function")):
+            save_model(lambda x: x, tmp_path / "f.pt")  # type: ignore[arg-type]
+        torch.save({"a": 1}, tmp_path / "other.pt")
+        with pytest.raises(CheckpointError, match=r"holds no asyncloop model weights"):
+            load_model(tmp_path / "other.pt")
