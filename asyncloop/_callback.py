@@ -133,8 +133,8 @@ class Callback:
       learner state handlers may touch; declare the least you need. Default: nothing.
     * ``run_after`` -- callback types that, when present, run before this one.
     * ``detached`` -- under :class:`asyncloop.ActorRunner`, handle events on a snapshot without making the loop
-      wait (read-only callbacks only). ``inbox_size``, ``inbox_policy`` and ``blocking`` tune the actor; see
-      docs/actors.md.
+      wait (read-only callbacks only). ``inbox_size`` and ``blocking`` tune the actor (``inbox_policy`` has one
+      value, ``"block"``: nothing is dropped); see docs/actors.md.
 
     What handlers receive as ``learner`` is what :meth:`snapshot` returns, under every runner: by default a
     protected view of the live learner (inline) or a protected copy of the declared state (detached actors), so
