@@ -106,22 +106,21 @@ def run_sync(steps: Sequence[Step]) -> Callable[[Event, Phase], None]:
     Each handler's time is measured from the end of the previous one (one clock read per handler) and
     recorded in its callback's statistics.
     """
-    steps = tuple(steps)
+    calls = tuple((s.fn, s.view, s.accept, s.stats.record, s.callback) for s in steps)
 
     def run(event: Event, phase: Phase) -> None:
         t0 = _perf()
-        for step in steps:
-            accept = step.accept
+        for fn, view, accept, record, callback in calls:
             if accept is not None and not accept(event, phase):
                 continue
             try:
-                step.fn(event, phase, step.view)
+                fn(event, phase, view)
             except BaseException as exc:
-                annotate(exc, step.callback, event, phase)
+                annotate(exc, callback, event, phase)
                 raise
             finally:
                 t1 = _perf()
-                step.stats.record(t1 - t0)
+                record(t1 - t0)
                 t0 = t1
 
     return run
