@@ -637,3 +637,16 @@ def test_failing_fit_with_a_busy_blocking_actor_does_not_hang() -> None:
     thread.join(30)
     assert not thread.is_alive(), "fit hung"
     assert len(errors) == 5
+
+
+@pytest.mark.parametrize("runner", [al.LinearRunner, al.ActorRunner])
+def test_progress_bar_throttles_ticks_by_time_and_ends_full(runner) -> None:
+    """The progress bar (which replaced the 'latest' inbox policy with a time throttle) handles a step tick at most
+    every mininterval seconds, skipped before any snapshot, and still ends every epoch at the full count."""
+    out = io.StringIO()
+    bar = al.ProgressPrinter(file=out, mininterval=60)
+    lrn = learner(al.Recorder(), bar, runner=runner(), n_batches=7)
+    result = trio.run(al.fit, lrn, 1)
+    assert out.getvalue().count("7/7") >= 2  # training and validation bars
+    stats = {s.name: s for s in result.statistics}["ProgressPrinter"]
+    assert stats.events == 1 + 2 * 2 + 1  # one step tick in 60 s, EpochBegin/EpochEnd per phase, FitEnd
