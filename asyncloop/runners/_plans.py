@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from itertools import groupby
 from typing import Any, NamedTuple
 
 import trio
@@ -176,45 +177,26 @@ def build_plan(layers: Sequence[Layer], publish: Publish | None = None, tail: Ta
 
     ``publish`` queues a detached step's event (required when a step has an ``actor``); ``tail`` runs at the
     end of every event with the actors whose inbox filled up (a full inbox is waited for once the event's
-    handlers ran). Without async handlers the plan is a plain function: it returns ``None`` unless an inbox is
-    full; without detached steps and ``tail`` it is the :func:`run_sync` loop itself.
+    handlers ran). Two shapes: with async handlers a coroutine function; without, a plain function that
+    returns ``None`` unless an inbox is full (and without ``tail``, the :func:`run_sync` loop itself).
     """
-    segments: list[tuple[Any, Step | None, tuple[Step, ...] | None]] = []  # (sync run, publication, group)
-    chunk: list[Step] = []
+    ops: list[Step | tuple[Step, ...]] = []  # in execution order: inline steps, concurrent groups (tuples)
     for layer in layers:
-        for step in layer.inline:
-            if step.actor is None:
-                chunk.append(step)
-                continue
-            if chunk:
-                segments.append((run_sync(chunk), None, None))
-                chunk = []
-            segments.append((None, step, None))
+        ops.extend(layer.inline)
         if layer.concurrent:
-            if chunk:
-                segments.append((run_sync(chunk), None, None))
-                chunk = []
-            segments.append((None, None, layer.concurrent))
-    if chunk:
-        segments.append((run_sync(chunk), None, None))
+            ops.append(layer.concurrent)
+    segments: list[tuple[Any, Step | None, tuple[Step, ...] | None]] = []  # (sync run, publication, group)
+    for called, run in groupby(ops, key=lambda op: isinstance(op, Step) and op.actor is None):
+        if called:  # consecutive sync handlers, across layers too: one loop
+            segments.append((run_sync(list(run)), None, None))  # type: ignore[arg-type]
+        else:
+            segments.extend((None, op, None) if isinstance(op, Step) else (None, None, op) for op in run)
     if any(group is not None for _, _, group in segments):
         return _async_plan(tuple(segments), publish, tail)
     pairs = tuple((handlers, step) for handlers, step, _ in segments)
-    if tail is None:
-        if not pairs:
-            return None
-        assert len(pairs) == 1 and pairs[0][1] is None, "a detached step needs a tail"
-        return pairs[0][0]
-    if not pairs:
-        return lambda event, phase: tail(None)
-    if len(pairs) == 1 and pairs[0][1] is None:
-        handlers = pairs[0][0]
-
-        def run_inline(event: Event, phase: Phase) -> Awaitable[None] | None:
-            handlers(event, phase)
-            return tail(None)
-
-        return run_inline
+    if tail is None:  # sync handlers only (merged into one loop): the plan is that loop
+        assert len(pairs) <= 1 and all(step is None for _, step in pairs), "a detached step needs a tail"
+        return pairs[0][0] if pairs else None
 
     def run(event: Event, phase: Phase) -> Awaitable[None] | None:
         full = None
