@@ -18,6 +18,7 @@ not handle. Handlers may be ``async def``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -132,8 +133,12 @@ class Callback:
       learner state handlers may touch; declare the least you need. Default: nothing.
     * ``run_after`` -- callback types that, when present, run before this one.
     * ``detached`` -- under :class:`asyncloop.ActorRunner`, handle events on a snapshot without making the loop
-      wait (read-only callbacks only). ``inbox_size``, ``inbox_policy`` and ``blocking`` tune the actor; see
-      docs/actors.md.
+      wait (read-only callbacks only). ``inbox_size`` and ``blocking`` tune the actor (``inbox_policy`` has one
+      value, ``"block"``: nothing is dropped); see docs/actors.md.
+
+    What handlers receive as ``learner`` is what :meth:`snapshot` returns, under every runner: by default a
+    protected view of the live learner (inline) or a protected copy of the declared state (detached actors), so
+    handlers never need to know which runner calls them.
 
     Pitfalls: ``init`` must be idempotent (it runs whenever the callback is (re)added); handlers of detached
     callbacks see a snapshot taken when the event fired, never live state.
@@ -158,6 +163,9 @@ class Callback:
                     registry[key] = name
         cls._registry = registry
         cls._handler_cache = {}
+        own = vars(cls).get("snapshot")
+        if inspect.isfunction(own) and not _takes_copy(own):
+            cls.snapshot = _copy_only(own)  # type: ignore[method-assign]
 
     @property
     def inner(self) -> Callback:
@@ -186,16 +194,29 @@ class Callback:
         """How to order this callback against ``other`` when both access the same state. Asked in both orders."""
         return NotDefined()
 
-    def snapshot(self, event: Event, phase: Phase, learner: Learner) -> Any:
-        """Detached callbacks only: build what the handlers receive as ``learner`` for this event.
+    def snapshot(self, event: Event, phase: Phase, learner: Learner, *, copy: bool = True) -> Any:
+        """Build what this callback's handlers receive as ``learner`` for this event (the capture hook).
 
-        Runs on the training thread, with the unprotected learner, at this callback's turn in the event's order
-        (so it sees exactly what it would see under the LinearRunner). The default copies exactly
-        ``state_access`` (see :func:`asyncloop.state.snapshot`) behind the same protection. Override it to hand
-        a handler something cheaper or richer, e.g. a checkpoint's state dict.
+        Called on the training thread with the unprotected learner, at this callback's turn in the event's order
+        and after its ``accept`` condition passed. ``copy=True`` (a detached actor under the ActorRunner): the
+        result is handled later, while training goes on, so it must not share state the loop changes; the
+        default copies exactly ``state_access`` (see :func:`asyncloop.state.snapshot`) behind the same
+        protection. ``copy=False`` (the LinearRunner, and awaited callbacks under the ActorRunner): the handler
+        runs now; the default returns the protected view of the live learner (the runners pass their cached
+        view without calling this, so the default costs nothing per event).
+
+        Override it to hand the handlers something cheaper or richer (a few counters, a checkpoint's state
+        dict); return the same kind of value for both ``copy`` values so that handlers never branch on the
+        runner, and copy only when ``copy`` is true. Pitfall: an override is called for every event it handles,
+        inline too. An override with the older signature ``snapshot(self, event, phase, learner)`` shapes the
+        detached copy only; its inline handlers receive the protected live view.
         """
         access = self.state_access
-        return _view(snapshot_tree(learner, access), access, "Learner")  # Protected(...) without its __init__
+        if copy:
+            return _view(snapshot_tree(learner, access), access, "Learner")  # Protected(...) without its __init__
+        return _view(learner, access, "Learner")
+
+    snapshot._live_is_view = True  # type: ignore[attr-defined]  # runners pass their cached view instead
 
     @property
     def name(self) -> str:
@@ -223,6 +244,24 @@ class Callback:
 
     def __repr__(self) -> str:
         return f"{self.name}()"
+
+
+def _takes_copy(fn: Callable[..., Any]) -> bool:
+    params = inspect.signature(fn).parameters.values()
+    return any(p.name == "copy" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _copy_only(snapshot: Callable[..., Any]) -> Callable[..., Any]:
+    """Adapt an override ``snapshot(self, event, phase, learner)`` (no ``copy``): it builds the detached copy only."""
+
+    @functools.wraps(snapshot)
+    def hook(self: Callback, event: Event, phase: Phase, learner: Any, *, copy: bool = True) -> Any:
+        if copy:
+            return snapshot(self, event, phase, learner)
+        return _view(learner, self.state_access, "Learner")
+
+    hook._live_is_view = True  # type: ignore[attr-defined]
+    return hook
 
 
 def _most_specific(cls: type[Callback], event: type[Event], phase: type[Phase]) -> str | None:

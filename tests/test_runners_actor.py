@@ -80,13 +80,14 @@ class TestConstruction:
         with pytest.raises(al.DetachedWriterError, match=r"^Bad sets detached = True but declares Write\(\) access"):
             learner(Bad())
 
-    def test_bad_inbox_policy(self) -> None:
-        """An unknown inbox policy is rejected when the learner is built."""
+    @pytest.mark.parametrize("policy", ["drop", "latest"])
+    def test_bad_inbox_policy(self, policy: str) -> None:
+        """An inbox policy other than 'block' is rejected when the learner is built ('latest' was removed)."""
 
         class Bad(Observer):
-            inbox_policy = "drop"
+            inbox_policy = policy
 
-        with pytest.raises(ValueError, match=r"^Bad.inbox_policy must be 'block' or 'latest', got 'drop'$"):
+        with pytest.raises(ValueError, match=rf"^Bad.inbox_policy must be 'block', got '{policy}'$"):
             learner(al.Recorder(), Bad())
 
     def test_runner_belongs_to_one_learner(self) -> None:
@@ -181,62 +182,22 @@ class TestBackpressure:
         assert [e for e, _, _ in obs.seen].count("StepEnd") == 20
         assert stats.loop_wait_time > 0
         assert stats.peak_inbox <= 3
-        assert stats.coalesced == 0
+        assert stats.events == len(obs.seen)
 
-    async def test_latest_policy_coalesces_and_counts(self) -> None:
-        """Under the 'latest' policy a lagging actor skips superseded step events and counts them."""
-
-        class Latest(Observer):
-            inbox_policy = "latest"
-
-        obs = Latest(sleep=0.005)
-        lrn = learner(al.Recorder(), obs, n_batches=40, runner=al.ActorRunner(flush_interval=0.001))
-        result = await al.fit(lrn, 1)
-        stats = {s.name: s for s in result.statistics}["Latest"]
-        names = [e for e, _, _ in obs.seen]
-        assert names.count("EpochBegin") == 2 and names.count("EpochEnd") == 2
-        assert stats.coalesced > 0
-        assert stats.events + stats.coalesced == 2 + (2 + 40 * 5) + (2 + 40 * 3)
-        last_train = [s for e, p, s in obs.seen if e == "StepEnd" and p == "TrainingPhase"][-1]
-        assert last_train == 40
-
-    async def test_latest_policy_keeps_event_order_and_the_newest_of_each_kind(self) -> None:
-        """Coalescing keeps the survivors in event order: within each step the kept events come in the order the
-        loop sent them, step counts never go back, and the newest step of every epoch arrives."""
-
-        class Latest(Observer):
-            inbox_policy = "latest"
-
-        obs = Latest(sleep=0.002)
-        lrn = learner(al.Recorder(), obs, n_batches=30, runner=al.ActorRunner(flush_interval=0.002))
-        result = await al.fit(lrn, 2)
-        stats = {s.name: s for s in result.statistics}["Latest"]
-        assert stats.coalesced > 0
-        assert stats.events + stats.coalesced == 2 + 2 * ((2 + 30 * 5) + (2 + 30 * 3))
-        for phase, n_events in (("TrainingPhase", 5), ("ValidationPhase", 3)):
-            seen = [(e, s) for e, p, s in obs.seen if p == phase]
-            steps = [s for _, s in seen]
-            assert steps == sorted(steps)
-            epoch_ends = [k for k, (e, _) in enumerate(seen) if e == "EpochEnd"]
-            assert len(epoch_ends) == 2
-            for end in epoch_ends:
-                assert seen[end - 1] == ("StepEnd", seen[end][1])  # the epoch's newest step came through
-
-    async def test_run_after_holds_from_a_latest_actor_to_a_blocking_one(self) -> None:
-        """A 'block' actor that runs after a 'latest' one still starts each event only after the 'latest' actor
-        handled it, or after that event was superseded for it."""
+    async def test_run_after_holds_from_a_throttled_actor_to_a_blocking_one(self) -> None:
+        """A detached actor that runs after a throttled one still starts each event only after the throttled actor
+        handled it, or after that event was skipped for it (a skipped event is never published)."""
         log: list[tuple[str, int]] = []
 
         class Progress(al.Callback):
             state_access = {"cbstate": {"history": al.Read()}}
             run_after = (al.Recorder,)
             detached = True
-            inbox_policy = "latest"
 
             @al.on(al.StepEnd, al.AbstractTrainingPhase)
             def tick(self, event, phase, learner) -> None:
                 time.sleep(0.001)
-                log.append(("latest", learner.cbstate.history[phase].steps))
+                log.append(("throttled", learner.cbstate.history[phase].steps))
 
         class Writer(al.Callback):
             state_access = {"cbstate": {"history": al.Read()}}
@@ -247,13 +208,15 @@ class TestBackpressure:
             def write(self, event, phase, learner) -> None:
                 log.append(("block", learner.cbstate.history[phase].steps))
 
-        lrn = learner(al.Recorder(), Writer(), Progress(), n_batches=60, runner=al.ActorRunner(flush_interval=0.001))
+        progress = al.throttle(Progress(), al.StepEnd, freq=7)
+        lrn = learner(al.Recorder(), Writer(), progress, n_batches=60, runner=al.ActorRunner(flush_interval=0.001))
         await al.fit(lrn, 1)
         blocked = [n for who, n in log if who == "block"]
         assert blocked == list(range(1, 61))  # nothing dropped for the blocking actor
+        assert [n for who, n in log if who == "throttled"] == list(range(1, 61, 7))  # skipped ones never came
         for k, (who, n) in enumerate(log):
-            if who == "block":  # the latest actor never handles step n (or an earlier one) after this
-                assert all(m > n for w, m in log[k + 1 :] if w == "latest")
+            if who == "block":  # the throttled actor never handles step n (or an earlier one) after this
+                assert all(m > n for w, m in log[k + 1 :] if w == "throttled")
 
 
 class TestOrdering:
@@ -674,3 +637,16 @@ def test_failing_fit_with_a_busy_blocking_actor_does_not_hang() -> None:
     thread.join(30)
     assert not thread.is_alive(), "fit hung"
     assert len(errors) == 5
+
+
+@pytest.mark.parametrize("runner", [al.LinearRunner, al.ActorRunner])
+def test_progress_bar_throttles_ticks_by_time_and_ends_full(runner) -> None:
+    """The progress bar (which replaced the 'latest' inbox policy with a time throttle) handles a step tick at most
+    every mininterval seconds, skipped before any snapshot, and still ends every epoch at the full count."""
+    out = io.StringIO()
+    bar = al.ProgressPrinter(file=out, mininterval=60)
+    lrn = learner(al.Recorder(), bar, runner=runner(), n_batches=7)
+    result = trio.run(al.fit, lrn, 1)
+    assert out.getvalue().count("7/7") >= 2  # training and validation bars
+    stats = {s.name: s for s in result.statistics}["ProgressPrinter"]
+    assert stats.events == 1 + 2 * 2 + 1  # one step tick in 60 s, EpochBegin/EpochEnd per phase, FitEnd

@@ -120,8 +120,8 @@ class ConditionalCallback(Callback):
 
         return Handler(inner.fn, inner.is_async, accept)
 
-    def snapshot(self, event: Event, phase: Phase, learner: Any) -> Any:
-        return self.callback.snapshot(event, phase, learner)
+    def snapshot(self, event: Event, phase: Phase, learner: Any, *, copy: bool = True) -> Any:
+        return self.callback.snapshot(event, phase, learner, copy=copy)
 
     def state_dict(self) -> dict[str, Any]:
         fn = getattr(self.callback, "state_dict", None)

@@ -14,10 +14,11 @@ class tqdm(_tqdm):  # noqa: N801 - tqdm's own name
 
     monitor_interval = 0
 
-from .._callback import Callback, on
-from ..events import EpochBegin, EpochEnd, FitEnd, StepEnd
+from .._callback import Callback, Handler, on
+from ..events import EpochBegin, EpochEnd, Event, FitEnd, StepEnd
 from ..phases import Phase
 from ..state import History, PropDict, Read
+from ._conditional import TimeThrottle
 from ._metrics import Metrics
 from ._recorder import Recorder
 
@@ -28,27 +29,37 @@ class ProgressPrinter(Callback):
     """Show a tqdm progress bar for every epoch, titled ``"Epoch 3 TrainingPhase()"``.
 
     The total is the length of the iterable the epoch runs over (also when it was passed to ``fit``), when it
-    has one. Detached with the ``"latest"`` inbox policy: when the bar lags, queued step ticks collapse into the
-    newest one (the bar reads the step count, so no tick is lost) and the bar never stalls training. ``file``
-    defaults to ``sys.stderr``; extra keyword arguments go to ``tqdm``. A default callback.
+    has one. Detached, and throttled by time: a step tick reaches the bar at most every ``mininterval`` seconds
+    (tqdm's refresh interval, default 0.1); the others are skipped on the training thread before any snapshot,
+    under every runner. The bar reads the step count, so no tick is lost: it catches up at the next
+    tick and at ``EpochEnd``. ``file`` defaults to ``sys.stderr``; extra keyword arguments go to ``tqdm``. A
+    default callback.
     """
 
     state_access = {"cbstate": {"history": Read()}, "epoch_data": Read()}
     run_after = (Recorder,)
     detached = True
-    inbox_policy = "latest"
 
     def __init__(self, *, file: TextIO | None = None, **tqdm_kwargs: Any) -> None:
         self.file = file
         self.tqdm_kwargs = {"leave": True, **tqdm_kwargs}
+        self._throttle = TimeThrottle(tqdm_kwargs.get("mininterval", 0.1), StepEnd)
         self._bar: Any = None
 
-    def snapshot(self, event: Any, phase: Phase, learner: Any) -> Any:
-        """Copy only this phase's counters (cheaper than the whole history: this runs every step).
+    def handler(self, event: type[Event], phase: type[Phase]) -> Handler | None:
+        found = super().handler(event, phase)
+        if found is None or not issubclass(event, StepEnd):
+            return found
+        return Handler(found.fn, found.is_async, self._throttle.should_run)
+
+    def snapshot(self, event: Any, phase: Phase, learner: Any, *, copy: bool = True) -> Any:
+        """Copy only this phase's counters (cheaper than the whole history); inline, the protected live view.
 
         The copy holds nothing but the declared fields and nobody else sees it, so it is handed over as is
         (no protected view around it).
         """
+        if not copy:
+            return super().snapshot(event, phase, learner, copy=False)
         history = learner.cbstate.history.get(phase)
         counters = History() if history is None else History(history.epochs, history.steps, history.steps_epoch)
         return PropDict(cbstate=PropDict(history={phase: counters}), epoch_data=learner.epoch_data)
@@ -75,6 +86,7 @@ class ProgressPrinter(Callback):
 
     @on(EpochEnd)
     def epoch_end(self, event: EpochEnd, phase: Phase, learner: Any) -> None:
+        self.step_end(event, phase, learner)  # the ticks skipped since the last one
         self._close()
 
     @on(FitEnd)

@@ -115,7 +115,10 @@ class _Logger(Callback):
 
 
 class _Captured:
-    """What a detached logger's ``snapshot`` hands its handler instead of a learner view."""
+    """What a logger's ``snapshot`` hands its handlers under every runner: an index and the values to log.
+
+    With ``copy=True`` (a detached actor) ``items`` is a snapshot; inline it is the live object (nothing cloned).
+    """
 
     __slots__ = ("index", "items")
 
@@ -133,7 +136,8 @@ class _SeriesLogger(_Logger):
     """Logs the values of per-phase series histories recorded since it last logged them.
 
     ``_sources`` maps the event types it handles to the ``cbstate`` key it reads then. Its snapshot is a
-    read-only view of that one phase's series (O(number of series)), not a copy of everything it may read.
+    read-only view of that one phase's series (O(number of series)), not a copy of everything it may read;
+    inline, the live series.
     """
 
     _sources: tuple[tuple[type[Event], str], ...] = ()
@@ -154,16 +158,10 @@ class _SeriesLogger(_Logger):
     def _source(self, event: Event) -> str | None:
         return next((key for cls, key in self._sources if isinstance(event, cls)), None)
 
-    def snapshot(self, event: Event, phase: Phase, learner: Any) -> Any:
+    def snapshot(self, event: Event, phase: Phase, learner: Any, *, copy: bool = True) -> Any:
         key = self._source(event)
         series = _phase_series(learner, key, phase) if key is not None else None
-        return _Captured(0, snapshot(series) if series is not None else None)
-
-    def _series(self, event: Event, phase: Phase, learner: Any) -> Any:
-        if isinstance(learner, _Captured):
-            return learner.items
-        key = self._source(event)
-        return _phase_series(learner, key, phase) if key is not None else None
+        return _Captured(0, snapshot(series) if copy and series is not None else series)
 
     def _log_new(self, series: Any, phase: Phase, unit: str, category: str) -> None:
         if series is None:
@@ -199,11 +197,11 @@ class LogMetrics(_SeriesLogger):
 
     @on(StepEnd)
     def step_end(self, event: StepEnd, phase: Phase, learner: Any) -> None:
-        self._log_new(self._series(event, phase, learner), phase, "Step", "Metrics")
+        self._log_new(learner.items, phase, "Step", "Metrics")
 
     @on(EpochEnd)
     def epoch_end(self, event: EpochEnd, phase: Phase, learner: Any) -> None:
-        self._log_new(self._series(event, phase, learner), phase, "Epoch", "Metrics")
+        self._log_new(learner.items, phase, "Epoch", "Metrics")
 
 
 class LogTraces(_SeriesLogger):
@@ -222,7 +220,7 @@ class LogTraces(_SeriesLogger):
 
     @on(StepEnd)
     def step_end(self, event: StepEnd, phase: Phase, learner: Any) -> None:
-        self._log_new(self._series(event, phase, learner), phase, "Step", "Traces")
+        self._log_new(learner.items, phase, "Step", "Traces")
 
 
 class LogHyperParams(_Logger):
@@ -243,18 +241,17 @@ class LogHyperParams(_Logger):
     def run_after(self) -> tuple[type, ...]:
         return (Recorder, *_optional_callback("Scheduler"))
 
-    def snapshot(self, event: Event, phase: Phase, learner: Any) -> Any:
+    def snapshot(self, event: Event, phase: Phase, learner: Any, *, copy: bool = True) -> Any:
         if not isinstance(event, StepEnd):
             return None  # FitEnd only flushes
         hyperparams = learner.cbstate.get("hyperparams")
-        return _Captured(learner.cbstate.history[phase].steps, snapshot(hyperparams) if hyperparams else None)
+        if copy and hyperparams:
+            hyperparams = snapshot(hyperparams)
+        return _Captured(learner.cbstate.history[phase].steps, hyperparams)
 
     @on(StepEnd, AbstractTrainingPhase)
     def step_end(self, event: StepEnd, phase: Phase, learner: Any) -> None:
-        if isinstance(learner, _Captured):
-            index, hyperparams = learner.index, learner.items
-        else:
-            index, hyperparams = learner.cbstate.history[phase].steps, learner.cbstate.get("hyperparams")
+        index, hyperparams = learner.index, learner.items
         if not hyperparams:
             return
         for name in hyperparams.keys():
@@ -289,25 +286,20 @@ class LogHistograms(_Throttled):
     state_access = {"model": Read(), "cbstate": {"history": Read()}}
     run_after = (Recorder,)
 
-    def snapshot(self, event: Event, phase: Phase, learner: Any) -> Any:
-        if isinstance(event, StepEnd):
-            return self._capture(learner, phase, clone=True)
-        return None  # FitEnd only flushes
-
-    @staticmethod
-    def _capture(learner: Any, phase: Phase, *, clone: bool) -> _Captured:
+    def snapshot(self, event: Event, phase: Phase, learner: Any, *, copy: bool = True) -> Any:
+        if not isinstance(event, StepEnd):
+            return None  # FitEnd only flushes
         model = learner.model
         params: tuple[tuple[str, torch.Tensor], ...] = ()
         if isinstance(model, torch.nn.Module):
             with torch.no_grad():
-                params = tuple((n, p.detach().clone() if clone else p.detach()) for n, p in model.named_parameters())
+                params = tuple((n, p.detach().clone() if copy else p.detach()) for n, p in model.named_parameters())
         return _Captured(learner.cbstate.history[phase].steps, params)
 
     @on(StepEnd, AbstractTrainingPhase)
     def step_end(self, event: StepEnd, phase: Phase, learner: Any) -> None:
-        captured = learner if isinstance(learner, _Captured) else self._capture(learner, phase, clone=False)
-        for name, tensor in captured.items:
-            self.log(Histogram(tensor), name, captured.index, ("Step", "Histograms", "Weights"))
+        for name, tensor in learner.items:
+            self.log(Histogram(tensor), name, learner.index, ("Step", "Histograms", "Weights"))
 
 
 class LogVisualization(_Throttled):
@@ -385,12 +377,11 @@ class LogEvents(_Logger):
             return None
         return super().handler(event, phase)
 
-    def snapshot(self, event: Event, phase: Phase, learner: Any) -> Any:
+    def snapshot(self, event: Event, phase: Phase, learner: Any, *, copy: bool = True) -> Any:
         return _Captured(0, _counters(learner.cbstate.get("history"), phase))
 
     def _log_event(self, event: Event, phase: Phase, learner: Any) -> None:
-        counters = learner.items if isinstance(learner, _Captured) else _counters(learner.cbstate.get("history"), phase)
-        epochs, steps, steps_epoch = counters
+        epochs, steps, steps_epoch = learner.items
         name, phase_name = type(event).__name__, type(phase).__name__
         loggable = RuntimeEvent(name, phase_name, epochs=epochs, steps=steps, steps_epoch=steps_epoch)
         self.log(loggable, name, steps, ("Events", phase_name))

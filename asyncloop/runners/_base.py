@@ -1,28 +1,23 @@
-"""What every runner shares: compiled per-event plans, handler invocation, statistics (private)."""
+"""What every runner shares: the callback set, cached per-event plans, statistics, session hooks (private)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
 from .._callback import Callback, Handler
-from ..events import Event
-from .._exceptions import FitException
 from .._graph import CallbackInfo, analyse, linear_order
+from ..events import Event
 from ..phases import Phase
 from ..state import Protected
+from ._plans import Plan, Step
+from ._statistics import ActorStatistics
 
 if TYPE_CHECKING:
-    from .._session import Session
     from .._learner import Learner
-
-__all__ = ["Runner", "ActorStatistics"]
-
-_perf = time.perf_counter
+    from .._session import Session
 
 
 def _builtin_dispatches() -> tuple[tuple[type[Event], type[Phase]], ...]:
@@ -39,162 +34,6 @@ def _builtin_dispatches() -> tuple[tuple[type[Event], type[Phase]], ...]:
 
 #: The (event, phase) pairs the built-in loop dispatches: handler lookups for them are checked at compile time.
 _BUILTIN_DISPATCHES = _builtin_dispatches()
-
-
-@dataclass
-class ActorStatistics:
-    """What one callback cost during a fit.
-
-    * ``events``: events handled; ``handler_time``/``max_handler_time``: seconds spent in its handlers;
-    * ``loop_wait_time``: seconds the training loop waited for this actor (a full inbox or the final drain);
-    * ``peak_inbox``: most events queued for it at once; ``peak_lag``: most events it trailed the loop by;
-    * ``coalesced``: events superseded under the ``"latest"`` inbox policy (counted, never silent).
-
-    The last four are zero for awaited callbacks, which never lag.
-    """
-
-    name: str
-    detached: bool = False
-    events: int = 0
-    handler_time: float = 0.0
-    max_handler_time: float = 0.0
-    loop_wait_time: float = 0.0
-    peak_inbox: int = 0
-    peak_lag: int = 0
-    coalesced: int = 0
-
-    def record(self, seconds: float) -> None:
-        self.events += 1
-        self.handler_time += seconds
-        if seconds > self.max_handler_time:
-            self.max_handler_time = seconds
-
-    @property
-    def mean_handler_time(self) -> float:
-        return self.handler_time / self.events if self.events else 0.0
-
-
-class _Step:
-    """One handler call in a plan (slotted: read on the hot path)."""
-
-    __slots__ = ("info", "callback", "fn", "is_async", "accept", "view", "stats", "extra")
-
-    def __init__(self, info: CallbackInfo, handler: Handler, view: Any, stats: ActorStatistics) -> None:
-        self.info = info
-        self.callback = info.callback
-        self.fn = handler.fn
-        self.is_async = handler.is_async
-        self.accept = handler.accept
-        self.view = view
-        self.stats = stats
-        self.extra: Any = None
-
-
-#: A compiled plan: ``run(event, phase)`` handles the event and returns ``None`` when it finished
-#: synchronously, or an awaitable for the part that must wait (async handlers, a full inbox).
-Plan = Callable[[Event, Phase], Optional[Awaitable[None]]]
-
-
-def call_sync(step: _Step, event: Event, phase: Phase) -> None:
-    """Run one sync handler: filter, time, annotate errors."""
-    accept = step.accept
-    if accept is not None and not accept(event, phase):
-        return
-    t0 = _perf()
-    try:
-        step.fn(event, phase, step.view)
-    except BaseException as exc:
-        annotate(exc, step.callback, event, phase)
-        raise
-    finally:
-        dt = _perf() - t0
-        stats = step.stats
-        stats.events += 1
-        stats.handler_time += dt
-        if dt > stats.max_handler_time:
-            stats.max_handler_time = dt
-
-
-def sync_plan(steps: Sequence[_Step]) -> Callable[[Event, Phase], None]:
-    """A plan running sync handlers one after another: ``call_sync`` inlined (one call per handler less).
-
-    Each handler's time is measured from the end of the previous one (one clock read per handler).
-    """
-    steps = tuple(steps)
-    if len(steps) == 1:
-        step = steps[0]
-        fn, view, stats, accept, callback = step.fn, step.view, step.stats, step.accept, step.callback
-
-        def run_one(event: Event, phase: Phase) -> None:
-            if accept is not None and not accept(event, phase):
-                return
-            t0 = _perf()
-            try:
-                fn(event, phase, view)
-            except BaseException as exc:
-                annotate(exc, callback, event, phase)
-                raise
-            finally:
-                dt = _perf() - t0
-                stats.events += 1
-                stats.handler_time += dt
-                if dt > stats.max_handler_time:
-                    stats.max_handler_time = dt
-
-        return run_one
-
-    def run(event: Event, phase: Phase) -> None:
-        t0 = _perf()
-        for step in steps:
-            accept = step.accept
-            if accept is not None and not accept(event, phase):
-                continue
-            try:
-                step.fn(event, phase, step.view)
-            except BaseException as exc:
-                annotate(exc, step.callback, event, phase)
-                raise
-            finally:
-                t1 = _perf()
-                dt = t1 - t0
-                t0 = t1
-                stats = step.stats
-                stats.events += 1
-                stats.handler_time += dt
-                if dt > stats.max_handler_time:
-                    stats.max_handler_time = dt
-
-    return run
-
-
-async def call_async(step: _Step, event: Event, phase: Phase) -> None:
-    """Run one handler that may be async: filter, time, annotate errors."""
-    if not step.is_async:
-        call_sync(step, event, phase)
-        return
-    accept = step.accept
-    if accept is not None and not accept(event, phase):
-        return
-    t0 = _perf()
-    try:
-        await step.fn(event, phase, step.view)
-    except BaseException as exc:
-        annotate(exc, step.callback, event, phase)
-        raise
-    finally:
-        step.stats.record(_perf() - t0)
-
-
-def annotate(exc: BaseException, callback: Callback, event: Event, phase: Phase, detached: bool = False) -> None:
-    """Add a note naming the callback and event to an error raised by a handler (once)."""
-    if isinstance(exc, FitException) or getattr(exc, "_asyncloop_annotated", False):
-        return
-    kind = "detached callback" if detached else "callback"
-    exc.add_note(f"asyncloop: raised by {kind} {callback.name} while handling {event!r} in {phase!r}")
-    try:
-        exc._asyncloop_annotated = True  # type: ignore[attr-defined]
-    except AttributeError:  # pragma: no cover - exotic exception types
-        pass
 
 
 class Runner:
@@ -231,6 +70,11 @@ class Runner:
         self._step_plans: dict[Any, tuple[Plan | None, ...]] = {}
         self._stats = [ActorStatistics(info.callback.name, self._is_detached(info)) for info in self._infos]
         self._views = [Protected(self._learner, info.access, "Learner") for info in self._infos]
+        # The capture hook's live result for callbacks that shape it; the others get the cached view as is.
+        self._hooks = [
+            None if getattr(type(info.callback).snapshot, "_live_is_view", False) else info.callback.snapshot
+            for info in self._infos
+        ]
         self._handlers: list[dict[tuple[type[Event], type[Phase]], Handler | None]] = [{} for _ in self._infos]
         for info in self._infos:  # ambiguous handlers fail now, not at their first event mid-fit
             for event, phase in _BUILTIN_DISPATCHES:
@@ -247,13 +91,16 @@ class Runner:
     def _is_detached(self, info: CallbackInfo) -> bool:
         return False
 
-    def _subscribers(self, event: type[Event], phase: type[Phase], order: Sequence[int]) -> list[_Step]:
+    def _steps(self, event: type[Event], phase: type[Phase], actors: dict[int, Any] | None = None) -> list[Step]:
+        """The handlers of ``(event, phase)`` in the linear order; callbacks in ``actors`` are detached."""
         steps = []
-        for i in order:
-            info = self._infos[i]
+        for i in self._order:
             handler = self._handler(i, event, phase)
             if handler is not None:
-                steps.append(_Step(info, handler, self._views[i], self._stats[i]))
+                actor = actors.get(i) if actors else None
+                step = Step(self._infos[i], handler, self._views[i], self._stats[i], actor=actor,
+                            hook=self._hooks[i], learner=self._learner)
+                steps.append(step)
         return steps
 
     def reset_statistics(self) -> None:
@@ -309,7 +156,10 @@ class Runner:
             return plans
 
     async def handle(self, event: Event, phase: Phase) -> None:
-        """Dispatch ``event`` in ``phase`` to every subscribed callback, as this runner's plan says."""
+        """Dispatch ``event`` in ``phase`` to every subscribed callback, as this runner's plan says.
+
+        The built-in loop calls the plans directly (:meth:`step_plans`); this is the general entry point.
+        """
         session = self.session
         if session is not None:
             session.check()

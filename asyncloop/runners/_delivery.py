@@ -1,0 +1,372 @@
+"""Delivery to detached actors: mailboxes, the outbox and its flushes, back-pressure, actor threads (private).
+
+The training thread *publishes*: it takes the callback's snapshot (``snapshot(..., copy=True)``) at the
+callback's turn in the event's order and appends it to the outbox, a ``deque`` (no lock, no wake-up). When
+``flush_interval`` seconds passed since the last hand-off, when an inbox is half full, and at every epoch/fit
+boundary, it asks the caller's trio loop (``run_sync_soon``) to *flush*: deliver the outbox as one batch per
+actor. Each :class:`Actor` is a task in the caller's loop that handles its batches in order: runs of sync handlers
+on its own :class:`ActorThread` (one hand-off per run; on the loop itself with ``blocking = False``), async
+handlers as the task. A ``run_after`` path between two detached actors holds per event.
+
+Back-pressure: an inbox holds at most ``capacity`` events; a publication that fills it makes the loop wait (at
+the end of the event) until the actor made room. Nothing is dropped. Statistics: ``peak_inbox`` at delivery,
+``peak_lag`` when a handler starts, handler times when handled, ``loop_wait_time`` while the loop waits.
+
+Thread ownership: ``enqueued``/``seq``/the outbox's right end are written by the training thread; ``processed``,
+``pending`` and the statistics of handled events by the caller's loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any
+
+import networkx as nx
+import trio
+
+from .._exceptions import CancelFittingException, FitException
+from .._graph import CallbackInfo
+from .._threads import ActorThread
+from ..events import EpochBegin, EpochEnd, Event, FitBegin, FitEnd
+from ..phases import Phase
+from ._plans import Step, annotate
+from ._statistics import ActorStatistics
+
+if TYPE_CHECKING:
+    from .._session import Session
+
+_perf = time.perf_counter
+_SEQ = itemgetter(0)
+#: Events that hand the outbox over at once (epoch and fit boundaries).
+FLUSH_EVENTS = (EpochBegin, EpochEnd, FitBegin, FitEnd)
+
+
+class Item(tuple):
+    """One event for a detached actor: ``Item((seq, event, phase, view, fn, is_async))``.
+
+    A tuple built in C (one is made per published event on the training thread), with named read-only fields.
+    """
+
+    __slots__ = ()
+    seq: int = property(itemgetter(0))  # type: ignore[assignment]
+    event: Event = property(itemgetter(1))  # type: ignore[assignment]
+    phase: Phase = property(itemgetter(2))  # type: ignore[assignment]
+    view: Any = property(itemgetter(3))
+    fn: Any = property(itemgetter(4))
+    is_async: bool = property(itemgetter(5))  # type: ignore[assignment]
+
+
+class Actor:
+    """A detached callback's mailbox and task (host side), plus the counters the training thread reads."""
+
+    def __init__(self, delivery: Delivery, info: CallbackInfo, stats: ActorStatistics, capacity: int) -> None:
+        cb = info.callback
+        if cb.inbox_policy != "block":
+            raise ValueError(f"{cb.name}.inbox_policy must be 'block', got {cb.inbox_policy!r}")
+        self.delivery = delivery
+        self.callback = cb
+        self.stats = stats
+        self.capacity = capacity
+        self.blocking = cb.blocking
+        self.predecessors: list[Actor] = []
+        self.reset()
+
+    def reset(self) -> None:
+        self.enqueued = 0  # written by the training thread only
+        self.processed = 0  # written by the host only
+        self.pending: deque[int] = deque()  # seqs delivered and not yet handled (host)
+        self.send, self.recv = trio.open_memory_channel[list[Item]](math.inf)
+        self.lot = trio.lowlevel.ParkingLot()
+        self.thread: ActorThread | None = None
+
+    # -- waiting for progress (host) -------------------------------------------------------------------------
+    async def wait_processed(self, target: int) -> None:
+        session = self.delivery.session
+        while self.processed < target and session is not None and session.error is None:
+            await self.lot.park()
+
+    async def wait_done(self, seq: int) -> None:
+        session = self.delivery.session
+        while self.pending and self.pending[0] <= seq and session is not None and session.error is None:
+            await self.lot.park()
+
+    def _finished(self, items: Sequence[Item], seconds: Sequence[float]) -> None:
+        """Account for the handled ``items`` (one time each, in delivery order) and wake whoever waits on them."""
+        record, pending = self.stats.record, self.pending
+        for item, dt in zip(items, seconds):
+            record(dt)
+            if pending and pending[0] == item.seq:
+                pending.popleft()
+            elif item.seq in pending:  # pragma: no cover - defensive: an earlier run stopped short
+                pending.remove(item.seq)
+        self.processed += len(seconds)
+        self.lot.unpark_all()
+
+    # -- the actor's task (host) -----------------------------------------------------------------------------
+    async def run(self) -> None:
+        session = self.delivery.session
+        assert session is not None
+        try:
+            async for batch in self.recv:
+                last = batch[-1].seq
+                for actor in self.predecessors:
+                    await actor.wait_done(last)
+                if session.error is not None:
+                    return
+                await self._handle_batch(batch)
+        except trio.Cancelled:
+            raise
+        except BaseException as exc:  # an actor's error (even SystemExit) ends the fit, unwrapped
+            session.fail(exc)
+            self.delivery.wake_all()
+
+    async def _handle_batch(self, batch: list[Item]) -> None:
+        i = 0
+        while i < len(batch):
+            j = i + 1
+            if not batch[i].is_async:  # a run of sync items: one hand-off to the thread
+                while j < len(batch) and not batch[j].is_async:
+                    j += 1
+            run = batch[i:j]
+            self._note_lag(run[0])  # the oldest item of the run lags the most
+            if batch[i].is_async:
+                seconds, errors = await self._run_async(run[0])
+            elif self.blocking:
+                if self.thread is None or self.thread.stopped:
+                    return  # the session is closing: pending events are dropped
+                seconds, errors = await self.thread.run(self._run_sync, run)
+            else:
+                seconds, errors = self._run_sync(run)
+            for index, exc in errors or ():
+                if isinstance(exc, FitException):
+                    self.delivery.request(exc)
+                else:
+                    annotate(exc, self.callback, run[index].event, run[index].phase, detached=True)
+                    raise exc
+            self._finished(run, seconds)
+            if len(seconds) < len(run):
+                return
+            i = j
+
+    async def _run_async(self, item: Item) -> tuple[list[float], list[tuple[int, BaseException]] | None]:
+        """Await one async item: its seconds and, if it raised an ``Exception``, ``[(0, error)]``."""
+        t0 = _perf()
+        try:
+            await item.fn(item.event, item.phase, item.view)
+        except Exception as exc:
+            return [_perf() - t0], [(0, exc)]
+        return [_perf() - t0], None
+
+    def _run_sync(self, run: list[Item]) -> tuple[list[float], list[tuple[int, BaseException]] | None]:
+        """Handle a run of sync items (on the actor's thread when ``blocking``); stop early if the session failed.
+
+        Returns the seconds of each handled item and, if any raised, ``(index, error)`` pairs (the run stops at
+        the first error that is not control flow).
+        """
+        session = self.delivery.session
+        seconds: list[float] = []
+        errors: list[tuple[int, BaseException]] | None = None
+        t0 = _perf()
+        for item in run:
+            if session is None or session.error is not None or session.abort_requested:
+                break
+            try:
+                item.fn(item.event, item.phase, item.view)
+            except Exception as exc:
+                if errors is None:
+                    errors = []
+                errors.append((len(seconds), exc))
+                if not isinstance(exc, FitException):
+                    seconds.append(_perf() - t0)
+                    break
+            t1 = _perf()
+            seconds.append(t1 - t0)
+            t0 = t1
+        return seconds, errors
+
+    def _note_lag(self, item: Item) -> None:
+        lag = self.delivery.seq - item.seq
+        if lag > self.stats.peak_lag:
+            self.stats.peak_lag = lag
+
+
+class Delivery:
+    """The detached half of an :class:`asyncloop.ActorRunner`: its actors and everything between them and the loop.
+
+    ``publish`` and ``tail`` run on the training thread (they are what plans call); ``flush``, ``start``,
+    ``drain``, ``close`` and ``join`` in the caller's loop.
+    """
+
+    def __init__(self, inbox_size: int, flush_interval: float) -> None:
+        self.inbox_size = inbox_size
+        self.flush_interval = flush_interval
+        self.actors: dict[int, Actor] = {}
+        self.session: Session | None = None
+        self.learner: Any = None
+        self.seq = 0
+        self.outbox: deque[tuple[Actor, Item]] = deque()
+        self.flush_scheduled = False
+        self.last_flush = 0.0
+
+    def compile(self, learner: Any, infos: Sequence[CallbackInfo], stats: Sequence[ActorStatistics],
+                graph: nx.DiGraph) -> None:
+        """One actor per detached callback; each waits per event for the detached actors it runs after."""
+        self.learner = learner
+        self.actors = {}
+        for info in infos:
+            if info.callback.detached:
+                capacity = info.callback.inbox_size or self.inbox_size
+                if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+                    raise ValueError(f"{info.callback.name}.inbox_size must be an int >= 1, got {capacity!r}")
+                self.actors[info.index] = Actor(self, info, stats[info.index], capacity)
+        for index, actor in self.actors.items():
+            ancestors = nx.ancestors(graph, index)
+            actor.predecessors = [a for i, a in self.actors.items() if i in ancestors]
+
+    # -- training thread -------------------------------------------------------------------------------------
+    def publish(self, step: Step, event: Event, phase: Phase) -> Actor | None:
+        """Snapshot and queue one event for a detached step; return its actor if its inbox is now full."""
+        accept = step.accept
+        if accept is not None and not accept(event, phase):
+            return None
+        actor: Actor = step.actor
+        try:
+            view = actor.callback.snapshot(event, phase, self.learner, copy=True)
+        except BaseException as exc:
+            annotate(exc, actor.callback, event, phase, detached=True)
+            raise
+        self.seq += 1
+        self.outbox.append((actor, Item((self.seq, event, phase, view, step.fn, step.is_async))))
+        actor.enqueued += 1
+        queued = actor.enqueued - actor.processed
+        if queued * 2 > actor.capacity:
+            if queued >= actor.capacity:
+                return actor  # full: the loop waits until there is room for the next event
+            self.schedule_flush()  # half full: hand over now rather than at the next interval
+        return None
+
+    def tail(self, flush: bool) -> Callable[[list[Actor] | None], Awaitable[None] | None]:
+        """The end of every event of a plan: hand the outbox over when due (always if ``flush``), then make
+        the loop wait for the actors in ``full``."""
+
+        def tail(full: list[Actor] | None) -> Awaitable[None] | None:
+            if flush or _perf() - self.last_flush >= self.flush_interval:
+                self.schedule_flush()
+            return self.wait_for_room(full) if full else None
+
+        return tail
+
+    async def wait_for_room(self, actors: list[Actor]) -> None:
+        """Block the loop until each full inbox has room again (a hop to the caller's loop)."""
+        session = self.session
+        assert session is not None
+        for actor in actors:
+            target = actor.enqueued - actor.capacity + 1
+            t0 = _perf()
+
+            async def wait(actor: Actor = actor, target: int = target) -> None:
+                self.flush()
+                await actor.wait_processed(target)
+
+            await session.call_host(wait)
+            actor.stats.loop_wait_time += _perf() - t0
+        session.check()
+
+    def schedule_flush(self) -> None:
+        """Have the caller's loop deliver the outbox soon (one wake-up, ~10 us); at most one is pending."""
+        session = self.session
+        if session is None or self.flush_scheduled or not self.outbox:
+            return
+        self.flush_scheduled = True
+        self.last_flush = _perf()
+        try:
+            session.host_token.run_sync_soon(self.flush)
+        except trio.RunFinishedError:  # pragma: no cover
+            self.flush_scheduled = False
+
+    # -- caller's loop ---------------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Deliver the outbox, one batch per actor. Runs in the host loop and never raises."""
+        self.flush_scheduled = False
+        try:
+            batches: dict[Actor, list[Item]] = {}
+            outbox = self.outbox
+            while True:
+                try:
+                    actor, item = outbox.popleft()
+                except IndexError:
+                    break
+                batch = batches.get(actor)
+                if batch is None:
+                    batch = batches[actor] = []
+                batch.append(item)
+            for actor, batch in batches.items():
+                actor.pending.extend(map(_SEQ, batch))
+                depth = actor.enqueued - actor.processed
+                if depth > actor.stats.peak_inbox:
+                    actor.stats.peak_inbox = depth
+                actor.send.send_nowait(batch)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+        except BaseException as exc:  # pragma: no cover - never let a run_sync_soon callback raise
+            if self.session is not None:
+                self.session.fail(exc)
+
+    def request(self, exc: FitException) -> None:
+        """A detached actor asks the loop to cancel; a stop of the fit wins over a pending step/epoch cancel."""
+        session = self.session
+        if session is None:
+            return
+        pending = session.control
+        if pending is None or (
+            isinstance(exc, CancelFittingException) and not isinstance(pending, CancelFittingException)
+        ):
+            session.control = exc
+
+    def wake_all(self) -> None:
+        for actor in self.actors.values():
+            actor.lot.unpark_all()
+
+    async def start(self, session: Session) -> None:
+        """Spawn one task (and, for blocking actors, one thread) per actor in the session's nursery."""
+        self.session = session
+        self.seq = 0
+        self.outbox.clear()
+        self.flush_scheduled = False
+        nursery = session.nursery
+        assert nursery is not None
+        for actor in self.actors.values():
+            actor.reset()
+            if actor.blocking:
+                actor.thread = ActorThread(f"asyncloop-actor-{actor.callback.name}")
+            nursery.start_soon(actor.run, name=f"asyncloop-actor-{actor.callback.name}")
+
+    async def drain(self) -> None:
+        """The worker is done: deliver the rest and wait until every actor handled every event."""
+        self.flush()
+        for actor in self.actors.values():
+            t0 = _perf()
+            await actor.wait_processed(actor.enqueued)
+            actor.stats.loop_wait_time += _perf() - t0
+        session = self.session
+        if session is not None and session.control is not None:
+            session.control = None  # a stop requested after the last event has nothing left to stop
+
+    def close(self) -> None:
+        """Close every inbox and ask every thread to stop (never raises); pending events are dropped."""
+        for actor in self.actors.values():
+            actor.send.close()
+            if actor.thread is not None:
+                actor.thread.stop()
+        self.outbox.clear()
+        self.session = None
+
+    def join(self) -> None:
+        for actor in self.actors.values():
+            if actor.thread is not None:
+                actor.thread.join()  # quick: every actor task has finished, so each thread is exiting
+                actor.thread = None
