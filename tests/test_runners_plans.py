@@ -58,14 +58,6 @@ class TestPlans:
         lrn = learner(Sync(), runner=runner(), n_batches=1)
         assert lrn.runner.plan(al.LossBegin, al.TrainingPhase) is None
 
-    def test_step_plans_are_the_plans_of_each_event(self) -> None:
-        """step_plans returns the cached plans of several events in order (what the built-in steps use)."""
-        lrn = learner(Sync(), runner=al.LinearRunner(), n_batches=1)
-        runner = lrn.runner
-        plans = runner.step_plans(al.TrainingPhase, (al.StepBegin, al.StepEnd), "t")
-        assert plans == (None, runner.plan(al.StepEnd, al.TrainingPhase))
-        assert runner.step_plans(al.TrainingPhase, (al.StepBegin, al.StepEnd), "t") is plans
-
 
 class Captures(al.Callback):
     """A callback whose capture hook returns a marker: ("copy" or "live", the training step count)."""

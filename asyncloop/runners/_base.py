@@ -49,7 +49,6 @@ class Runner:
         self._graph: nx.DiGraph = nx.DiGraph()
         self._order: list[int] = []
         self._plans: dict[tuple[type[Event], type[Phase]], Any] = {}
-        self._step_plans: dict[Any, tuple[Any, ...]] = {}
         self._stats: list[ActorStatistics] = []
         self.session: Session | None = None
 
@@ -67,7 +66,6 @@ class Runner:
         self._graph = graph
         self._order = linear_order(graph)
         self._plans = {}
-        self._step_plans: dict[Any, tuple[Plan | None, ...]] = {}
         self._stats = [ActorStatistics(info.callback.name, self._is_detached(info)) for info in self._infos]
         self._views = [Protected(self._learner, info.access, "Learner") for info in self._infos]
         # The capture hook's live result for callbacks that shape it; the others get the cached view as is.
@@ -139,35 +137,6 @@ class Runner:
 
     def _compile_plan(self, event: type[Event], phase: type[Phase]) -> Plan | None:
         raise NotImplementedError
-
-    def step_plans(
-        self, phase: type[Phase], events: tuple[type[Event], ...], tag: str | None = None
-    ) -> tuple[Plan | None, ...]:
-        """The plans of several events at once (cached): what a built-in step looks up once per step.
-
-        ``tag``: a name for ``events`` to key the cache with (cheaper to hash than the tuple); the built-in
-        steps look ``self._step_plans[(phase, tag)]`` up directly and call this only on a miss.
-        """
-        key = (phase, events if tag is None else tag)
-        try:
-            return self._step_plans[key]
-        except KeyError:
-            plans = self._step_plans[key] = tuple(self.plan(e, phase) for e in events)
-            return plans
-
-    async def handle(self, event: Event, phase: Phase) -> None:
-        """Dispatch ``event`` in ``phase`` to every subscribed callback, as this runner's plan says.
-
-        The built-in loop calls the plans directly (:meth:`step_plans`); this is the general entry point.
-        """
-        session = self.session
-        if session is not None:
-            session.check()
-        run = self.plan(event.__class__, phase.__class__)
-        if run is not None:
-            pending = run(event, phase)
-            if pending is not None:
-                await pending
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
