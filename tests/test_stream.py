@@ -333,22 +333,21 @@ class TestConnectionBounds:
         """Past max_connections, a subscriber is turned away with the reason; a freed slot takes the next one."""
         got: list[list[dict]] = [[], []]
         with trio.fail_after(30):
-            async with trio.open_nursery() as nursery:
-                async with StreamServer(max_connections=2) as server:
-                    first = subscribe(HOST, server.port)
-                    await first.__aenter__()
-                    nursery.start_soon(collect, server.port, got[0])
-                    await server.wait_for_subscribers(2)
-                    with pytest.raises(StreamError, match=r"^the stream server refused the subscription: too many "
-                                                          r"connections \(the server takes at most 2\); try again "
-                                                          r"later$"):
-                        await collect(server.port, got[1])
-                    assert server.statistics().rejected == 1
-                    await first.aclose()
-                    await wait_until(lambda: server.statistics().connections == 1)
-                    nursery.start_soon(collect, server.port, got[1])
-                    await server.wait_for_subscribers(2)
-                    server.publish({"kind": "value", "i": 1})
+            async with trio.open_nursery() as nursery, StreamServer(max_connections=2) as server:
+                first = subscribe(HOST, server.port)
+                await first.__aenter__()
+                nursery.start_soon(collect, server.port, got[0])
+                await server.wait_for_subscribers(2)
+                with pytest.raises(StreamError, match=r"^the stream server refused the subscription: too many "
+                                                      r"connections \(the server takes at most 2\); try again "
+                                                      r"later$"):
+                    await collect(server.port, got[1])
+                assert server.statistics().rejected == 1
+                await first.aclose()
+                await wait_until(lambda: server.statistics().connections == 1)
+                nursery.start_soon(collect, server.port, got[1])
+                await server.wait_for_subscribers(2)
+                server.publish({"kind": "value", "i": 1})
         assert got == [[{"kind": "value", "i": 1}]] * 2
 
     @pytest.mark.parametrize(("kwargs", "message"), [
