@@ -272,9 +272,15 @@ def _whole_record_at(data: bytes | memoryview, i: int) -> bool:
 
 
 def _record_starts(limit: int) -> re.Pattern[bytes]:
-    """Where a record may start: a length prefix of at most ``limit`` followed by a msgpack map header."""
+    """Where a record may start: a length prefix of at most ``limit``, a msgpack map header, and one of the keys
+    every record has as the first key (a writer packs ``kind`` first). Matching the key keeps the candidates few:
+    checking each one costs a CRC over its claimed length, so candidates found in the random bytes of a torn image
+    would make the scan quadratic."""
     top = min(limit >> 24, 255)
-    return re.compile(rb"(?=[\x00-%s][\x00-\xff]{3}[\x80-\x8f\xde\xdf])" % re.escape(bytes([top])), re.DOTALL)
+    keys = b"|".join(re.escape(bytes([0xA0 + len(k)]) + k.encode()) for k in ("kind", "t", "run", "seq", "name",
+                                                                                "group", "index", "value"))
+    return re.compile(rb"(?=[\x00-%s][\x00-\xff]{3}(?:[\x80-\x8f]|\xde[\x00-\xff]{2}|\xdf[\x00-\xff]{4})(?:%s))"
+                      % (re.escape(bytes([top])), keys), re.DOTALL)
 
 
 def _is_torn_tail(f: IO[bytes], end: int, size: int) -> bool:
