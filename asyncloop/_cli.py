@@ -30,17 +30,11 @@ __all__ = ["main", "format_record"]
 TOKEN_ENV = "ASYNCLOOP_STREAM_TOKEN"
 
 
-def _escape(text: str) -> str:
-    """``text`` with every character a terminal could act on written as a Python escape (``\\x1b``, ``\\n``).
+def _printable(text: str) -> str:
+    """The text with its control characters escaped (imported late: ``asyncloop --help`` stays fast)."""
+    from .logging._records import printable
 
-    Escapes what ``repr`` escapes in a string (C0 and C1 controls, DEL, line and paragraph separators, format
-    characters such as bidi overrides, unassigned code points) but adds no quotes and leaves backslashes alone,
-    so an already escaped ``repr`` passes through unchanged. Every line the command line prints goes through it:
-    a crafted log or a hostile stream server cannot retitle or clear the terminal or write the clipboard.
-    """
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+    return printable(text)
 
 
 def _brief(value: Any) -> str:
@@ -106,20 +100,20 @@ def format_record(record: dict) -> str:
 
     Never raises, whatever the record holds (a stream server may send any map): a field that is not what the
     format says is shown as its repr (a NaN time as ``t=nan``, a histogram with a str sum as its fields). Control
-    characters are escaped (see :func:`_escape`), so the line is safe to print to a terminal.
+    characters are escaped (see :func:`asyncloop.logging._records.printable`), so the line is safe to print to a terminal.
     """
     kind = record.get("kind", "?")
     kind_text = kind if isinstance(kind, str) else _brief(kind)
     stamp = _stamp(record.get("t", 0))
     if kind == "dropped":
         count = record.get("count")
-        return _escape(f"{stamp} dropped {count if type(count) is int else _brief(count)} records")
+        return _printable(f"{stamp} dropped {count if type(count) is int else _brief(count)} records")
 
     def plain(key: str) -> str:
         value = record.get(key, "")
         return value if isinstance(value, str) else str(value) if type(value) is int else _brief(value)
 
-    return _escape(
+    return _printable(
         f"{stamp} {plain('run')} #{plain('seq')} {kind_text} {_tag(record)} [{plain('index')}] "
         f"{_summary(kind, record.get('value'))}"
     )
@@ -158,7 +152,7 @@ def _show(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         _print_records(reader, args.json, out)
     if reader.trailing:
         print(
-            _escape(f"asyncloop: note: the last {reader.trailing} bytes of {args.file} are a torn or corrupt record; "
+            _printable(f"asyncloop: note: the last {reader.trailing} bytes of {args.file} are a torn or corrupt record; "
                    f"skipped"),
             file=err,
         )
@@ -257,7 +251,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
     except (EventLogFormatError, StreamError, OSError, ValueError) as exc:
-        print(_escape(f"asyncloop: error: {exc}"), file=err)
+        print(_printable(f"asyncloop: error: {exc}"), file=err)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -493,6 +493,22 @@ class TestSubscribe:
             "silent": "the stream server did not answer the hello within 0.3 seconds",
         }
 
+    async def test_refusal_message_is_escaped(self) -> None:
+        """A server's refusal message reaches the StreamError with its control characters escaped."""
+
+        async def refuse(stream: trio.SocketStream) -> None:
+            await stream.receive_some(1024)
+            await stream.send_all(frame(pack({"kind": "error", "message": "no\x1b]0;pwned\x07\x9b2J"})))
+            await stream.aclose()
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                listeners = await nursery.start(partial(trio.serve_tcp, refuse, 0, host=HOST))
+                with pytest.raises(StreamError) as info:
+                    await collect(listeners[0].socket.getsockname()[1], [])
+                nursery.cancel_scope.cancel()
+        assert str(info.value) == r"the stream server refused the subscription: no\x1b]0;pwned\x07\x9b2J"
+
     async def test_aclose_ends_iteration(self) -> None:
         """After aclose, iteration ends; aclose is idempotent."""
         async with StreamServer() as server:

@@ -55,7 +55,7 @@ import trio
 from .._exceptions import StreamError
 from ..loggables import Loggable
 from ._backend import LoggerBackend, default_run_name
-from ._records import make_record, pack, unpack
+from ._records import make_record, pack, printable, unpack
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -645,7 +645,9 @@ class Subscription:
             raise StreamError("the stream server closed the connection during the handshake")
         if reply.get("kind") == "error":
             await self.aclose()
-            raise StreamError(f"the stream server refused the subscription: {reply.get('message')}")
+            message = reply.get("message")
+            message = printable(message) if isinstance(message, str) else repr(message)
+            raise StreamError(f"the stream server refused the subscription: {message}")
         if reply.get("kind") != "welcome":
             await self.aclose()
             raise StreamError(f"the stream server answered the hello with {reply.get('kind')!r}, not 'welcome'")
