@@ -399,8 +399,7 @@ class StreamServer:
                 except OSError as exc:
                     if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                         raise
-                    self._errors += 1  # out of descriptors (not because of us: we hold at most our bound)
-                    await trio.sleep(_ACCEPT_RETRY_SECONDS)
+                    await trio.sleep(_ACCEPT_RETRY_SECONDS)  # out of descriptors (not by us: we hold our bound)
                     continue
                 if self._connections >= self.max_connections:
                     reason = f"too many connections (the server takes at most {self.max_connections}); try again later"
