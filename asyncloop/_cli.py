@@ -9,7 +9,9 @@
                                                 server needs one, is read from $ASYNCLOOP_STREAM_TOKEN
 
 Exit status: 0 on success, 1 when the file is not an event log, cannot be read, or the stream refused us, 2 for
-bad arguments (e.g. ``--poll 0``).
+bad arguments (e.g. ``--poll 0``). A record with odd field values (a NaN time, a str histogram sum) is printed as
+best it can be and does not change the status. Every printed line has its control characters escaped: a crafted
+log or a hostile stream server cannot drive the terminal.
 """
 
 from __future__ import annotations
@@ -28,38 +30,92 @@ __all__ = ["main", "format_record"]
 TOKEN_ENV = "ASYNCLOOP_STREAM_TOKEN"
 
 
+def _printable(text: str) -> str:
+    """The text with its control characters escaped (imported late: ``asyncloop --help`` stays fast)."""
+    from .logging._records import printable
+
+    return printable(text)
+
+
+def _brief(value: Any) -> str:
+    """``repr(value)``, with bytes as their length (an image's data would fill the screen)."""
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    try:
+        return repr(value)
+    except RecursionError:
+        return f"<a {type(value).__name__} nested too deeply to print>"
+
+
+def _fields(value: Any) -> str:
+    """A value as it is: ``key=repr`` for each entry of a map, else its repr."""
+    if isinstance(value, dict):
+        return " ".join(f"{k if isinstance(k, str) else repr(k)}={_brief(v)}" for k, v in value.items())
+    return _brief(value)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _tag(record: dict) -> str:
-    return "/".join([*record.get("group", []), record.get("name", "")])
+    group, name = record.get("group", []), record.get("name", "")
+    parts = [g if isinstance(g, str) else _brief(g) for g in group] if isinstance(group, list) else [_brief(group)]
+    return "/".join([*parts, name if isinstance(name, str) else _brief(name)])
 
 
-def _summary(kind: str, value: Any) -> str:
-    if kind == "value":
-        return repr(value)
-    if kind == "text":
-        return repr(value)
-    if not isinstance(value, dict):
-        return repr(value)
+def _summary(kind: Any, value: Any) -> str:
+    """The value in a few words; a value whose fields are not what its kind has is shown as it is."""
+    if kind in ("value", "text") or not isinstance(value, dict):
+        return _brief(value)
     if kind in ("image", "audio"):
-        shape = "x".join(str(n) for n in value.get("shape", []))
-        extra = f" at {value['sample_rate']} Hz" if "sample_rate" in value else ""
-        return f"{value.get('dtype')}[{shape}]{extra}"
-    if kind == "histogram":
-        num = value.get("num", 0)
-        mean = value.get("sum", 0.0) / num if num else float("nan")
-        return f"n={num} min={value.get('min')!r} max={value.get('max')!r} mean={mean!r}"
-    return " ".join(f"{k}={v!r}" for k, v in value.items())
+        dtype, shape, rate = value.get("dtype"), value.get("shape", []), value.get("sample_rate")
+        if (isinstance(dtype, str) and isinstance(shape, list) and all(type(n) is int for n in shape)
+                and ("sample_rate" not in value or _number(rate))):
+            extra = f" at {rate} Hz" if "sample_rate" in value else ""
+            return f"{dtype}[{'x'.join(str(n) for n in shape)}]{extra}"
+    elif kind == "histogram":
+        num, total = value.get("num", 0), value.get("sum", 0.0)
+        if _number(num) and _number(total):
+            try:
+                mean = total / num if num else float("nan")
+            except (OverflowError, ZeroDivisionError):
+                mean = float("nan")
+            return f"n={num} min={_brief(value.get('min'))} max={_brief(value.get('max'))} mean={mean!r}"
+    return _fields(value)
+
+
+def _stamp(t: Any) -> str:
+    """Local time with milliseconds; ``t=...`` for a time no calendar holds (NaN, huge, not a number)."""
+    try:
+        if not _number(t):
+            raise TypeError(t)
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
+    except (TypeError, ValueError, OverflowError, OSError):
+        return f"t={_brief(t)}"
 
 
 def format_record(record: dict) -> str:
-    """One line for a record: time, run, seq, kind, tag, index and a summary of the value."""
+    """One line for a record: time, run, seq, kind, tag, index and a summary of the value.
+
+    Never raises, whatever the record holds (a stream server may send any map): a field that is not what the
+    format says is shown as its repr (a NaN time as ``t=nan``, a histogram with a str sum as its fields). Control
+    characters are escaped (see :func:`asyncloop.logging._records.printable`), so the line is safe to print to a terminal.
+    """
     kind = record.get("kind", "?")
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.get("t", 0)))
-    stamp += f".{int(record.get('t', 0) * 1000) % 1000:03d}"
+    kind_text = kind if isinstance(kind, str) else _brief(kind)
+    stamp = _stamp(record.get("t", 0))
     if kind == "dropped":
-        return f"{stamp} dropped {record.get('count')} records"
-    return (
-        f"{stamp} {record.get('run', '')} #{record.get('seq', '')} {kind} {_tag(record)} "
-        f"[{record.get('index', '')}] {_summary(kind, record.get('value'))}"
+        count = record.get("count")
+        return _printable(f"{stamp} dropped {count if type(count) is int else _brief(count)} records")
+
+    def plain(key: str) -> str:
+        value = record.get(key, "")
+        return value if isinstance(value, str) else str(value) if type(value) is int else _brief(value)
+
+    return _printable(
+        f"{stamp} {plain('run')} #{plain('seq')} {kind_text} {_tag(record)} [{plain('index')}] "
+        f"{_summary(kind, record.get('value'))}"
     )
 
 
@@ -67,15 +123,25 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k if isinstance(k, str) else _jsonable(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_jsonable(v) for v in value]
-    return value
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    return _brief(value)  # a msgpack extension type, a timestamp: its repr
+
+
+def _json_line(record: dict) -> str:
+    """The record as one line of JSON (ASCII only: every control character is escaped)."""
+    try:
+        return json.dumps(_jsonable(record))
+    except RecursionError:  # nested deeper than Python's recursion limit allows: the top level, inner values as repr
+        return json.dumps({k if isinstance(k, str) else _brief(k): _brief(v) for k, v in record.items()})
 
 
 def _print_records(records: Iterable[dict], as_json: bool, out: TextIO) -> None:
     for record in records:
-        line = json.dumps(_jsonable(record)) if as_json else format_record(record)
+        line = _json_line(record) if as_json else format_record(record)
         print(line, file=out, flush=True)
 
 
@@ -86,8 +152,8 @@ def _show(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         _print_records(reader, args.json, out)
     if reader.trailing:
         print(
-            f"asyncloop: note: the last {reader.trailing} bytes of {args.file} are a torn or corrupt record; "
-            f"skipped",
+            _printable(f"asyncloop: note: the last {reader.trailing} bytes of {args.file} are a torn or corrupt record; "
+                   f"skipped"),
             file=err,
         )
     return 0
@@ -185,7 +251,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
     except (EventLogFormatError, StreamError, OSError, ValueError) as exc:
-        print(f"asyncloop: error: {exc}", file=err)
+        print(_printable(f"asyncloop: error: {exc}"), file=err)
         return 1
     except KeyboardInterrupt:
         return 130

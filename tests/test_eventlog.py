@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import re
 import select
 import signal
 import subprocess
@@ -513,3 +515,190 @@ class TestFollow:
         """poll_interval must be positive."""
         with pytest.raises(ValueError, match=r"^poll_interval must be > 0, got 0$"):
             next(follow(tmp_path / "x", poll_interval=0))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Failed writes (disk full, file-size limit, quota)
+# --------------------------------------------------------------------------------------------------------------
+
+FSIZE_WRITER = """
+import resource
+import signal
+import sys
+
+from asyncloop.logging import EventLogBackend
+from asyncloop.loggables import Text
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # exceeding the limit is then EFBIG, not death
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+backend = EventLogBackend(sys.argv[1], run="full")
+backend.log_to(Text("before"), "small", 0)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), hard))
+for i in range(1, 4):
+    try:
+        backend.log_to(Text("y" * 3000), "big", i)
+    except OSError as exc:
+        print("failed", i, exc.errno, flush=True)
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+for i in range(4, 8):
+    backend.log_to(Text("after"), "small", i)
+backend.close()
+"""
+
+
+class FlakyFile:
+    """A file whose ``write`` fails on demand, like a disk that fills up: part of the bytes, then ENOSPC."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self.fail = False
+
+    def write(self, data: Any) -> int:
+        if self.fail:
+            self.fail = False
+            self._f.write(bytes(data[: len(data) // 2]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self._f.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+@pytest.fixture
+def flaky(monkeypatch: pytest.MonkeyPatch) -> list[FlakyFile]:
+    """Every file the event log opens for appending is a FlakyFile (listed here)."""
+    files: list[FlakyFile] = []
+
+    def fake_open(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        f = open(path, mode, *args, **kwargs)  # noqa: SIM115
+        if mode == "ab":
+            files.append(FlakyFile(f))
+            return files[-1]
+        return f
+
+    monkeypatch.setattr(eventlog, "open", fake_open, raising=False)
+    return files
+
+
+class TestFailedWrites:
+    @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE (POSIX)")
+    def test_file_size_limit(self, tmp_path: Path) -> None:
+        """Records that hit a file-size limit are cut off whole; every record written once there is room again is readable."""
+        path = tmp_path / "full.alog"
+        done = subprocess.run([sys.executable, "-c", FSIZE_WRITER, str(path), "5000"], capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "failed 2 27\nfailed 3 27\n"  # EFBIG
+        with read_events(path) as reader:
+            records = list(reader)
+        assert [(r["name"], r["index"]) for r in records] == [
+            ("asyncloop", 0), ("small", 0), ("big", 1), *[("small", i) for i in range(4, 8)], ("asyncloop", 0)]
+        assert [r["seq"] for r in records] == list(range(len(records)))
+        assert reader.trailing == 0 and reader.end == path.stat().st_size
+
+    def test_disk_full_cuts_the_partial_record(self, tmp_path: Path, flaky: list[FlakyFile]) -> None:
+        """A write that fails half-way raises the OSError and leaves the log ending at its last whole record."""
+        path = tmp_path / "run.alog"
+        backend = EventLogBackend(path, run="r")
+        backend.log_to(Value(1), "x", 1)
+        flaky[0].fail = True
+        with pytest.raises(OSError, match=r"No space left on device"):
+            backend.log_to(Text("y" * 1000), "big", 2)
+        with read_events(path) as reader:
+            assert [r["kind"] for r in reader] == ["open", "value"]
+        assert reader.trailing == 0
+        for i in range(3, 6):
+            backend.log_to(Value(i), "x", i)
+        backend.close()
+        records = list(read_events(path))
+        assert [(r["kind"], r["index"]) for r in records] == [
+            ("open", 0), ("value", 1), ("value", 3), ("value", 4), ("value", 5), ("close", 0)]
+        assert [r["seq"] for r in records] == list(range(6))
+
+    def test_failed_open_record(self, tmp_path: Path, flaky: list[FlakyFile], monkeypatch: pytest.MonkeyPatch) -> None:
+        """If even the 'open' record cannot be written, nothing is left of it and the next log_to opens afresh."""
+        path = tmp_path / "run.alog"
+        backend = EventLogBackend(path, run="r")
+        real_write = FlakyFile.write
+
+        def fail_first(self: FlakyFile, data: Any) -> int:
+            if self is flaky[0] and not getattr(self, "failed", False):
+                self.failed = True  # type: ignore[attr-defined]
+                self.fail = True
+            return real_write(self, data)
+
+        monkeypatch.setattr(FlakyFile, "write", fail_first)
+        with pytest.raises(OSError, match=r"No space left on device"):
+            backend.log_to(Value(1), "x", 1)
+        backend.log_to(Value(2), "x", 2)
+        backend.close()
+        with read_events(path) as reader:
+            assert [(r["kind"], r["seq"]) for r in reader] == [("open", 0), ("value", 1), ("close", 2)]
+        assert reader.trailing == 0
+
+    def test_stops_appending_when_the_cut_fails(
+        self, tmp_path: Path, flaky: list[FlakyFile], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """If the partial record cannot be cut off either, the backend stops appending (saying so) until closed."""
+        path = tmp_path / "run.alog"
+        backend = EventLogBackend(path, run="r")
+        backend.log_to(Value(1), "x", 1)
+
+        def no_truncate(fd: int, length: int) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(os, "ftruncate", no_truncate)
+        flaky[0].fail = True
+        stopped = (
+            f"{path}: a write failed ([Errno 28] No space left on device) and the partial record it left could not "
+            f"be cut off ([Errno 5] Input/output error); this EventLogBackend stopped appending, so no record "
+            f"lands behind it. close() it and log again: reopening cuts the partial record off"
+        )
+        with pytest.raises(OSError) as info:
+            backend.log_to(Text("y" * 1000), "big", 2)
+        assert str(info.value) == stopped
+        size = path.stat().st_size
+        with pytest.raises(OSError) as again:
+            backend.log_to(Value(3), "x", 3)
+        assert str(again.value) == stopped
+        assert path.stat().st_size == size  # nothing appended behind the partial record
+        with read_events(path) as reader:
+            assert [r["kind"] for r in reader] == ["open", "value"]
+        assert reader.trailing > 0
+        backend.close()  # no close record behind the partial one
+        assert path.stat().st_size == size
+        monkeypatch.undo()
+        backend.log_to(Value(4), "x", 4)
+        backend.close()
+        with read_events(path) as reader:
+            assert [(r["kind"], r["index"]) for r in reader] == [
+                ("open", 0), ("value", 1), ("open", 0), ("value", 4), ("close", 0)]
+        assert reader.trailing == 0
+
+    def test_reopening_never_cuts_off_whole_records(self, tmp_path: Path) -> None:
+        """Whole records after a partial one (within its claimed length) are not mistaken for a torn tail."""
+        path = tmp_path / "run.alog"
+        big = frame(pack(make_record(Text("y" * 5000), "big", 9, (), run="r", seq=9)))
+        data = HEADER + FRAMES[0] + big[:40] + FRAMES[1] + FRAMES[2]
+        path.write_bytes(data)
+        backend = EventLogBackend(path, run="again")
+        with pytest.raises(EventLogFormatError, match=rf"^{re.escape(str(path))} has a corrupt record at byte "
+                                                      rf"{ENDS[1]}, followed by more data "):
+            log_to(backend, Value(9), "x", 1)
+        assert path.read_bytes() == data
+
+    @FUZZ
+    @given(st.integers(min_value=1, max_value=len(FRAMES[-1]) - 1))
+    def test_a_torn_tail_is_still_cut(self, n: int) -> None:
+        """A last record cut anywhere, with nothing after it, is still recognised as a torn tail."""
+        f = io.BytesIO(LOG[: ENDS[-2] + n])
+        assert eventlog._is_torn_tail(f, ENDS[-2], ENDS[-2] + n)
+
+    def test_a_large_torn_tail_is_recognised_quickly(self) -> None:
+        """Looking for whole records after a 16 MB torn record of random bytes takes a moment, not a CRC per offset."""
+        data = np.random.default_rng(0).integers(0, 256, size=16 << 20, dtype=np.uint8).tobytes()
+        big = frame(pack({**RECORDS[2], "value": {"dtype": "uint8", "shape": [len(data)], "data": data}}))
+        torn = LOG + big[:-100]
+        t0 = time.perf_counter()
+        assert eventlog._is_torn_tail(io.BytesIO(torn), len(LOG), len(torn))
+        assert time.perf_counter() - t0 < 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -279,6 +280,91 @@ class TestStreamServer:
         assert repr(server) == "StreamServer(127.0.0.1, closed)"
 
 
+def open_fds() -> int:
+    """How many file descriptors this process has open now (Linux)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def wait_until(condition: Any, seconds: float = 10.0) -> None:
+    """Poll ``condition()`` until it is true; fail after ``seconds``."""
+    with trio.fail_after(seconds):
+        while not condition():
+            await trio.sleep(0.01)
+
+
+class TestConnectionBounds:
+    @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts file descriptors in /proc/self/fd")
+    async def test_idle_connections_cannot_exhaust_file_descriptors(self) -> None:
+        """Connections that never send a hello are held at most max_pending_handshakes at a time; the rest are
+        closed at once, and a subscriber with the token is served once the idle ones time out."""
+        got: list[dict] = []
+        idle: list[trio.SocketStream] = []
+        with trio.fail_after(30):
+            async with StreamServer(token="s3cret", max_pending_handshakes=4, max_connections=8,
+                                    handshake_timeout=1.0) as server:
+                before = open_fds()
+                try:
+                    for _ in range(60):
+                        idle.append(await trio.open_tcp_stream(HOST, server.port))
+                    await trio.sleep(0.5)  # let the server accept what it will
+                    held = open_fds() - before - len(idle)  # the server's side of the idle connections
+                    assert held <= 4 + 1  # the four it waits for, and at most one being turned away
+                    await wait_until(lambda: server.statistics().rejected == 56)
+                    assert server.statistics().connections == 4
+                    with pytest.raises(StreamError, match=r"^the stream server refused the subscription: too many "
+                                                          r"connections waiting for their handshake \(at most 4\); "
+                                                          r"try again later$"):
+                        await collect(server.port, got, "s3cret")
+                    await wait_until(lambda: server.statistics().connections == 0)  # timed out and refused
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(collect, server.port, got, "s3cret")
+                        await server.wait_for_subscribers(1)
+                        server.publish({"kind": "value", "i": 1})
+                        await wait_until(lambda: bool(got))
+                        nursery.cancel_scope.cancel()
+                finally:
+                    for stream in idle:
+                        await stream.aclose()
+        assert got == [{"kind": "value", "i": 1}]
+        stats = server.statistics()
+        assert (stats.refused, stats.rejected, stats.errors) == (4, 57, 0)
+
+    async def test_max_connections_bounds_subscribers(self) -> None:
+        """Past max_connections, a subscriber is turned away with the reason; a freed slot takes the next one."""
+        got: list[list[dict]] = [[], []]
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery, StreamServer(max_connections=2) as server:
+                first = subscribe(HOST, server.port)
+                await first.__aenter__()
+                nursery.start_soon(collect, server.port, got[0])
+                await server.wait_for_subscribers(2)
+                with pytest.raises(StreamError, match=r"^the stream server refused the subscription: too many "
+                                                      r"connections \(the server takes at most 2\); try again "
+                                                      r"later$"):
+                    await collect(server.port, got[1])
+                assert server.statistics().rejected == 1
+                await first.aclose()
+                await wait_until(lambda: server.statistics().connections == 1)
+                nursery.start_soon(collect, server.port, got[1])
+                await server.wait_for_subscribers(2)
+                server.publish({"kind": "value", "i": 1})
+        assert got == [[{"kind": "value", "i": 1}]] * 2
+
+    @pytest.mark.parametrize(("kwargs", "message"), [
+        ({"max_connections": 0}, r"^max_connections must be an int >= 1, got 0$"),
+        ({"max_pending_handshakes": 1.5}, r"^max_pending_handshakes must be an int >= 1, got 1\.5$"),
+    ])
+    def test_bad_bounds(self, kwargs: dict[str, Any], message: str) -> None:
+        """The bounds must be positive ints."""
+        with pytest.raises(ValueError, match=message):
+            StreamServer(**kwargs)
+
+    def test_defaults(self) -> None:
+        """By default a server holds at most 64 connections, 16 of them waiting for their handshake."""
+        server = StreamServer()
+        assert (server.max_connections, server.max_pending_handshakes, server.handshake_timeout) == (64, 16, 5.0)
+
+
 class TestStreamBackend:
     async def test_fit_streams_its_metrics(self) -> None:
         """A fit with LogMetrics(StreamBackend(server)) streams the learner's metrics, in seq order."""
@@ -406,6 +492,22 @@ class TestSubscribe:
             "closed": "the stream server closed the connection during the handshake",
             "silent": "the stream server did not answer the hello within 0.3 seconds",
         }
+
+    async def test_refusal_message_is_escaped(self) -> None:
+        """A server's refusal message reaches the StreamError with its control characters escaped."""
+
+        async def refuse(stream: trio.SocketStream) -> None:
+            await stream.receive_some(1024)
+            await stream.send_all(frame(pack({"kind": "error", "message": "no\x1b]0;pwned\x07\x9b2J"})))
+            await stream.aclose()
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                listeners = await nursery.start(partial(trio.serve_tcp, refuse, 0, host=HOST))
+                with pytest.raises(StreamError) as info:
+                    await collect(listeners[0].socket.getsockname()[1], [])
+                nursery.cancel_scope.cancel()
+        assert str(info.value) == r"the stream server refused the subscription: no\x1b]0;pwned\x07\x9b2J"
 
     async def test_aclose_ends_iteration(self) -> None:
         """After aclose, iteration ends; aclose is idempotent."""

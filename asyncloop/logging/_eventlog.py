@@ -12,20 +12,24 @@ File format, version 1 (all integers big-endian)::
 
 The magic's first byte is not ASCII and it contains CR LF, ^Z and LF, so text-mode copies and truncated
 downloads are caught (PNG's trick). A writer appends each record with one ``write`` call; a crash or a kill
-mid-write leaves at most one partial record at the end. Readers stop at the first record that is incomplete,
+mid-write leaves at most one partial record at the end. A write that fails (disk full, file-size limit, quota) is
+cut back to the last whole record before the error is raised, so records written later stay readable; if even
+that cut fails, the writer stops appending until it is closed. Readers stop at the first record that is incomplete,
 longer than ``MAX_RECORD_SIZE``, fails its checksum, or is not a record map: they yield only whole records, in
 order, and never raise for the tail. Only a bad header (wrong magic, newer version) is an error,
 :class:`EventLogFormatError`. A file that is empty or holds part of the header reads as an empty log.
 
 Reopening a log for appending first cuts a torn tail off (a last record cut short by the end of the file), so
-a log always stays a sequence of whole records. A corrupt record with more data after it is not cut off: appending
-raises :class:`EventLogFormatError` and leaves the file as it is.
+a log always stays a sequence of whole records. A corrupt record with more data after it (a length reaching past
+the end of the file is a tail; a whole record anywhere after it is not) is not cut off: appending raises
+:class:`EventLogFormatError` and leaves the file as it is.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import threading
 import time
 import zlib
@@ -240,16 +244,52 @@ def _valid_end(f: IO[bytes]) -> int:
     return end
 
 
+def _whole_record_at(data: bytes | memoryview, i: int) -> bool:
+    """Whether a whole, valid record starts at offset ``i`` of ``data`` (and ends inside it)."""
+    if i + 8 > len(data):
+        return False
+    size = int.from_bytes(data[i : i + 4], "big")
+    if i + 8 + size > len(data):
+        return False
+    payload = data[i + 4 : i + 4 + size]
+    if zlib.crc32(payload, zlib.crc32(data[i : i + 4])) != int.from_bytes(data[i + 4 + size : i + 8 + size], "big"):
+        return False
+    try:
+        return is_record(unpack(bytes(payload)))
+    except ValueError:
+        return False
+
+
+def _record_starts(limit: int) -> re.Pattern[bytes]:
+    """Where a record may start: a length prefix of at most ``limit``, a msgpack map header, and one of the keys
+    every record has as the first key (a writer packs ``kind`` first). Matching the key keeps the candidates few:
+    checking each one costs a CRC over its claimed length, so candidates found in the random bytes of a torn image
+    would make the scan quadratic."""
+    top = min(limit >> 24, 255)
+    keys = b"|".join(re.escape(bytes([0xA0 + len(k)]) + k.encode()) for k in ("kind", "t", "run", "seq", "name",
+                                                                                "group", "index", "value"))
+    return re.compile(rb"(?=[\x00-%s][\x00-\xff]{3}(?:[\x80-\x8f]|\xde[\x00-\xff]{2}|\xdf[\x00-\xff]{4})(?:%s))"
+                      % (re.escape(bytes([top])), keys), re.DOTALL)
+
+
 def _is_torn_tail(f: IO[bytes], end: int, size: int) -> bool:
     """Whether the bytes from ``end`` (just past the last whole record) to ``size`` (the end of the file) are at
     most one record that nothing follows: what a writer killed mid-write leaves. Anything else is corruption
-    with more data after it, which must not be cut off."""
+    with more data after it, which must not be cut off: a length prefix reaching past the end of the file, or a
+    whole record anywhere after ``end`` (one written after a partial record, e.g. by a writer that did not cut
+    off what a failed write left)."""
     f.seek(end)
     head = f.read(4)
     if len(head) < 4:
         return True
     length = int.from_bytes(head, "big")
-    return length <= MAX_RECORD_SIZE and end + length + 8 >= size
+    if length > MAX_RECORD_SIZE or end + length + 8 < size:
+        return False
+    f.seek(end)
+    tail = f.read(size - end)
+    view = memoryview(tail)
+    starts = (m.start() for m in _record_starts(MAX_RECORD_SIZE).finditer(tail, 1))
+    return not any(_whole_record_at(view, i) for i in starts)
 
 
 class EventLogBackend(LoggerBackend):
@@ -267,6 +307,12 @@ class EventLogBackend(LoggerBackend):
     session; ``seq`` counts every record of the run. One writer per file: two backends appending to one path
     interleave whole records but their sessions overlap. Records are written with one unbuffered ``write`` each,
     so another process can :func:`follow` the log live.
+
+    A failed write (disk full, file-size limit, quota: an ``OSError`` from :meth:`log_to`) never leaves a partial
+    record behind: the file is cut back to its last whole record, the error raised, and the next ``log_to`` appends
+    normally (the lost record takes no ``seq``). If the cut fails too, every later ``log_to`` raises ``OSError``
+    saying so, without writing, until :meth:`close` (which then writes no ``close`` record); the next opening cuts
+    the partial record off.
     """
 
     def __init__(
@@ -283,6 +329,7 @@ class EventLogBackend(LoggerBackend):
         self._file: IO[bytes] | None = None
         self._seq = 0
         self._session_records = 0
+        self._stopped: str | None = None  # why appending stopped (a partial record could not be cut off)
         self._lock = threading.Lock()
 
     # -- writing ---------------------------------------------------------------------------------------------
@@ -293,6 +340,8 @@ class EventLogBackend(LoggerBackend):
             self._write(make_record(loggable, name, index, group, run=self.run, seq=self._seq))
 
     def _write(self, record: dict) -> None:
+        if self._stopped is not None:
+            raise OSError(self._stopped)
         payload = pack(record)
         if len(payload) > MAX_RECORD_SIZE:
             raise ValueError(
@@ -302,11 +351,39 @@ class EventLogBackend(LoggerBackend):
         f = self._file
         assert f is not None
         data = memoryview(frame(payload))
-        while data:
-            written = f.write(data)
-            data = data[written:]
+        size = len(data)
+        start = os.fstat(f.fileno()).st_size
+        try:
+            while data:
+                written = f.write(data)
+                data = data[written:]
+        except BaseException as exc:
+            self._cut_back(f, start, size, exc)
+            raise
         self._seq += 1
         self._session_records += 1
+
+    def _cut_back(self, f: IO[bytes], start: int, size: int, error: BaseException) -> None:
+        """After a failed write of a ``size``-byte record that began at offset ``start``: cut off what it left.
+
+        A partial record must never stay in the middle of the log (readers stop there, and reopening might take
+        the records after it for a torn tail). If the file cannot be cut back to ``start``, or grew by more than
+        this record (another writer), stop appending: every later write raises until :meth:`close`.
+        """
+        try:
+            now = os.fstat(f.fileno()).st_size
+            if now == start:
+                return
+            if not start < now <= start + size:
+                raise OSError(f"the file is {now} bytes, the record began at byte {start}: another writer?")
+            os.ftruncate(f.fileno(), start)
+        except OSError as cut:
+            self._stopped = (
+                f"{self.path}: a write failed ({error}) and the partial record it left could not be cut off ({cut}); "
+                f"this EventLogBackend stopped appending, so no record lands behind it. close() it and log again: "
+                f"reopening cuts the partial record off"
+            )
+            raise OSError(self._stopped) from error
 
     def _open(self) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
@@ -333,7 +410,12 @@ class EventLogBackend(LoggerBackend):
                     f.truncate(end)
         self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed by close()
         self._session_records = 0
-        self._write(control_record("open", open_value(), run=self.run, seq=self._seq))
+        try:
+            self._write(control_record("open", open_value(), run=self.run, seq=self._seq))
+        except BaseException:  # no session without its open record: the next log_to opens afresh
+            f, self._file, self._stopped = self._file, None, None
+            f.close()
+            raise
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def flush(self) -> None:
@@ -343,18 +425,24 @@ class EventLogBackend(LoggerBackend):
                 os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        """Write a ``close`` record and close the file (idempotent; the next ``log_to`` reopens it)."""
+        """Write a ``close`` record and close the file (idempotent; the next ``log_to`` reopens it).
+
+        After a failed write that left a partial record (see :meth:`log_to`), no ``close`` record is written; the
+        next opening cuts the partial record off.
+        """
         with self._lock:
             f = self._file
             if f is None:
                 return
             try:
-                self._write(control_record("close", {"records": self._session_records + 1}, run=self.run,
-                                           seq=self._seq))
-                if self.fsync:
-                    os.fsync(f.fileno())
+                if self._stopped is None:
+                    self._write(control_record("close", {"records": self._session_records + 1}, run=self.run,
+                                               seq=self._seq))
+                    if self.fsync:
+                        os.fsync(f.fileno())
             finally:
                 self._file = None
+                self._stopped = None
                 f.close()
 
     def __repr__(self) -> str:

@@ -117,3 +117,17 @@ def decode_array(value: Mapping[str, Any]) -> np.ndarray:
         return np.frombuffer(value["data"], dtype=dtype).reshape(shape)
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not an encoded array: {exc}") from exc
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal could act on written as a Python escape (``\\x1b``, ``\\n``).
+
+    Escapes what ``repr`` escapes in a string (C0 and C1 controls, DEL, line and paragraph separators, format
+    characters such as bidi overrides, unassigned code points) but adds no quotes and leaves backslashes alone,
+    so an already escaped ``repr`` passes through unchanged. Use it on any string from a log file or a stream
+    server before printing it: raw, ``"\\x1b]0;title\\x07"`` retitles a terminal and ``"\\x1b]52;..."`` writes
+    its clipboard.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)

@@ -28,7 +28,10 @@ Guarantees:
   ``handshake_timeout`` seconds gets an error frame and is disconnected, and so does one whose hello arrives
   together with more data; a subscriber that sends anything after it was welcomed is disconnected without an
   error frame (records may be on their way to it). No other connection notices;
-* records larger than ``max_frame_size`` are not sent (counted as dropped for every subscriber).
+* records larger than ``max_frame_size`` are not sent (counted as dropped for every subscriber);
+* the server holds at most ``max_connections`` connections (64), of which at most ``max_pending_handshakes`` (16)
+  have not finished their handshake; a connection beyond either bound gets an error frame (``"too many
+  connections ..."``) and is closed at once, so idle clients cannot exhaust the process's file descriptors.
 
 The stream is live: a subscriber receives the records published after it connected. To see a run from the
 start, also write an event log (:class:`asyncloop.logging.EventLogBackend`).
@@ -36,6 +39,7 @@ start, also write an event log (:class:`asyncloop.logging.EventLogBackend`).
 
 from __future__ import annotations
 
+import errno
 import hmac
 import math
 import threading
@@ -44,7 +48,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import trio
@@ -52,7 +55,7 @@ import trio
 from .._exceptions import StreamError
 from ..loggables import Loggable
 from ._backend import LoggerBackend, default_run_name
-from ._records import make_record, pack, unpack
+from ._records import make_record, pack, printable, unpack
 
 
 PROTOCOL_VERSION = 1
@@ -61,6 +64,10 @@ DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
 #: The largest hello a server accepts.
 MAX_HELLO_SIZE = 4096
 _CHUNK = 65536
+#: accept() errors that mean "out of descriptors or memory for now": wait a little and accept again.
+_ACCEPT_CAPACITY_ERRNOS = {getattr(errno, name) for name in ("EMFILE", "ENFILE", "ENOMEM", "ENOBUFS")
+                           if hasattr(errno, name)}
+_ACCEPT_RETRY_SECONDS = 0.1
 
 
 class _ProtocolError(Exception):
@@ -122,7 +129,10 @@ class StreamStatistics:
 
     ``subscribers`` connected now; ``published`` records handed to the server; ``dropped`` records not sent to
     some subscriber (summed over subscribers); ``refused`` connections closed for a bad handshake, bad input or
-    a silent client; ``errors`` unexpected errors in connection handlers (each closed only its connection).
+    a silent client; ``errors`` unexpected errors in connection handlers (each closed only its connection);
+    ``rejected`` connections closed as soon as they were accepted because the server held ``max_connections``
+    connections or ``max_pending_handshakes`` unfinished handshakes; ``connections`` open now (subscribers and
+    clients still in their handshake).
     """
 
     subscribers: int
@@ -130,6 +140,8 @@ class StreamStatistics:
     dropped: int
     refused: int
     errors: int
+    rejected: int = 0
+    connections: int = 0
 
 
 def _dropped_notice(count: int) -> bytes:
@@ -166,6 +178,16 @@ class StreamServer:
         max_frame_size: the largest record payload sent (default 16 MiB).
         handshake_timeout: seconds a client has to send its hello (default 5).
         close_timeout: on a normal exit, seconds to let subscribers receive what is buffered for them.
+        max_connections: the most connections held at once, subscribers and handshakes together (default 64).
+        max_pending_handshakes: the most connections held that have not finished their handshake (default 16).
+
+    Connections beyond either bound are accepted, sent an error frame (``"too many connections ..."``) and closed
+    at once, so neither the listen backlog nor the process's file descriptors fill up: a client opening
+    hundreds of connections and never saying hello cannot make the training process run out of descriptors
+    (and fail to open its checkpoint or log files). The server uses at most ``max_connections`` + 2 descriptors
+    per listening address (the listener, and one connection being turned away); keep ``max_connections`` well
+    below the process's limit (``ulimit -n``, often 1024). The pitfall: without a ``token``, anyone who can
+    connect can take every slot by subscribing, which keeps other subscribers out (training is unaffected).
 
     :meth:`publish` (and :class:`StreamBackend`) may be called from any thread, including a fit's worker and
     the detached loggers' threads; it never blocks. One server can serve many fits, one after another or at
@@ -184,6 +206,8 @@ class StreamServer:
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         handshake_timeout: float = 5.0,
         close_timeout: float = 5.0,
+        max_connections: int = 64,
+        max_pending_handshakes: int = 16,
     ) -> None:
         if not isinstance(host, str):
             raise TypeError(f"host must be a str such as '127.0.0.1', got {host!r}")
@@ -192,7 +216,8 @@ class StreamServer:
         if token is not None and (not isinstance(token, str) or not token):
             raise TypeError(f"token must be a non-empty str or None, got {token!r}")
         for name, value in (("buffer_size", buffer_size), ("buffer_bytes", buffer_bytes),
-                            ("max_frame_size", max_frame_size)):
+                            ("max_frame_size", max_frame_size), ("max_connections", max_connections),
+                            ("max_pending_handshakes", max_pending_handshakes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         for name, seconds in (("handshake_timeout", handshake_timeout), ("close_timeout", close_timeout)):
@@ -206,6 +231,11 @@ class StreamServer:
         self.max_frame_size = max_frame_size
         self.handshake_timeout = float(handshake_timeout)
         self.close_timeout = float(close_timeout)
+        self.max_connections = max_connections
+        self.max_pending_handshakes = max_pending_handshakes
+        self._connections = 0  # open connections, handshaking or subscribed
+        self._handshaking = 0  # of which still in their handshake
+        self._rejected = 0
         self._state = _UNOPENED
         self._listeners: list[trio.SocketListener] = []
         self._trio_token: trio.lowlevel.TrioToken | None = None
@@ -245,8 +275,8 @@ class StreamServer:
         body_error: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(partial(trio.serve_listeners, self._handle, self._listeners,
-                                           handler_nursery=nursery))
+                for listener in self._listeners:
+                    nursery.start_soon(self._accept, listener, nursery)
                 self._state = _OPEN
                 try:
                     yield self
@@ -350,13 +380,51 @@ class StreamServer:
                 self._dropped += 1
 
     # -- connections (server loop) ---------------------------------------------------------------------------
+    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        """Accept connections forever; hand each to :meth:`_handle`, or turn it away when a bound is reached."""
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    await trio.sleep(_ACCEPT_RETRY_SECONDS)  # out of descriptors (not by us: we hold our bound)
+                    continue
+                if self._connections >= self.max_connections:
+                    reason = f"too many connections (the server takes at most {self.max_connections}); try again later"
+                elif self._handshaking >= self.max_pending_handshakes:
+                    reason = (f"too many connections waiting for their handshake (at most "
+                              f"{self.max_pending_handshakes}); try again later")
+                else:
+                    self._connections += 1
+                    self._handshaking += 1
+                    nursery.start_soon(self._handle, stream)
+                    continue
+                self._rejected += 1
+                await self._turn_away(stream, reason)
+
+    async def _turn_away(self, stream: trio.SocketStream, reason: str) -> None:
+        """Send ``reason`` as an error frame if it goes out at once (a fresh socket's buffer is empty), and close."""
+        try:
+            with trio.move_on_after(0.1):
+                await stream.send_all(_frame(pack({"kind": "error", "message": reason})))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
     async def _handle(self, stream: trio.SocketStream) -> None:
+        """Serve one accepted connection (counted in ``_connections`` and ``_handshaking`` by :meth:`_accept`)."""
         sub: _Subscriber | None = None
+        handshaking = True
         try:
             reader = _FrameReader(stream, MAX_HELLO_SIZE)
             refusal: str | None = "no hello within the handshake timeout"
             with trio.move_on_after(self.handshake_timeout):
                 refusal = await self._handshake(reader)
+            handshaking = False
+            self._handshaking -= 1
             if refusal is not None:
                 self._refused += 1
                 await self._refuse(stream, refusal)
@@ -373,8 +441,13 @@ class StreamServer:
         finally:
             if sub is not None:
                 self._subscribers.discard(sub)
+            try:
+                await trio.aclose_forcefully(stream)
+            finally:  # counted until its descriptor is closed
+                if handshaking:
+                    self._handshaking -= 1
+                self._connections -= 1
                 self._changed.unpark_all()
-            await trio.aclose_forcefully(stream)
 
     async def _handshake(self, reader: _FrameReader) -> str | None:
         """None if the hello is acceptable, else the reason for refusing it."""
@@ -463,7 +536,8 @@ class StreamServer:
 
     def statistics(self) -> StreamStatistics:
         """The server's counters now."""
-        return StreamStatistics(len(self._subscribers), self._published, self._dropped, self._refused, self._errors)
+        return StreamStatistics(len(self._subscribers), self._published, self._dropped, self._refused, self._errors,
+                                self._rejected, self._connections)
 
     def __repr__(self) -> str:
         where = f"{self.host}:{self.port}" if self._listeners and self._state == _OPEN else self.host
@@ -560,7 +634,9 @@ class Subscription:
             raise StreamError("the stream server closed the connection during the handshake")
         if reply.get("kind") == "error":
             await self.aclose()
-            raise StreamError(f"the stream server refused the subscription: {reply.get('message')}")
+            message = reply.get("message")
+            message = printable(message) if isinstance(message, str) else repr(message)
+            raise StreamError(f"the stream server refused the subscription: {message}")
         if reply.get("kind") != "welcome":
             await self.aclose()
             raise StreamError(f"the stream server answered the hello with {reply.get('kind')!r}, not 'welcome'")
