@@ -31,7 +31,9 @@ import torch
 from ._exceptions import CheckpointError
 
 from .phases import Phase
-from .state import History, PhaseDict, Protected, SeriesHistory, _clone_tree
+from ._containers import History, PhaseDict, SeriesHistory
+from ._snapshots import _clone_tree
+from ._views import Protected
 
 if TYPE_CHECKING:
     from ._learner import Learner

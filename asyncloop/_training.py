@@ -53,7 +53,7 @@ from .events import (
 )
 from ._exceptions import CancelEpochException, CancelFittingException, CancelStepException
 from .phases import FitPhase, Phase, TrainingPhase, ValidationPhase
-from .state import PropDict
+from ._containers import PropDict
 
 if TYPE_CHECKING:
     from ._learner import Learner

@@ -16,7 +16,8 @@ from .._callback import Callback, on
 from .._checkpoint import LATEST, CheckpointError, atomic_write, fsync_dir, training_state, unprotect
 from ..events import EpochBegin, EpochEnd, Event, FitEnd
 from ..phases import AbstractTrainingPhase, Phase, TrainingPhase
-from ..state import Protected, Read
+from .._access import Read
+from .._views import Protected
 
 __all__ = ["Checkpointer"]
 

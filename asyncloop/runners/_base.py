@@ -14,7 +14,7 @@ from ..events import Event
 from .._exceptions import FitException
 from .._graph import CallbackInfo, analyse, linear_order
 from ..phases import Phase
-from ..state import Protected
+from .._views import Protected
 
 if TYPE_CHECKING:
     from .._session import Session
