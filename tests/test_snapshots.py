@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 import torch
 
 from asyncloop import History, PropDict, Read, Recorder, TrainingPhase, test_learner
+from asyncloop._access import FIELD_TABLE, LEARNER_FIELDS
 from asyncloop._containers import PhaseDict
 from asyncloop._snapshots import OptimizerSnapshot, snapshot, snapshot_tree
 
@@ -107,3 +109,45 @@ class TestSnapshotTree:
         out = snapshot_tree(learner, {"cbstate": {"history": Read()}})
         learner.cbstate.history[TrainingPhase()].steps = 4
         assert out.cbstate.history[TrainingPhase()].steps == 0
+
+
+class TestFieldTableDrivesSnapshots:
+    @pytest.mark.parametrize("field", LEARNER_FIELDS)
+    def test_a_read_field_is_shared_cloned_or_copied_as_the_table_says(self, field: str) -> None:
+        """A top-level Read() field is shared, has every tensor cloned, or is copied with shared fresh tensors."""
+        value = {"t": torch.ones(2)}
+        out = snapshot_tree(PropDict({field: value}), {field: Read()})
+        rule = FIELD_TABLE[field].snapshot
+        if rule == "share":
+            assert out[field] is value
+        else:
+            assert out[field] is not value and torch.equal(out[field]["t"], value["t"])
+            assert (out[field]["t"].data_ptr() == value["t"].data_ptr()) is (rule == "copy")
+
+    def test_clone_reaches_every_tensor_below_a_cloned_field(self) -> None:
+        """Under model and optimizer, tensors are cloned at every depth of a subtree; elsewhere they are shared."""
+        obj = PropDict(model=PropDict(w={"t": torch.ones(2)}), step=PropDict(w={"t": torch.ones(2)}))
+        out = snapshot_tree(obj, {"model": {"w": Read()}, "step": {"w": Read()}})
+        assert out.model.w["t"].data_ptr() != obj.model.w["t"].data_ptr()
+        assert out.step.w["t"].data_ptr() == obj.step.w["t"].data_ptr()
+
+    def test_a_shared_field_named_with_a_subtree_is_copied_along_it(self) -> None:
+        """Sharing applies to a Read() leaf: data named with a subtree is copied along that subtree."""
+        obj = PropDict(data=PropDict(training=[1, 2]))
+        out = snapshot_tree(obj, {"data": {"training": Read()}})
+        assert out.data.training == [1, 2] and out.data.training is not obj.data.training
+
+    def test_tensor_leaves_are_detached_or_cloned(self) -> None:
+        """A tensor leaf is detached and shared below step, and cloned below model."""
+        loss = torch.ones(1, requires_grad=True) * 2
+        obj = PropDict(step=PropDict(loss=loss), model=PropDict(c=loss))
+        out = snapshot_tree(obj, {"step": {"loss": Read()}, "model": {"c": Read()}})
+        assert not out.step.loss.requires_grad and out.step.loss.data_ptr() == loss.data_ptr()
+        assert out.model.c.data_ptr() != loss.data_ptr() and torch.equal(out.model.c, loss.detach())
+
+    def test_any_mapping_tree_is_normalised(self) -> None:
+        """snapshot_tree of a MappingProxyType tree copies the same paths as the equal dict tree."""
+        learner = test_learner(Recorder())
+        out = snapshot_tree(learner, MappingProxyType({"cbstate": MappingProxyType({"history": Read(), "nope": Read()})}))
+        assert set(out) == {"cbstate"} and set(out.cbstate) == {"history"}
+        assert out.cbstate.history is not learner.cbstate.history

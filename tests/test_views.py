@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import pytest
 import torch
 
-from asyncloop import History, PropDict, ProtectedError, Read, Write, test_learner
+from asyncloop import (
+    Callback,
+    History,
+    PropDict,
+    ProtectedError,
+    Read,
+    StepEnd,
+    TrainingPhase,
+    Write,
+    test_learner,
+)
+from asyncloop._access import FIELD_TABLE, LEARNER_FIELDS, validate_state_access
 from asyncloop._containers import PhaseDict
 from asyncloop._views import Protected
 from matchers import exact
@@ -247,3 +259,98 @@ class TestReadOnlyViewMutators:
             view.inner["k"] = 2
         assert "loss" in view and len(view) == 3 and list(view) == ["loss", "get", "inner"]
         assert isinstance(view, Protected) and repr(view) == "Protected(PropDict, {})"
+
+
+class TestOneViewRule:
+    """Every view is compiled from a normalised tree; one reader per declared field says how it is handed out."""
+
+    def test_a_validated_tree_is_the_tree_views_use(self) -> None:
+        """The runners' views hold the tree validation returned, and every nested view is compiled too."""
+        tree = validate_state_access(MappingProxyType({"cbstate": MappingProxyType({"history": Read()})}), "Cb")
+        view = Protected(PropDict(cbstate=PropDict(history=PropDict(n=1))), tree, "Learner")
+        assert view._perms is tree
+        assert type(view) is not Protected and "cbstate" in vars(type(view))
+        assert view.cbstate._perms == tree["cbstate"] and type(view.cbstate._perms) is dict
+        assert "history" in vars(type(view.cbstate))
+        assert view.cbstate.history.n == 1
+
+    def test_any_mapping_is_normalised_into_the_same_compiled_class(self) -> None:
+        """Protected(obj, mapping) normalises the mapping: same class and same rules as the equal dict tree."""
+        proxy = MappingProxyType({"x": Read(), "y": MappingProxyType({"z": Write()})})
+        obj = PropDict(x=1, y=PropDict(z=2))
+        p = Protected(obj, proxy)
+        assert type(p) is type(Protected(PropDict(), {"x": Read(), "y": {"z": Write()}}))
+        assert type(p._perms) is dict and type(p._perms["y"]) is dict
+        assert p.x == 1 and p.y.z == 2
+        p.y.z = 3
+        assert obj.y.z == 3
+        with pytest.raises(ProtectedError, match=exact("Read access to PropDict.w disallowed.")):
+            p.w
+        with pytest.raises(ProtectedError, match=exact("Write access to PropDict.x disallowed.")):
+            p.x = 0
+        assert repr(p) == "Protected(PropDict, {'x': Read(), 'y': {'z': Write()}})"
+
+    def test_a_bad_tree_is_refused_when_the_view_is_built(self) -> None:
+        """A leaf that is not a permission raises TypeError at Protected(...), not at the first read."""
+        with pytest.raises(TypeError, match=exact("Protected.perms['x'] must be Read(), Write() or a nested dict, got 1")):
+            Protected(PropDict(), {"x": 1})
+
+    def test_callback_snapshot_views_the_normalised_tree(self) -> None:
+        """Callback.snapshot of a MappingProxyType state_access hands out a compiled view of the normalised tree."""
+
+        class Reader(Callback):
+            state_access = MappingProxyType({"step": MappingProxyType({"loss": Read()})})
+
+        learner = test_learner()
+        learner.step = PropDict(loss=torch.ones(1))
+        view = Reader().snapshot(StepEnd(), TrainingPhase(), learner)
+        assert view._perms == {"step": {"loss": Read()}} and type(view._perms["step"]) is dict
+        assert "step" in vars(type(view)) and "loss" in vars(type(view.step))
+        assert torch.equal(view.step.loss, torch.ones(1))
+        with pytest.raises(ProtectedError, match=exact("Read access to Learner.model disallowed.")):
+            view.model
+
+    def test_item_get_and_getattr_use_the_field_reader(self) -> None:
+        """view[key], view.get(key) and getattr(view, key) hand out what the property does: the same cached view."""
+        history = PropDict(n=1)
+        p = Protected(PropDict({"cbstate": PropDict(history=history), "a b": {"k": 1}}), {"cbstate": {"history": Read()}, "a b": Read()})
+        assert p["cbstate"] is p.cbstate is p.get("cbstate")
+        assert p["cbstate"]["history"].n == 1
+        inner = getattr(p, "a b")
+        assert inner["k"] == 1 and isinstance(inner, Protected)
+        with pytest.raises(ProtectedError, match=exact("Write access to dict['k'] disallowed.")):
+            inner["k"] = 2
+
+
+class TestFieldTableDrivesViews:
+    @pytest.mark.parametrize("field", LEARNER_FIELDS)
+    def test_a_field_view_is_cached_as_the_table_says(self, field: str) -> None:
+        """A top-level field's view (of a subtree or of a Read() dict) is kept between reads iff the table allows it."""
+        cached = FIELD_TABLE[field].cache_view
+        nested = Protected(PropDict({field: PropDict(x=1)}), {field: {"x": Read()}})
+        assert (getattr(nested, field) is getattr(nested, field)) is cached
+        read = Protected(PropDict({field: PropDict(x=1)}), {field: Read()})
+        assert (getattr(read, field) is getattr(read, field)) is cached
+        assert getattr(read, field).x == 1
+
+    def test_below_the_top_level_every_view_is_cached(self) -> None:
+        """The table describes the root object's fields: a nested key named step is cached like any other."""
+        p = Protected(PropDict(cbstate=PropDict(step=PropDict(x=1))), {"cbstate": {"step": Read()}})
+        assert p.cbstate.step is p.cbstate.step
+
+    def test_a_missing_declared_key_is_the_objects_attribute_error(self) -> None:
+        """Reading a declared but absent field raises the PropDict's AttributeError, not ProtectedError."""
+        p = Protected(PropDict(), {"x": Read()})
+        with pytest.raises(AttributeError, match=exact("PropDict has no key 'x'")) as info:
+            p.x
+        assert not isinstance(info.value, ProtectedError)
+
+
+class TestReadOnlyViewItems:
+    def test_a_missing_phase_reads_the_default_without_inserting_it(self) -> None:
+        """view[key] of a read-only PhaseDict view returns the default of a missing key and leaves the dict as it was."""
+        history = PhaseDict(History)
+        view = Protected(PropDict(history=history), {"history": Read()}).history
+        assert view[TrainingPhase()] == History()
+        assert TrainingPhase() not in history
+        assert view.get(TrainingPhase()) is None
