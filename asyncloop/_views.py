@@ -45,8 +45,8 @@ Reader = Callable[..., Any]
 
 
 def _view(obj: Any, perms: Any, name: str, cls: type[Protected] | None = None) -> Protected:
-    """A view of ``obj`` under ``perms``, named ``name`` in error messages (``Protected(...)`` without the checks
-    of its arguments: a hot path, nested views are built per step).
+    """A view of ``obj`` under ``perms``, named ``name`` in error messages: what ``Protected(obj, perms, name)``
+    returns, built without ``__init__`` (a hot path: nested views and snapshot views are built per step).
 
     ``cls``: the class compiled from ``perms`` when the caller has it (a field reader); then ``perms`` must be
     the normalised tree it was compiled from. Without it, ``perms`` may be any tree: it is normalised and
@@ -140,7 +140,7 @@ def _field_reader(key: Any, perm: Permission | dict[Any, Any], cache: bool) -> R
             else:
                 value = getattr(obj, key)
         if raw or not (nested or isinstance(value, dict)):
-            return value
+            return value  # Write(), or Read() of anything but a dict: the object itself
         if not cache:
             return _view(value, child_perms, type(value).__name__, child_cls)
         views = self._views
@@ -167,7 +167,8 @@ class Protected:
 
     ``Protected(obj, perms, name)`` returns an instance of the class compiled for ``perms`` (a subclass named
     ``Protected``); ``perms`` is normalised first, so any mapping works and a bad leaf raises ``TypeError``.
-    ``name`` (default: the class name of ``obj``) is what error messages call ``obj``.
+    ``name`` (default: the class name of ``obj``) is what error messages call ``obj``. Pitfall: the tree is
+    compiled once per tree object: do not mutate a tree once a view was built from it (views keep its old rules).
     ``key in view``, ``len(view)`` and iteration over keys are not checked (FluxTraining's ``haskey``).
     """
 
