@@ -174,6 +174,16 @@ class TestSeriesHistory:
         with pytest.raises(TypeError, match=exact(frozen)):
             s.push("Loss", 3, 3.0)
 
+    def test_replace_last_is_copy_on_write_and_refused_by_a_snapshot(self) -> None:
+        """replace_last swaps the last pair without changing an earlier snapshot, which refuses replace_last."""
+        h = SeriesHistory()
+        h.push("LR", 1, 0.1)
+        s = snapshot(h)
+        h.replace_last("LR", 1, 0.2)
+        assert h.values("LR") == [0.2] and s.values("LR") == [0.1]
+        with pytest.raises(TypeError, match=exact("this SeriesHistory is a read-only snapshot; it cannot be changed")):
+            s.replace_last("LR", 1, 0.3)
+
     def test_state_dict_round_trip(self) -> None:
         """load_state_dict(state_dict()) restores every series, with tensors stored as numbers."""
         h = SeriesHistory()
@@ -213,6 +223,12 @@ class TestGradients:
         with pytest.raises(KeyError):
             grads["bias"]
         assert repr(grads) == "Gradients(weight)"
+
+    def test_items_and_values_skip_parameters_without_gradients(self, model: torch.nn.Module) -> None:
+        """items() and values() list only the parameters that have a gradient."""
+        grads = Gradients(tuple(model.named_parameters()))
+        assert [name for name, _ in grads.items()] == ["weight"]
+        assert len(grads.values()) == 1 and grads.values()[0] is model.weight.grad
 
     def test_one_mapping_per_model_reads_live_gradients(self) -> None:
         """The learner hands out one lazy mapping per model (it reads .grad live); a new model gets a new one."""

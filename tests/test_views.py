@@ -354,3 +354,8 @@ class TestReadOnlyViewItems:
         assert view[TrainingPhase()] == History()
         assert TrainingPhase() not in history
         assert view.get(TrainingPhase()) is None
+
+    def test_non_mutating_methods_of_a_plain_dict_are_reachable(self) -> None:
+        """A read-only view of a plain dict hands out its non-mutating methods (items, values) as they are."""
+        view = Protected(PropDict(step=PropDict(inner={"k": 1})), {"step": Read()}).step.inner
+        assert list(view.items()) == [("k", 1)] and list(view.values()) == [1]
