@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from ._values import ValueClass
 from .events import Event
 from .phases import Phase
-from .state import _view, snapshot_tree
+from ._snapshots import snapshot_tree
+from ._views import _view
 
 if TYPE_CHECKING:
     from ._learner import Learner

@@ -26,8 +26,8 @@ from ._checkpoint_files import read_checkpoint
 from ._durable import save_file
 from ._exceptions import CheckpointError
 from ._plaindata import SKIP, decode, encode, is_plain
+from ._snapshots import _clone_tree
 from .phases import TrainingPhase
-from .state import _clone_tree
 
 if TYPE_CHECKING:
     from ._callback import Callback

@@ -24,7 +24,7 @@ import networkx as nx
 
 from ._callback import Callback, ConflictResolution, NotDefined, RunFirst, Unresolvable
 from ._exceptions import CallbackCycleError, DetachedWriterError, WriteConflictError
-from .state import Read, Write, accesses, validate_state_access
+from ._access import Read, Write, accesses, validate_state_access
 
 
 @dataclass(frozen=True)

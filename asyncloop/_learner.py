@@ -12,7 +12,7 @@ from ._callback import Callback
 from ._graph import callback_graph
 from .runners._base import Runner
 from .runners._linear import LinearRunner
-from .state import Gradients, PropDict
+from ._containers import Gradients, PropDict
 
 if TYPE_CHECKING:
     from ._session import Session

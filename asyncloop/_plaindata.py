@@ -17,7 +17,8 @@ import torch
 
 from ._exceptions import CheckpointError
 from .phases import Phase
-from .state import History, PhaseDict, SeriesHistory, _clone_tree
+from ._containers import History, PhaseDict, SeriesHistory
+from ._snapshots import _clone_tree
 
 _PLAIN = (type(None), bool, int, float, str, torch.Tensor)
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .state import PropDict
+from ._containers import PropDict
 from ._exceptions import CancelEpochException, CancelStepException, _Aborted
 from .events import BackwardBegin, BackwardEnd, EpochBegin, EpochEnd, Event, LossBegin, StepBegin, StepEnd
 

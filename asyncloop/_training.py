@@ -31,7 +31,7 @@ from ._steps import Handle
 from ._threads import run_in_thread
 from .events import FitBegin, FitEnd
 from .phases import FitPhase, Phase, TrainingPhase, ValidationPhase
-from .state import PropDict
+from ._containers import PropDict
 
 if TYPE_CHECKING:
     from ._learner import Learner

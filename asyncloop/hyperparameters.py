@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from .state import Permission, Read, Write
+from ._access import Permission, Read, Write
 
 __all__ = [
     "HyperParameter",

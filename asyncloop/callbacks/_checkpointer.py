@@ -17,7 +17,8 @@ from .._durable import fsync_dir, save_file
 from .._exceptions import CheckpointError
 from ..events import EpochBegin, EpochEnd, Event, FitEnd
 from ..phases import AbstractTrainingPhase, Phase, TrainingPhase
-from ..state import Protected, Read
+from .._access import Read
+from .._views import Protected
 from ._monitor import monitored_epoch_value
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from .._callback import Callback, on
 from ..events import EpochEnd
 from ..phases import AbstractTrainingPhase, AbstractValidationPhase, Phase
-from ..state import Read
+from .._access import Read
 from ..stopping import Disjunction as _Disjunction
 from ..stopping import EarlyStopped, NumberSinceBest, StoppingCriterion
 from ._metrics import Metrics

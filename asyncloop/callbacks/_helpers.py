@@ -20,7 +20,7 @@ import torch
 from .._callback import Callback, on
 from ..events import BackwardEnd, EpochBegin, StepBegin
 from ..phases import AbstractTrainingPhase, Phase
-from ..state import Read, Write
+from .._access import Read, Write
 
 
 class GradientClipping(Callback):

@@ -16,7 +16,8 @@ import torch
 from .._callback import Callback, on
 from ..events import EpochBegin, EpochEnd, StepEnd
 from ..phases import Phase
-from ..state import PhaseDict, Read, SeriesHistory, Write
+from .._access import Read, Write
+from .._containers import PhaseDict, SeriesHistory
 from ._recorder import Recorder
 
 

@@ -17,7 +17,8 @@ class tqdm(_tqdm):  # noqa: N801 - tqdm's own name
 from .._callback import Callback, Handler, on
 from ..events import EpochBegin, EpochEnd, Event, FitEnd, StepEnd
 from ..phases import Phase
-from ..state import History, PropDict, Read
+from .._access import Read
+from .._containers import History, PropDict
 from ._conditional import TimeThrottle
 from ._metrics import Metrics
 from ._recorder import Recorder

@@ -7,7 +7,8 @@ from typing import Any
 from .._callback import Callback, on
 from ..events import EpochBegin, EpochEnd, StepEnd
 from ..phases import Phase
-from ..state import History, PhaseDict, Write
+from .._access import Write
+from .._containers import History, PhaseDict
 
 
 class Recorder(Callback):

@@ -14,7 +14,7 @@ from .._callback import Callback, on
 from ..events import EpochBegin, FitBegin
 from .._exceptions import SanityCheckException
 from ..phases import AbstractTrainingPhase, Phase
-from ..state import Read
+from .._access import Read
 
 
 @dataclass(frozen=True)

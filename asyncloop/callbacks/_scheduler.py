@@ -9,7 +9,8 @@ from .._callback import Callback, ConflictResolution, NotDefined, RunFirst, on
 from ..events import StepBegin
 from ..hyperparameters import HyperParameter, _check_hyperparameter, merge_access
 from ..phases import AbstractTrainingPhase, Phase
-from ..state import Read, SeriesHistory, Write
+from .._access import Read, Write
+from .._containers import SeriesHistory
 from ._recorder import Recorder
 
 

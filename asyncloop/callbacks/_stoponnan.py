@@ -11,7 +11,7 @@ from .._callback import Callback, on
 from ..events import BackwardEnd
 from .._exceptions import CancelFittingException
 from ..phases import AbstractTrainingPhase, Phase
-from ..state import Read
+from .._access import Read
 
 
 class StopOnNaNLoss(Callback):

@@ -11,7 +11,7 @@ import torch
 from .._callback import Callback, on
 from ..events import EpochBegin, FitBegin, StepBegin
 from ..phases import Phase
-from ..state import Write
+from .._access import Write
 
 
 def move_to(value: Any, device: torch.device) -> Any:

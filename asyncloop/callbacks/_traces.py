@@ -11,7 +11,8 @@ from .._callback import Callback, on
 from ..events import StepEnd
 from ..hyperparameters import merge_access
 from ..phases import Phase
-from ..state import PhaseDict, Read, SeriesHistory, Write
+from .._access import Read, Write
+from .._containers import PhaseDict, SeriesHistory
 from ._recorder import Recorder
 
 

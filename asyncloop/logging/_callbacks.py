@@ -44,7 +44,8 @@ from ..callbacks._recorder import Recorder
 from ..events import EpochEnd, Event, FitBegin, FitEnd, StepEnd
 from ..loggables import Histogram, Image, Loggable, RuntimeEvent, Value
 from ..phases import AbstractTrainingPhase, FitPhase, Phase, TrainingPhase
-from ..state import Read, snapshot
+from .._access import Read
+from .._snapshots import snapshot
 from ._backend import LoggerBackend, log_to
 
 

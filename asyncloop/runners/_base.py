@@ -11,7 +11,7 @@ from .._callback import Callback, Handler
 from .._graph import CallbackInfo, analyse, linear_order
 from ..events import Event
 from ..phases import Phase
-from ..state import Protected
+from .._views import Protected
 from ._plans import Plan, Step
 from ._statistics import ActorStatistics
 

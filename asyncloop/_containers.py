@@ -1,0 +1,212 @@
+"""The containers of learner state (private): what ``learner.step`` and ``learner.cbstate`` hold.
+
+* :class:`PropDict` -- a dict with attribute access (``learner.step.loss``); ``learner.step`` and
+  ``learner.cbstate`` are PropDicts.
+* :class:`History` -- completed epochs/steps per phase, kept by :class:`asyncloop.Recorder`.
+* :class:`PhaseDict` -- a ``defaultdict`` keyed by phase (``cbstate.history[TrainingPhase()]``).
+* :class:`SeriesHistory` -- named series of ``(index, value)`` pairs (metrics, hyperparameters, traces).
+* :class:`Gradients` -- ``learner.step.grads``, a lazy mapping over the model's parameters.
+
+Containers whose copy needs nothing but their own fields carry a ``__snapshot__`` method (the hook
+:func:`asyncloop.state.snapshot` calls); the snapshot of PropDict and PhaseDict, which copies their values
+recursively, is :func:`asyncloop.state.snapshot`'s own rule. This module imports nothing else of asyncloop.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+class PropDict(dict):
+    """A ``dict`` whose keys can also be read and written as attributes: ``d.loss is d["loss"]``.
+
+    A missing key raises ``AttributeError`` on attribute access (so ``hasattr`` works) and ``KeyError`` on
+    item access.
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"PropDict has no key {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        try:
+            del self[name]
+        except KeyError:
+            raise AttributeError(f"PropDict has no key {name!r}") from None
+
+    def __dir__(self) -> list[str]:
+        return [*super().__dir__(), *(k for k in self if isinstance(k, str))]
+
+    def __repr__(self) -> str:
+        return f"PropDict({dict.__repr__(self)})"
+
+
+@dataclass
+class History:
+    """Completed units of one phase: ``epochs``, ``steps`` (over all epochs) and ``steps_epoch`` (this epoch)."""
+
+    epochs: int = 0
+    steps: int = 0
+    steps_epoch: int = 0
+
+    def __snapshot__(self) -> History:
+        return History(self.epochs, self.steps, self.steps_epoch)
+
+
+class PhaseDict(defaultdict):
+    """A ``defaultdict`` keyed by phase, e.g. ``cbstate.history[TrainingPhase()]``; missing phases are created."""
+
+    def __repr__(self) -> str:
+        return f"PhaseDict({dict(self)!r})"
+
+
+def _as_python(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return value
+
+
+class SeriesHistory:
+    """Named series of ``(index, value)`` pairs, appended in order (FluxTraining's ``MVHistory``).
+
+    Values may be pushed as one-element tensors so that no host sync happens while training; they are
+    converted to Python numbers when read with :meth:`last` or :meth:`values`.
+    """
+
+    __slots__ = ("_series", "_len", "_frozen")
+
+    def __init__(self) -> None:
+        self._series: dict[str, tuple[list[Any], list[Any]]] = {}
+        self._len: dict[str, int] = {}
+        self._frozen = False
+
+    def push(self, name: str, index: int, value: Any) -> None:
+        """Append ``value`` at ``index`` to the series ``name``."""
+        if self._frozen:
+            raise TypeError("this SeriesHistory is a read-only snapshot; it cannot be pushed to")
+        series = self._series.get(name)
+        if series is None:
+            series = self._series[name] = ([], [])
+        series[0].append(index)
+        series[1].append(value)
+        self._len[name] = len(series[0])
+
+    def replace_last(self, name: str, index: int, value: Any) -> None:
+        """Replace the last ``(index, value)`` of ``name`` (copy-on-write: earlier snapshots keep the old pair)."""
+        if self._frozen:
+            raise TypeError("this SeriesHistory is a read-only snapshot; it cannot be changed")
+        indices, values, n = self._get(name)
+        self._series = {**self._series, name: ([*indices[: n - 1], index], [*values[: n - 1], value])}
+
+    def _get(self, name: str) -> tuple[list[Any], list[Any], int]:
+        try:
+            n = self._len[name]
+        except KeyError:
+            known = ", ".join(repr(k) for k in self._len) or "none"
+            raise KeyError(f"no series named {name!r} (known: {known})") from None
+        indices, values = self._series[name]
+        return indices, values, n
+
+    def last(self, name: str) -> tuple[int, Any]:
+        """The last ``(index, value)`` pushed to ``name``; ``KeyError`` if there is none."""
+        indices, values, n = self._get(name)
+        values[n - 1] = _as_python(values[n - 1])
+        return indices[n - 1], values[n - 1]
+
+    def values(self, name: str) -> list[Any]:
+        """All values of ``name``, in push order."""
+        _, values, n = self._get(name)
+        for i in range(n):
+            values[i] = _as_python(values[i])
+        return values[:n]
+
+    def indices(self, name: str) -> list[int]:
+        """All indices of ``name``, in push order."""
+        indices, _, n = self._get(name)
+        return indices[:n]
+
+    def keys(self) -> list[str]:
+        """The series names, in the order they were first pushed."""
+        return list(self._len)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._len
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._len))
+
+    def __len__(self) -> int:
+        return len(self._len)
+
+    def __repr__(self) -> str:
+        return f"SeriesHistory({', '.join(f'{k}: {n}' for k, n in self._len.items())})"
+
+    def __snapshot__(self) -> SeriesHistory:
+        """A read-only view of the series as they are now; later pushes stay invisible to it (O(keys))."""
+        view = SeriesHistory.__new__(SeriesHistory)
+        view._series = self._series
+        view._len = dict(self._len)
+        view._frozen = True
+        return view
+
+    def state_dict(self) -> dict[str, Any]:
+        """A plain, serialisable copy of all series."""
+        return {name: (self.indices(name), self.values(name)) for name in self._len}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace all series with ``state`` (as returned by :meth:`state_dict`)."""
+        self._series = {name: (list(idx), list(vals)) for name, (idx, vals) in state.items()}
+        self._len = {name: len(idx) for name, (idx, _) in self._series.items()}
+
+
+class Gradients(Mapping):
+    """``learner.step.grads``: parameter name -> gradient, read lazily from the model's parameters.
+
+    Creating it costs nothing per step; a snapshot (for detached callbacks) materialises a dict of the current
+    gradient tensors. Parameters without a gradient are absent.
+    """
+
+    __slots__ = ("_params", "_index")
+
+    def __init__(
+        self, params: tuple[tuple[str, torch.nn.Parameter], ...], index: Mapping[str, torch.nn.Parameter] | None = None
+    ) -> None:
+        self._params = params
+        self._index = dict(params) if index is None else index
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        grad = self._index[name].grad
+        if grad is None:
+            raise KeyError(name)
+        return grad
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, p in self._params if p.grad is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _, p in self._params if p.grad is not None)
+
+    def items(self) -> Any:
+        return [(name, p.grad) for name, p in self._params if p.grad is not None]
+
+    def values(self) -> Any:
+        return [p.grad for _, p in self._params if p.grad is not None]
+
+    def __repr__(self) -> str:
+        return f"Gradients({', '.join(self)})"
+
+    def __snapshot__(self) -> dict[str, torch.Tensor]:
+        # cloned: gradients change in place (accumulation, clipping, unscaling) before the actor reads them
+        return {name: p.grad.detach().clone() for name, p in self._params if p.grad is not None}
