@@ -18,7 +18,6 @@ not handle. Handlers may be ``async def``.
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,16 +32,6 @@ from ._views import _view
 if TYPE_CHECKING:
     from ._learner import Learner
 
-__all__ = [
-    "Callback",
-    "on",
-    "Handler",
-    "ConflictResolution",
-    "NotDefined",
-    "NoConflict",
-    "RunFirst",
-    "Unresolvable",
-]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _ON_ATTR = "__asyncloop_on__"
@@ -166,7 +155,10 @@ class Callback:
         cls._handler_cache = {}
         own = vars(cls).get("snapshot")
         if inspect.isfunction(own) and not _takes_copy(own):
-            cls.snapshot = _copy_only(own)  # type: ignore[method-assign]
+            raise TypeError(
+                f"{cls.__name__}.snapshot must take copy: define snapshot(self, event, phase, learner, *, copy=True) "
+                f"and copy the state only when copy is true"
+            )
 
     @property
     def inner(self) -> Callback:
@@ -209,8 +201,7 @@ class Callback:
         Override it to hand the handlers something cheaper or richer (a few counters, a checkpoint's state
         dict); return the same kind of value for both ``copy`` values so that handlers never branch on the
         runner, and copy only when ``copy`` is true. Pitfall: an override is called for every event it handles,
-        inline too. An override with the older signature ``snapshot(self, event, phase, learner)`` shapes the
-        detached copy only; its inline handlers receive the protected live view.
+        inline too; an override without the ``copy`` parameter is a ``TypeError`` when the class is defined.
         """
         access = self.state_access
         if copy:
@@ -250,19 +241,6 @@ class Callback:
 def _takes_copy(fn: Callable[..., Any]) -> bool:
     params = inspect.signature(fn).parameters.values()
     return any(p.name == "copy" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-
-
-def _copy_only(snapshot: Callable[..., Any]) -> Callable[..., Any]:
-    """Adapt an override ``snapshot(self, event, phase, learner)`` (no ``copy``): it builds the detached copy only."""
-
-    @functools.wraps(snapshot)
-    def hook(self: Callback, event: Event, phase: Phase, learner: Any, *, copy: bool = True) -> Any:
-        if copy:
-            return snapshot(self, event, phase, learner)
-        return _view(learner, self.state_access, "Learner")
-
-    hook._live_is_view = True  # type: ignore[attr-defined]
-    return hook
 
 
 def _most_specific(cls: type[Callback], event: type[Event], phase: type[Phase]) -> str | None:

@@ -25,7 +25,6 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
-__all__ = ["main", "format_record"]
 
 TOKEN_ENV = "ASYNCLOOP_STREAM_TOKEN"
 

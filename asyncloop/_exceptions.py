@@ -28,23 +28,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .stopping import StoppingCriterion
 
-__all__ = [
-    "FitException",
-    "CancelStepException",
-    "CancelEpochException",
-    "CancelFittingException",
-    "ProtectedError",
-    "SanityCheckException",
-    "CallbackGraphError",
-    "WriteConflictError",
-    "CallbackCycleError",
-    "DetachedWriterError",
-    "EarlyStopped",
-    "CheckpointError",
-    "StreamError",
-    "EventLogFormatError",
-]
-
 
 class FitException(Exception):
     """Base of the exceptions that change the control flow of a fit."""

@@ -10,6 +10,7 @@ import torch
 import trio
 
 import asyncloop as al
+from matchers import exact
 from asyncloop.state import Protected
 
 
@@ -133,26 +134,16 @@ class TestCaptureHook:
         assert copied.model.c.data_ptr() != lrn.model.c.data_ptr()
         assert live.model.c.data_ptr() == lrn.model.c.data_ptr()
 
-    @pytest.mark.parametrize("runner, kind", [(al.LinearRunner, "view"), (al.ActorRunner, "legacy")])
-    def test_a_three_argument_override_shapes_the_copy_only(self, runner, kind: str) -> None:
-        """An override without ``copy`` (the older signature) builds the detached copy; inline handlers get the
-        protected live view, as before."""
-        received: list[Any] = []
+    def test_an_override_without_copy_is_refused_at_class_definition(self) -> None:
+        """A capture hook that does not take ``copy`` is a TypeError saying the signature to use."""
+        with pytest.raises(TypeError, match=exact(
+            "Legacy.snapshot must take copy: define snapshot(self, event, phase, learner, *, copy=True) "
+            "and copy the state only when copy is true"
+        )):
 
-        class Legacy(al.Callback):
-            state_access = {"cbstate": {"history": al.Read()}}
-            detached = True
-
-            def snapshot(self, event, phase, learner):
-                return "legacy"
-
-            @al.on(al.StepEnd, al.TrainingPhase)
-            def h(self, event, phase, learner) -> None:
-                received.append("view" if isinstance(learner, Protected) else learner)
-
-        trio.run(al.fit, learner(Legacy(), runner=runner(), n_batches=2), 1)
-        assert received == [kind, kind]
-        assert Legacy().snapshot(al.StepEnd(), al.TrainingPhase(), None) == "legacy"  # still callable as before
+            class Legacy(al.Callback):
+                def snapshot(self, event, phase, learner):
+                    return "legacy"
 
     def test_a_condition_forwards_copy_to_the_wrapped_hook(self) -> None:
         """ConditionalCallback's hook is the wrapped callback's, for both values of copy."""

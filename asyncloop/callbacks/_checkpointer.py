@@ -18,7 +18,6 @@ from .._exceptions import CheckpointError
 from ..events import EpochBegin, EpochEnd, Event, FitEnd
 from ..phases import AbstractTrainingPhase, Phase, TrainingPhase
 from .._access import Read
-from .._views import Protected
 from ._monitor import monitored_epoch_value
 
 
@@ -109,9 +108,10 @@ class Checkpointer(Callback):
         self._saved: list[tuple[int, float | None, str]] = []
 
     # -- decisions (training thread) -------------------------------------------------------------------------
-    def snapshot(self, event: Event, phase: Phase, learner: Any) -> _Job | None:
-        """On the training thread: decide whether a checkpoint is due and copy the state it needs."""
-        return self._plan(event, phase, learner, clone=True)
+    def snapshot(self, event: Event, phase: Phase, learner: Any, *, copy: bool = True) -> _Job | None:
+        """On the training thread: decide whether a checkpoint is due and take the state it needs (cloned when
+        ``copy``: a detached write happens while training goes on)."""
+        return self._plan(event, phase, learner, clone=copy)
 
     def _plan(self, event: Event, phase: Phase, learner: Any, clone: bool) -> _Job | None:
         if isinstance(event, EpochEnd):
@@ -150,8 +150,7 @@ class Checkpointer(Callback):
     @on(EpochEnd, AbstractTrainingPhase)
     @on(EpochBegin, AbstractTrainingPhase)
     @on(FitEnd)
-    def checkpoint(self, event: Event, phase: Phase, learner: Any) -> None:
-        job = self._plan(event, phase, _unprotect(learner), clone=False) if isinstance(learner, Protected) else learner
+    def checkpoint(self, event: Event, phase: Phase, job: _Job | None) -> None:
         if job is not None:
             self._write(job)
 
@@ -194,11 +193,6 @@ class Checkpointer(Callback):
     def __repr__(self) -> str:
         top = "" if self.keep_top_k is None else f", keep_top_k={self.keep_top_k}"
         return f"Checkpointer({str(self.folder)!r}{top})"
-
-
-def _unprotect(learner: Any) -> Any:
-    """The learner behind a handler's protected view (this callback declared what it reads)."""
-    return object.__getattribute__(learner, "_obj") if isinstance(learner, Protected) else learner
 
 
 def _check_folder(folder: Path) -> None:

@@ -23,8 +23,6 @@ from ._conditional import TimeThrottle
 from ._metrics import Metrics
 from ._recorder import Recorder
 
-__all__ = ["ProgressPrinter", "MetricsPrinter", "format_table"]
-
 
 class ProgressPrinter(Callback):
     """Show a tqdm progress bar for every epoch, titled ``"Epoch 3 TrainingPhase()"``.
