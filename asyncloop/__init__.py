@@ -122,7 +122,7 @@ from ._training import run_epoch as run_epoch
 from ._training import run_step as run_step
 from ._training import step as step
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 __all__ = [
     "AbstractMetric",

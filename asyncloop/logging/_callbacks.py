@@ -41,6 +41,8 @@ from .._callback import Callback, Handler, on
 from ..callbacks._conditional import FrequencyThrottle
 from ..callbacks._metrics import Metrics
 from ..callbacks._recorder import Recorder
+from ..callbacks._scheduler import Scheduler
+from ..callbacks._traces import Traces
 from ..events import EpochEnd, Event, FitBegin, FitEnd, StepEnd
 from ..loggables import Histogram, Image, Loggable, RuntimeEvent, Value
 from ..phases import AbstractTrainingPhase, FitPhase, Phase, TrainingPhase
@@ -67,14 +69,6 @@ def _check_freq(owner: str, freq: Any) -> FrequencyThrottle | None:
     if isinstance(freq, bool) or not isinstance(freq, int) or freq < 1:
         raise ValueError(f"{owner} freq must be an int >= 1 (log every freq-th training step) or None, got {freq!r}")
     return FrequencyThrottle(freq, StepEnd)
-
-
-def _optional_callback(name: str) -> tuple[type, ...]:
-    """The callback class ``asyncloop.<name>`` if it exists (for ``run_after``), else nothing."""
-    import asyncloop
-
-    cls = getattr(asyncloop, name, None)
-    return (cls,) if isinstance(cls, type) and issubclass(cls, Callback) else ()
 
 
 def _number(value: Any) -> int | float | None:
@@ -215,9 +209,7 @@ class LogTraces(_SeriesLogger):
     state_access = {"cbstate": {"history": Read(), "trace_history": Read()}}
     _sources = ((StepEnd, "trace_history"),)
 
-    @property  # type: ignore[override]
-    def run_after(self) -> tuple[type, ...]:
-        return (Recorder, *_optional_callback("Traces"))
+    run_after = (Recorder, Traces)
 
     @on(StepEnd)
     def step_end(self, event: StepEnd, phase: Phase, learner: Any) -> None:
@@ -238,9 +230,7 @@ class LogHyperParams(_Logger):
 
     state_access = {"cbstate": {"history": Read(), "hyperparams": Read()}}
 
-    @property  # type: ignore[override]
-    def run_after(self) -> tuple[type, ...]:
-        return (Recorder, *_optional_callback("Scheduler"))
+    run_after = (Recorder, Scheduler)
 
     def snapshot(self, event: Event, phase: Phase, learner: Any, *, copy: bool = True) -> Any:
         if not isinstance(event, StepEnd):

@@ -39,6 +39,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from .._version import __version__
 from ..loggables import Loggable
 
 
@@ -77,8 +78,6 @@ def control_record(kind: str, value: Any, *, run: str, seq: int) -> dict:
 
 
 def open_value() -> dict[str, Any]:
-    from .. import __version__
-
     return {"format": FORMAT_VERSION, "asyncloop": __version__, "pid": os.getpid(), "host": socket.gethostname()}
 
 
