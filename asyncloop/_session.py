@@ -110,6 +110,7 @@ class Session:
                     result = await self._run_worker(fn, args)
                     if self.error is None and isinstance(result, outcome.Value):
                         await runner.drain()
+                        self.control = None  # a request after the last event of epoch()/step(): nothing to stop
                 except BaseException as exc:  # re-raised below, unwrapped
                     body_error = exc
                 finally:
@@ -149,7 +150,7 @@ class Session:
         thread.start()
         try:
             try:
-                return await reply.receive(shield=False)
+                return await reply.receive(grace=0)
             except BaseException:
                 self.abort()
                 await reply.outcome()  # shielded: the worker unwinds within about one step
@@ -237,7 +238,14 @@ class Session:
                 reply.send(outcome.Error(exc))
 
         self.host_token.run_sync_soon(spawn)
-        return await reply.receive(shield=False)
+        return await reply.receive(grace=0)
+
+    async def drain(self) -> BaseException | None:
+        """From the worker, after the last event: wait until every detached actor handled every event; return
+        (and clear) a control request one of them made meanwhile (a late ``CancelFittingException``)."""
+        await self.call_host(self.learner.runner.drain)
+        control, self.control = self.control, None
+        return control
 
     # -- host side ---------------------------------------------------------------------------------------------
     def fail(self, exc: BaseException) -> None:

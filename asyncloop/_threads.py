@@ -12,6 +12,7 @@ No pooled thread is used: when a run ends, its threads are gone.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from collections.abc import Callable
@@ -27,8 +28,9 @@ T = TypeVar("T")
 class Reply(Generic[T]):
     """A one-shot result for the trio task that created it, sent from any thread.
 
-    The receiver's wait is shielded by default: a computation in flight is never abandoned, cancellation takes
-    effect once the result is in.
+    ``grace`` says how long the receiver keeps waiting once it is cancelled (or interrupted): by default forever
+    (a computation in flight is never abandoned, the cancellation takes effect once the result is in), ``0`` not
+    at all. When the grace runs out the cancellation propagates and the result, if it ever comes, is dropped.
     """
 
     __slots__ = ("_token", "_done", "_result")
@@ -46,19 +48,23 @@ class Reply(Generic[T]):
         except trio.RunFinishedError:  # pragma: no cover - the receiver's loop is gone
             pass
 
-    async def outcome(self, *, shield: bool = True) -> outcome.Outcome:
-        """Wait for the result and return it as an ``Outcome`` (no unwrapping)."""
-        if shield:
-            with trio.CancelScope(shield=True):
-                await self._done.wait()
-        else:
+    async def outcome(self, *, grace: float = math.inf) -> outcome.Outcome:
+        """Wait for the result and return it as an ``Outcome`` (no unwrapping); see the class for ``grace``."""
+        try:
             await self._done.wait()
+        except BaseException:  # a cancellation, or a KeyboardInterrupt delivered here
+            if grace > 0:
+                with trio.move_on_after(grace) as scope:
+                    scope.shield = True
+                    await self._done.wait()
+            if self._result is None:
+                raise
         assert self._result is not None
         return self._result
 
-    async def receive(self, *, shield: bool = True) -> T:
-        """Wait for the result: return its value or raise its error."""
-        return (await self.outcome(shield=shield)).unwrap()
+    async def receive(self, *, grace: float = math.inf) -> T:
+        """Wait for the result: return its value or raise its error; see the class for ``grace``."""
+        return (await self.outcome(grace=grace)).unwrap()
 
 
 async def run_in_thread(fn: Callable[..., T], *args: Any, name: str = "asyncloop-io") -> T:
@@ -82,6 +88,7 @@ class ActorThread:
     def __init__(self, name: str) -> None:
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.stopped = False
+        self.abandoned = False
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
 
@@ -94,17 +101,25 @@ class ActorThread:
             fn, args, reply = job
             reply.send(outcome.capture(fn, *args))
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on this thread; the wait is shielded (a running handler is never abandoned).
+    async def run(self, fn: Callable[..., T], *args: Any, grace: float = math.inf) -> T:
+        """Run ``fn(*args)`` on this thread and wait for it.
 
-        Must not be called after :meth:`stop` (the job would never run): check ``stopped`` first. Both run in
-        the caller's trio thread, so the check cannot race with ``stop``.
+        Once the caller is cancelled, the job still gets ``grace`` seconds to finish; after that the thread is
+        *abandoned* (``abandoned`` is set, :meth:`join` no longer waits for it: it runs on as a daemon thread and
+        exits after its job) and the cancellation propagates. Must not be called after :meth:`stop` (the job
+        would never run): check ``stopped`` first. Both run in the caller's trio thread, so the check cannot race
+        with ``stop``.
         """
         if self.stopped:
             raise RuntimeError("this actor thread was stopped; no more jobs")
         reply: Reply[T] = Reply()
         self._jobs.put((fn, args, reply))
-        return await reply.receive()
+        try:
+            return await reply.receive(grace=grace)
+        except BaseException:
+            if reply._result is None:
+                self.abandoned = True
+            raise
 
     def stop(self) -> None:
         """Ask the thread to exit after its current job (non-blocking, idempotent)."""
@@ -113,4 +128,6 @@ class ActorThread:
             self._jobs.put(None)
 
     def join(self) -> None:
-        self._thread.join()
+        """Wait for the thread to exit (after :meth:`stop`), unless it was abandoned."""
+        if not self.abandoned:
+            self._thread.join()

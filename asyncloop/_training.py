@@ -122,6 +122,9 @@ async def _fit(learner: Learner, n_epochs: int, batches: PropDict) -> FitResult:
         await handle(_FIT_END)
     except CancelFittingException as exc:
         reason = reason or exc
+    late = await learner.session.drain()  # type: ignore[union-attr]  # detached actors' last requests count too
+    if reason is None and isinstance(late, CancelFittingException):
+        reason = late
     return FitResult(done, reason is not None, reason)
 
 

@@ -44,10 +44,10 @@ class TestReply:
         assert got == ["done"]
 
     async def test_unshielded_wait_is_cancellable(self) -> None:
-        """receive(shield=False) gives way to a cancellation."""
+        """receive(grace=0) gives way to a cancellation at once."""
         reply: Reply[str] = Reply()
         with trio.move_on_after(0.01) as scope:
-            await reply.receive(shield=False)
+            await reply.receive(grace=0)
         assert scope.cancelled_caught
 
 

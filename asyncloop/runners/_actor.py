@@ -56,18 +56,24 @@ class ActorRunner(Runner):
         flush_interval: the loop hands queued events to the detached actors at most this often (seconds), and
             at every epoch and fit boundary. Each hand-off wakes the caller's event loop, which competes with
             the training thread for the GIL: smaller is fresher, larger is cheaper.
+        cancel_grace: when a fit is cancelled (or fails) while a detached actor's sync handler is still running
+            (a hung upload, a slow write), the fit waits at most this many seconds for it, then abandons the
+            actor's thread (it runs on in the background; ``ActorStatistics.abandoned`` and a ``RuntimeWarning``
+            say so) and ends. A fit that returns normally always waits for every handler.
 
     See the module docstring and docs/actors.md for semantics. For the same seeded run it produces the same
     weights, history and metrics as :class:`LinearRunner`.
     """
 
-    def __init__(self, *, inbox_size: int = 1024, flush_interval: float = 0.05) -> None:
+    def __init__(self, *, inbox_size: int = 1024, flush_interval: float = 0.05, cancel_grace: float = 5.0) -> None:
         super().__init__()
         if isinstance(inbox_size, bool) or not isinstance(inbox_size, int) or inbox_size < 1:
             raise ValueError(f"inbox_size must be an int >= 1, got {inbox_size!r}")
         if not isinstance(flush_interval, (int, float)) or not flush_interval > 0:
             raise ValueError(f"flush_interval must be a number of seconds > 0, got {flush_interval!r}")
-        self._delivery = Delivery(inbox_size, float(flush_interval))
+        if isinstance(cancel_grace, bool) or not isinstance(cancel_grace, (int, float)) or not cancel_grace >= 0:
+            raise ValueError(f"cancel_grace must be a number of seconds >= 0, got {cancel_grace!r}")
+        self._delivery = Delivery(inbox_size, float(flush_interval), float(cancel_grace))
 
     @property
     def inbox_size(self) -> int:
@@ -76,6 +82,10 @@ class ActorRunner(Runner):
     @property
     def flush_interval(self) -> float:
         return self._delivery.flush_interval
+
+    @property
+    def cancel_grace(self) -> float:
+        return self._delivery.cancel_grace
 
     @property
     def _actors(self) -> dict[int, Actor]:

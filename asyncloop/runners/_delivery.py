@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from operator import itemgetter
@@ -119,6 +120,8 @@ class Actor:
                     return
                 await self._handle_batch(batch)
         except trio.Cancelled:
+            if self.thread is not None and self.thread.abandoned:
+                self._report_abandoned()
             raise
         except BaseException as exc:  # an actor's error (even SystemExit) ends the fit, unwrapped
             session.fail(exc)
@@ -138,7 +141,7 @@ class Actor:
             elif self.blocking:
                 if self.thread is None or self.thread.stopped:
                     return  # the session is closing: pending events are dropped
-                seconds, errors = await self.thread.run(self._run_sync, run)
+                seconds, errors = await self.thread.run(self._run_sync, run, grace=self.delivery.cancel_grace)
             else:
                 seconds, errors = self._run_sync(run)
             for index, exc in errors or ():
@@ -188,6 +191,16 @@ class Actor:
             t0 = t1
         return seconds, errors
 
+    def _report_abandoned(self) -> None:
+        self.stats.abandoned = True
+        warnings.warn(
+            f"asyncloop: detached callback {self.callback.name} did not finish its handler within "
+            f"{self.delivery.cancel_grace:g} s of the fit being cancelled or failing; its thread was abandoned and "
+            f"runs on in the background until the handler returns (give blocking I/O a timeout)",
+            RuntimeWarning,
+            stacklevel=1,
+        )
+
     def _note_lag(self, item: Item) -> None:
         lag = self.delivery.seq - item.seq
         if lag > self.stats.peak_lag:
@@ -201,9 +214,10 @@ class Delivery:
     ``drain``, ``close`` and ``join`` in the caller's loop.
     """
 
-    def __init__(self, inbox_size: int, flush_interval: float) -> None:
+    def __init__(self, inbox_size: int, flush_interval: float, cancel_grace: float) -> None:
         self.inbox_size = inbox_size
         self.flush_interval = flush_interval
+        self.cancel_grace = cancel_grace
         self.actors: dict[int, Actor] = {}
         self.session: Session | None = None
         self.learner: Any = None
@@ -352,9 +366,6 @@ class Delivery:
             t0 = _perf()
             await actor.wait_processed(actor.enqueued)
             actor.stats.loop_wait_time += _perf() - t0
-        session = self.session
-        if session is not None and session.control is not None:
-            session.control = None  # a stop requested after the last event has nothing left to stop
 
     def close(self) -> None:
         """Close every inbox and ask every thread to stop (never raises); pending events are dropped."""

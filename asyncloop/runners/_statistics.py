@@ -11,9 +11,11 @@ class ActorStatistics:
 
     * ``events``: events handled; ``handler_time``/``max_handler_time``: seconds spent in its handlers;
     * ``loop_wait_time``: seconds the training loop waited for this actor (a full inbox or the final drain);
-    * ``peak_inbox``: most events queued for it at once; ``peak_lag``: most events it trailed the loop by.
+    * ``peak_inbox``: most events queued for it at once; ``peak_lag``: most events it trailed the loop by;
+    * ``abandoned``: a detached actor's thread was still in a handler when the fit was cancelled or failed, and
+      was left behind after the runner's ``cancel_grace`` (a warning says so too).
 
-    The last three are zero for awaited callbacks, which never lag.
+    The last four are zero/false for awaited callbacks, which never lag.
     """
 
     name: str
@@ -24,6 +26,7 @@ class ActorStatistics:
     loop_wait_time: float = 0.0
     peak_inbox: int = 0
     peak_lag: int = 0
+    abandoned: bool = False
 
     def record(self, seconds: float) -> None:
         """Account for one handled event that took ``seconds`` (every runner path calls this)."""
