@@ -1,0 +1,320 @@
+"""Ablation of the hot-path tricks: what each one saves per step, measured by switching it off.
+
+For every trick that stays in the code, this script runs the same asyncloop configuration twice per round --
+as shipped, and with the trick replaced by the plain code it stands for (a monkeypatch applied for that run
+only) -- on the same model, data and optimizer as ``bench/overhead.py``. Rounds alternate which runs first. It
+reports, per trick, the median of the per-round differences "switched off minus as shipped" in wall-clock and
+in process CPU microseconds per step: a positive number is what the trick saves.
+
+Configurations: ``linear_defaults`` and ``actor_defaults`` are the default callbacks under each runner (the
+printers writing to /dev/null); ``actor_reader`` adds a detached callback that reads ``step.loss`` and
+``cbstate.history`` at every ``StepEnd`` (so a snapshot is taken per step).
+
+Run: ``.venv/bin/python bench/ablation.py [--workload tiny|small] [--repeats 9] [--steps 2000]`` (writes
+bench/results/ablation_<workload>.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import gc
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import overhead as ov  # noqa: E402
+import torch  # noqa: E402
+import trio  # noqa: E402
+
+import asyncloop  # noqa: E402
+from asyncloop import _learner, _session, _snapshots, _training, _views  # noqa: E402
+from asyncloop._access import FieldFacts, normalise  # noqa: E402
+from asyncloop._containers import PropDict  # noqa: E402
+from asyncloop.callbacks import _metrics  # noqa: E402
+from asyncloop.runners import _actor, _delivery, _linear, _plans  # noqa: E402
+
+
+class Reader(asyncloop.Callback):
+    """A detached callback that reads the loss and the step count at every training step (and does nothing)."""
+
+    state_access = {"step": {"loss": asyncloop.Read()}, "cbstate": {"history": asyncloop.Read()}}
+    run_after = (asyncloop.Recorder,)
+    detached = True
+    blocking = False
+
+    @asyncloop.on(asyncloop.StepEnd, asyncloop.TrainingPhase)
+    def read(self, event: Any, phase: Any, learner: Any) -> None:
+        learner.step.loss
+        learner.cbstate.history[phase].steps
+
+
+def run(batches: ov.StampedBatches, config: str, runner_kw: dict[str, Any] | None = None) -> None:
+    callbacks: list[Any] = [asyncloop.ProgressPrinter(file=ov.DEVNULL), asyncloop.MetricsPrinter(file=ov.DEVNULL)]
+    if config == "actor_reader":
+        callbacks.append(Reader())
+    runner = asyncloop.LinearRunner() if config == "linear_defaults" else asyncloop.ActorRunner(**(runner_kw or {}))
+    learner = asyncloop.Learner(
+        ov.make_model(),
+        torch.nn.functional.mse_loss,
+        data=(batches, None),
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.01),
+        callbacks=callbacks,
+        runner=runner,
+    )
+    trio.run(asyncloop.fit, learner, 1)
+
+
+@contextlib.contextmanager
+def patched(*swaps: tuple[Any, str, Any]) -> Iterator[None]:
+    """Set ``obj.name = value`` for each swap (``value`` None: delete it) and restore afterwards; compiled view
+    classes and snapshot walks are dropped on both sides so that each run compiles under its own rules."""
+    saved = [(obj, name, obj.__dict__.get(name, _MISSING) if isinstance(obj, type) else getattr(obj, name, _MISSING))
+             for obj, name, _ in swaps]
+    _clear_caches()
+    try:
+        for obj, name, value in swaps:
+            if value is None:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, value)
+        yield
+    finally:
+        for obj, name, value in saved:
+            if value is _MISSING:
+                if name in getattr(obj, "__dict__", {}):
+                    delattr(obj, name)
+            else:
+                setattr(obj, name, value)
+        _clear_caches()
+
+
+_MISSING = object()
+
+
+def _clear_caches() -> None:
+    _views._CLASSES.clear()
+    _views._ROOTS.clear()
+    _snapshots._SNAPSHOTTERS.clear()
+
+
+# -- the plain code each trick stands for ----------------------------------------------------------------------
+
+
+def _build_without_properties(perms: Any, top: bool) -> Any:
+    cls = _ORIG_BUILD(perms, top)
+    return type("Protected", (_views.Protected,), {"__slots__": (), "_fields": cls._fields})
+
+
+_ORIG_BUILD = _views._build
+
+
+def _facts_never_cached(key: Any, top: bool) -> FieldFacts:
+    return dataclasses.replace(_ORIG_FACTS(key, top), cache_view=False)
+
+
+_ORIG_FACTS = _views.field_facts
+
+
+def _coroutine_plans(layers: Any, *args: Any) -> Any:
+    plan = _ORIG_BUILD_PLAN(layers, *args)
+    if plan is None:
+        return None
+
+    async def run(event: Any, phase: Any) -> None:
+        pending = plan(event, phase)
+        if pending is not None:
+            await pending
+
+    return lambda event, phase: run(event, phase)
+
+
+_ORIG_BUILD_PLAN = _plans.build_plan
+
+
+def _fresh_gradients(self: Any) -> dict[str, torch.Tensor]:
+    return {name: p.grad for name, p in self.model.named_parameters() if p.grad is not None}
+
+
+class _SlottedItem:
+    """What ``Item`` stands for: an object with six named slots (built in Python per published event)."""
+
+    __slots__ = ("seq", "event", "phase", "view", "fn", "is_async")
+
+    def __init__(self, values: tuple[Any, ...]) -> None:
+        self.seq, self.event, self.phase, self.view, self.fn, self.is_async = values
+
+    def __getitem__(self, index: int) -> Any:
+        return (self.seq, self.event, self.phase, self.view, self.fn, self.is_async)[index]
+
+
+def _walk_snapshot_tree(obj: Any, perms: Any, top: bool = True, clone: bool = False) -> PropDict:
+    """``snapshot_tree`` without its compiled walk: the tree is normalised and walked at every call."""
+    out = PropDict()
+    for key, perm in normalise(perms).items():
+        facts = _ORIG_FACTS(key, top)
+        try:
+            value = obj[key] if isinstance(obj, dict) else getattr(obj, key)
+        except (KeyError, AttributeError):
+            continue
+        deep = clone or facts.snapshot == "clone"
+        if isinstance(perm, dict):
+            out[key] = _walk_snapshot_tree(value, perm, False, deep)
+        elif facts.snapshot == "share":
+            out[key] = value
+        else:
+            out[key] = _snapshots.snapshot(value, deep)
+    return out
+
+
+def _generic_step_end(self: Any, event: Any, phase: Any, learner: Any) -> None:
+    cbstate = learner.cbstate
+    series = cbstate.metrics_step[phase]
+    index = cbstate.history[phase].steps
+    for metric in self.metrics:
+        metric.update(learner, phase)
+        value = metric.step_value()
+        if value is not None:
+            series.push(metric.name, index, value)
+
+
+def _dispatcher_looking_up_plans(self: Any, phase: Any) -> Any:
+    plan_of = self.learner.runner.plan
+    phase_type = phase.__class__
+
+    def dispatch(event: Any) -> Any:
+        if self.abort_requested or self.control is not None:
+            self.check()
+        plan = plan_of(event.__class__, phase_type)
+        return None if plan is None else plan(event, phase)
+
+    async def handle(event: Any) -> None:
+        if (pending := dispatch(event)) is not None:
+            await pending
+
+    return _session.Dispatcher(phase, dispatch, handle)
+
+
+class _FreshPhase:
+    """Runs each epoch with a new phase instance (phase-keyed dict lookups then compare with ``__eq__``)."""
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+
+    async def epoch(self, learner: Any, data: Any) -> None:
+        await self.cls().epoch(learner, data)
+
+
+_ReadOnly = _views._ReadOnlyView
+
+#: name -> (what the trick is, the configuration that exercises it, runner options, the swaps switching it off)
+TRICKS: dict[str, tuple[str, str, dict[str, Any], tuple[tuple[Any, str, Any], ...]]] = {
+    "compiled view properties": (
+        "declared fields are properties of a class compiled per tree (off: every read fails a normal lookup "
+        "and goes through __getattr__)", "linear_defaults", {}, ((_views, "_build", _build_without_properties),)),
+    "cached nested views": (
+        "a view keeps the nested view of a field while it holds the same object (off: built per read)",
+        "linear_defaults", {}, ((_views, "field_facts", _facts_never_cached),)),
+    "read-only view __getattribute__": (
+        "Read() views of dicts answer key reads first (off: after a failed normal lookup)",
+        "actor_reader", {}, ((_ReadOnly, "__getattribute__", None), (_ReadOnly, "__getattr__",
+                                                                      _ReadOnly.__getattribute__))),
+    "sync plans return None": (
+        "a plan whose handlers are all sync runs without a coroutine (off: every plan is awaited)",
+        "linear_defaults", {}, ((_linear, "build_plan", _coroutine_plans), (_actor, "build_plan", _coroutine_plans))),
+    "dispatcher plan cache": (
+        "the session's dispatcher keeps each event type's plan (off: Runner.plan looked up per event)",
+        "linear_defaults", {}, ((_session.Session, "_make_dispatcher", _dispatcher_looking_up_plans),)),
+    "shared phase instances": (
+        "fit uses one instance per built-in phase (off: a new one per epoch: dict lookups call __eq__)",
+        "linear_defaults", {}, ((_training, "_TRAINING", _FreshPhase(asyncloop.TrainingPhase)),
+                                (_training, "_VALIDATION", _FreshPhase(asyncloop.ValidationPhase)))),
+    "lazy gradient mapping": (
+        "step.grads is one lazy mapping per model (off: a dict of gradients built per step)",
+        "linear_defaults", {}, ((_learner.Learner, "gradients", _fresh_gradients),)),
+    "Metrics' inlined Loss update": (
+        "Metrics adds the default Loss with Loss.add directly (off: the generic update/step_value path)",
+        "linear_defaults", {}, ((_metrics.Metrics, "step_end", _generic_step_end),)),
+    "batched hand-off": (
+        "detached events reach the caller's loop in batches every flush_interval (off: a wake-up per event)",
+        "actor_reader", {"flush_interval": 1e-9}, ()),
+    "C-built items": (
+        "a published event is a tuple subclass built in C (off: a slotted Python object)",
+        "actor_reader", {}, ((_delivery, "Item", _SlottedItem),)),
+    "compiled snapshot walk": (
+        "snapshot_tree is compiled once per access tree (off: normalised and walked per event)",
+        "actor_reader", {}, ((_snapshots, "snapshot_tree", _walk_snapshot_tree),
+                             (sys.modules["asyncloop._callback"], "snapshot_tree", _walk_snapshot_tree))),
+}
+
+
+def measure(batches: ov.StampedBatches, fn: Callable[[], None], warmup: int) -> tuple[float, float]:
+    gc.collect()
+    cpu0 = time.process_time()
+    fn()
+    cpu = (time.process_time() - cpu0) / len(batches.batches) * 1e6
+    return batches.us_per_step(warmup), cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--workload", choices=["tiny", "small"], default="tiny")
+    parser.add_argument("--only", default=None, help="measure only the tricks whose name contains this")
+    parser.add_argument("--out", default=None, help="default: bench/results/ablation_<workload>.json")
+    args = parser.parse_args()
+    ov.WORKLOAD = args.workload
+    torch.set_num_threads(1)
+    batches = ov.StampedBatches(ov.make_batches(args.steps))
+    tricks = {k: v for k, v in TRICKS.items() if args.only is None or args.only in k}
+    bare = statistics.median(measure(batches, lambda: ov.bare(batches), args.warmup)[0] for _ in range(3))
+    print(f"{args.workload} workload, {args.steps} steps (warm-up {args.warmup}), {args.repeats} alternating "
+          f"rounds; bare step {bare:.0f} us")
+    print(f"{'trick':<34}{'config':<17}{'us/step on':>11}{'saves wall':>12}{'saves CPU':>11}")
+    rows = []
+    for name, (what, config, runner_kw, swaps) in tricks.items():
+        on_fn = lambda: run(batches, config)  # noqa: E731
+
+        def off_fn(config: str = config, runner_kw: dict[str, Any] = runner_kw, swaps: Any = swaps) -> None:
+            with patched(*swaps):
+                run(batches, config, runner_kw)
+
+        on_fn()
+        off_fn()
+        walls: list[float] = []
+        cpus: list[float] = []
+        ons: list[float] = []
+        for r in range(args.repeats):
+            pair = [("on", on_fn), ("off", off_fn)]
+            if r % 2:
+                pair.reverse()
+            got = {label: measure(batches, fn, args.warmup) for label, fn in pair}
+            walls.append(got["off"][0] - got["on"][0])
+            cpus.append(got["off"][1] - got["on"][1])
+            ons.append(got["on"][0])
+        row = {"trick": name, "what": what, "config": config, "us_per_step_on": statistics.median(ons),
+               "saves_wall_us": statistics.median(walls), "saves_cpu_us": statistics.median(cpus)}
+        rows.append(row)
+        print(f"{name:<34}{config:<17}{row['us_per_step_on']:>11.0f}{row['saves_wall_us']:>+12.1f}"
+              f"{row['saves_cpu_us']:>+11.1f}")
+    out = Path(args.out or Path(__file__).parent / "results" / f"ablation_{args.workload}.json")
+    meta = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "python": platform.python_version(),
+            "torch": torch.__version__, "trio": trio.__version__, "bare_step_us": bare,
+            "date": time.strftime("%Y-%m-%d %H:%M"), "workload": args.workload}
+    if args.only is None:
+        out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
