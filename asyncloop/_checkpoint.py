@@ -150,7 +150,8 @@ def _rng_problem(rng: Any) -> str | None:
     if not (isinstance(own, torch.Tensor) and own.dtype == torch.uint8 and own.shape == (size,)):
         return f"its rng['torch'] is not torch's generator state (a uint8 tensor of {size} bytes)"
     cuda = rng.get("cuda", [])
-    if not (isinstance(cuda, (list, tuple)) and all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in cuda)):
+    states = cuda if isinstance(cuda, (list, tuple)) else [None]
+    if not all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in states):
         return "its rng['cuda'] is not a list of CUDA generator states (uint8 tensors)"
     if "python" in rng and not _is_words(rng["python"], 3, 1, 625, 624):
         return "its rng['python'] is not Python's random state (version, 625 ints, gauss)"

@@ -147,7 +147,8 @@ def _decode_series(series: Any, where: str, part: str) -> SeriesHistory:
             and all(isinstance(half, (list, tuple)) for half in pair)
             and len(pair[0]) == len(pair[1])
         ):
-            raise malformed(where, f"{part} is a SeriesHistory whose series {name!r} is not a pair of equally long lists")
+            problem = f"is a SeriesHistory whose series {name!r} is not a pair of equally long lists"
+            raise malformed(where, f"{part} {problem}")
     out = SeriesHistory()
     out.load_state_dict(series)
     return out

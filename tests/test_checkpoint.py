@@ -202,7 +202,9 @@ def _malformed(state: dict[str, Any], case: str) -> str:
         return "cbstate['metrics_epoch']['TrainingPhase'] is a SeriesHistory whose series are not a dict"
     if case == "series of unequal lengths":
         cbstate["hyperparams"]["series"]["LearningRate"] = ([1, 2], [0.1])
-        return "cbstate['hyperparams'] is a SeriesHistory whose series 'LearningRate' is not a pair of equally long lists"
+        return (
+            "cbstate['hyperparams'] is a SeriesHistory whose series 'LearningRate' is not a pair of equally long lists"
+        )
     if case == "items not pairs":
         cbstate["history"]["items"] = 3
         return "cbstate['history'] is a PhaseDict whose items are not a list of (phase name, entry) pairs"
@@ -258,7 +260,7 @@ MALFORMED = [
 class TestMalformedContents:
     @pytest.mark.parametrize("case", MALFORMED)
     def test_malformed_checkpoint_is_a_checkpoint_error_naming_the_file(self, tmp_path: Path, case: str) -> None:
-        """A file that loads with weights_only=True but has malformed contents is a CheckpointError naming the file and the bad part; the learner is unchanged."""
+        """A file loading with weights_only=True but malformed: CheckpointError naming file, part; learner as it was."""
         state = trained().state_dict()
         problem = _malformed(state, case)
         path = tmp_path / "m.pt"
@@ -333,7 +335,7 @@ class TestMutatedStates:
     @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(data=st.data())
     def test_a_mutated_state_loads_or_raises_checkpoint_error(self, data: Any) -> None:
-        """Any one field of a valid state replaced or removed: the load succeeds or raises CheckpointError, leaving the learner unchanged."""
+        """One field of a valid state replaced or removed: the load succeeds, or CheckpointError, nothing changed."""
         self._setup()
         learner = self._learner
         learner.load_state_dict(self._state)

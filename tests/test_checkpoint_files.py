@@ -91,7 +91,8 @@ class TestLatestStaysInTheFolder:
         (tmp_path / "latest").write_text("pipe.pt\n")
         error = bounded(lambda: read_checkpoint(tmp_path), release=tmp_path / "pipe.pt")
         assert isinstance(error, CheckpointError)
-        assert str(error) == f"{tmp_path / 'pipe.pt'} is a FIFO, not a checkpoint file; pass the path of a checkpoint file"
+        fifo = tmp_path / "pipe.pt"
+        assert str(error) == f"{fifo} is a FIFO, not a checkpoint file; pass the path of a checkpoint file"
 
     @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
     def test_latest_itself_a_fifo_does_not_hang(self, tmp_path: Path) -> None:

@@ -135,7 +135,7 @@ class TestAtomicWrite:
     def test_save_file_failure_is_a_checkpoint_error(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: Exception
     ) -> None:
-        """A full disk while saving (torch's OSError or its RuntimeError) is a CheckpointError naming the file and the cause; the old file stays."""
+        """A full disk (OSError, or torch's RuntimeError) is a CheckpointError naming file and cause; old file stays."""
         from asyncloop._durable import save_file
 
         path = tmp_path / "d.pt"
