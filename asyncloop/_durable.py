@@ -158,8 +158,19 @@ def _pickle_bytes(path: Path) -> bytes:
         return f.read(_SCAN_LIMIT)
 
 
+def _safe_globals() -> set[str]:
+    """The globals torch's ``weights_only`` unpickler allows (``"torch.Size"``...); empty if torch hides them."""
+    try:
+        from torch import _weights_only_unpickler
+
+        return set(_weights_only_unpickler._get_allowed_globals())
+    except (ImportError, AttributeError, TypeError):  # a private API: other torch versions may differ
+        return set()
+
+
 def _code_in_pickle(path: Path) -> str | None:
-    """The first global a pickle in ``path`` imports (``"posix.system"``; ``""`` if unknown), or None if none.
+    """The first global a pickle in ``path`` imports that torch does not allow (``"posix.system"``; ``""`` if
+    unknown), or None if there is none.
 
     Parses the opcodes only (``pickletools.genops``): nothing is imported or called.
     """
@@ -167,7 +178,9 @@ def _code_in_pickle(path: Path) -> str | None:
         data = _pickle_bytes(path)
     except (OSError, ValueError, zipfile.BadZipFile, CheckpointError):
         return None
-    strings: list[str] = []
+    safe = _safe_globals()
+    recent: list[str | None] = []  # what the opcodes pushed, as far as STACK_GLOBAL's two names are concerned
+    memo: dict[int, str | None] = {}
     ops = pickletools.genops(io.BytesIO(data))
     while True:
         try:
@@ -176,10 +189,21 @@ def _code_in_pickle(path: Path) -> str | None:
             return None
         if opcode.name in _IMPORTS:
             if opcode.name == "STACK_GLOBAL":
-                return ".".join(strings[-2:]) if len(strings) >= 2 else ""
-            return str(arg).replace(" ", ".")
-        if isinstance(arg, str):
-            strings.append(arg)
+                names = recent[-2:]
+                name = ".".join(names) if len(names) == 2 and None not in names else ""  # type: ignore[arg-type]
+            else:
+                name = str(arg).replace(" ", ".")
+            if name not in safe:
+                return name
+            recent.append(None)
+        elif opcode.name == "MEMOIZE":
+            memo[len(memo)] = recent[-1] if recent else None
+        elif opcode.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[int(arg)] = recent[-1] if recent else None
+        elif opcode.name in ("GET", "BINGET", "LONG_BINGET"):
+            recent.append(memo.get(int(arg)))
+        elif opcode.stack_after:  # FRAME, PROTO and the like push nothing
+            recent.append(arg if isinstance(arg, str) else None)
 
 
 _GLOBAL = re.compile(r"GLOBAL (\S+)")

@@ -183,3 +183,15 @@ class TestAtomicWrite:
 
         with pytest.raises(CheckpointError, match=exact(f"{tmp_path} is a folder, not a checkpoint file")):
             load_file(tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_tensors_in_a_protocol_torch_cannot_read_are_not_code(tmp_path: Path) -> None:
+    """A torch file of plain tensors in pickle protocol 4 (which weights_only cannot parse) is not called code."""
+    path = tmp_path / "p4.pt"
+    torch.save({"t": torch.ones(2), "n": {"u": torch.zeros(3), "v": [torch.ones(1)]}}, path, pickle_protocol=4)
+    with pytest.raises(
+        CheckpointError,
+        match=exact(f"cannot load {path}: the file is truncated or corrupted; load an earlier checkpoint instead"),
+    ):
+        read_checkpoint(path)
