@@ -145,17 +145,18 @@ _SCAN_LIMIT = 64 * 1024 * 1024
 _IMPORTS = {"GLOBAL", "INST", "STACK_GLOBAL"}
 
 
-def _pickle_bytes(path: Path) -> bytes:
-    """The pickle in ``path``: its ``data.pkl`` if it is a torch zip file, else the file itself (bounded)."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
+def _pickle_bytes(f: IO[bytes]) -> bytes:
+    """The pickle in the open file ``f``: its ``data.pkl`` if it is a torch zip file, else the file (bounded)."""
+    f.seek(0)
+    if zipfile.is_zipfile(f):
+        with zipfile.ZipFile(f) as archive:
             name = next((n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"), None)
             if name is None:
                 return b""
-            with archive.open(name) as f:
-                return f.read(_SCAN_LIMIT)
-    with open_regular(path, CheckpointError) as f:
-        return f.read(_SCAN_LIMIT)
+            with archive.open(name) as member:
+                return member.read(_SCAN_LIMIT)
+    f.seek(0)
+    return f.read(_SCAN_LIMIT)
 
 
 def _safe_globals() -> set[str]:
@@ -168,15 +169,15 @@ def _safe_globals() -> set[str]:
         return set()
 
 
-def _code_in_pickle(path: Path) -> str | None:
-    """The first global a pickle in ``path`` imports that torch does not allow (``"posix.system"``; ``""`` if
+def _code_in_pickle(f: IO[bytes]) -> str | None:
+    """The first global the pickle in the open file ``f`` imports that torch does not allow (``"posix.system"``; ``""`` if
     unknown), or None if there is none.
 
     Parses the opcodes only (``pickletools.genops``): nothing is imported or called.
     """
     try:
-        data = _pickle_bytes(path)
-    except (OSError, ValueError, zipfile.BadZipFile, CheckpointError):
+        data = _pickle_bytes(f)
+    except (OSError, ValueError, zipfile.BadZipFile):
         return None
     safe = _safe_globals()
     recent: list[str | None] = []  # what the opcodes pushed, as far as STACK_GLOBAL's two names are concerned
@@ -209,16 +210,17 @@ def _code_in_pickle(path: Path) -> str | None:
 _GLOBAL = re.compile(r"GLOBAL (\S+)")
 
 
-def _needs_code(path: Path, message: str) -> str | None:
-    """Why torch's ``weights_only`` unpickler refused ``path``: the global it needed (``""`` if unknown), or None
-    if it did not need code (the bytes are no pickle it can read: a corrupted file)."""
+def _needs_code(f: IO[bytes], message: str) -> str | None:
+    """Why torch's ``weights_only`` unpickler refused the file ``f`` (already open: a path could have been
+    swapped for a FIFO since): the global it needed (``""`` if unknown), or None if it did not need code (the
+    bytes are no pickle it can read: a corrupted file)."""
     found = _GLOBAL.search(message)
     if found:
         return found.group(1).rstrip(".")
     if "call reduce" in message or "Can only create new object" in message or "Can only build" in message:
         return ""
     if "Unsupported operand" in message:  # a pickle protocol torch does not parse, or garbage: look inside
-        return _code_in_pickle(path)
+        return _code_in_pickle(f)
     return None
 
 
@@ -248,7 +250,7 @@ def load_file(path: str | os.PathLike[str]) -> Any:
         try:
             return torch.load(f, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            code = _needs_code(path, str(exc))
+            code = _needs_code(f, str(exc))
             if code is None:
                 raise CheckpointError(f"cannot load {path}: {_CORRUPT}") from exc
             what = f" ({code})" if code else ""
