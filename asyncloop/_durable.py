@@ -191,7 +191,8 @@ def _code_in_pickle(f: IO[bytes]) -> str | None:
         if opcode.name in _IMPORTS:
             if opcode.name == "STACK_GLOBAL":
                 names = recent[-2:]
-                name = ".".join(names) if len(names) == 2 and None not in names else ""  # type: ignore[arg-type]
+                known = len(names) == 2 and None not in names
+                name = ".".join(names) if known else ""  # type: ignore[arg-type]
             else:
                 name = str(arg).replace(" ", ".")
             if name not in safe:

@@ -275,7 +275,9 @@ class Checkpointer(Callback):
         """
         saved = state["saved"]
         if not isinstance(saved, (list, tuple)) or not all(isinstance(e, (list, tuple)) and len(e) == 3 for e in saved):
-            raise ValueError(f"Checkpointer: 'saved' must be a list of [epoch, value, name] entries, got {saved!r:.200}")
+            raise ValueError(
+                f"Checkpointer: 'saved' must be a list of [epoch, value, name] entries, got {saved!r:.200}"
+            )
         entries = [(int(e), None if v is None else float(v), n) for e, v, n in saved]
         foreign = [n for _, _, n in entries if not self._owns(n)]
         if foreign:
