@@ -170,8 +170,8 @@ def _safe_globals() -> set[str]:
 
 
 def _code_in_pickle(f: IO[bytes]) -> str | None:
-    """The first global the pickle in the open file ``f`` imports that torch does not allow (``"posix.system"``; ``""`` if
-    unknown), or None if there is none.
+    """The first global the pickle in the open file ``f`` imports that torch does not allow
+    (``"posix.system"``; ``""`` if unknown), or None if there is none.
 
     Parses the opcodes only (``pickletools.genops``): nothing is imported or called.
     """
