@@ -25,7 +25,7 @@ import torch
 from ._checkpoint_files import read_checkpoint
 from ._durable import save_file
 from ._exceptions import CheckpointError
-from ._plaindata import SKIP, decode, encode, is_plain
+from ._plaindata import SKIP, a_type, decode_cbstate, encode, is_plain, malformed
 from ._snapshots import _clone_tree
 from .phases import TrainingPhase
 
@@ -141,14 +141,73 @@ def training_state(learner: Learner, *, clone: bool = True) -> dict[str, Any]:
     return state
 
 
-def _check_state(state: Any, where: str) -> None:
+def _rng_problem(rng: Any) -> str | None:
+    """What keeps ``rng`` from being the RNG states :func:`rng_state` writes, or None."""
+    if not isinstance(rng, Mapping):
+        return f"its rng states are {a_type(rng)}, not a dict"
+    size = torch.get_rng_state().numel()
+    own = rng.get("torch")
+    if not (isinstance(own, torch.Tensor) and own.dtype == torch.uint8 and own.shape == (size,)):
+        return f"its rng['torch'] is not torch's generator state (a uint8 tensor of {size} bytes)"
+    cuda = rng.get("cuda", [])
+    states = cuda if isinstance(cuda, (list, tuple)) else [None]
+    if not all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in states):
+        return "its rng['cuda'] is not a list of CUDA generator states (uint8 tensors)"
+    if "python" in rng and not _is_words(rng["python"], 3, 1, 625, 624):
+        return "its rng['python'] is not Python's random state (version, 625 ints, gauss)"
+    if "numpy" in rng and not (_is_words(rng["numpy"], 5, 1, 624, 624) and rng["numpy"][0] == "MT19937"):
+        return "its rng['numpy'] is not NumPy's random state (name, 624 ints, position, has_gauss, gauss)"
+    return None
+
+
+def _is_words(state: Any, length: int, index: int, words: int, last: int) -> bool:
+    """Whether ``state`` is a sequence of ``length`` whose item ``index`` is ``words`` 32-bit ints (the last one at
+    most ``last`` when ``words`` counts a position too) and whose other items are scalars, as Python and NumPy save
+    a Mersenne Twister."""
+    if not isinstance(state, (list, tuple)) or len(state) != length:
+        return False
+    keys = state[index]
+    if not (isinstance(keys, (list, tuple)) and len(keys) == words and all(type(k) is int for k in keys)):
+        return False
+    if not all(0 <= k < 2**32 for k in keys) or (words > last and keys[-1] > last):
+        return False
+    scalars = (int, float, str, type(None))
+    return all(type(v) in scalars for i, v in enumerate(state) if i != index)
+
+
+def _check_state(state: Any, where: str) -> dict[str, Any]:
+    """Check that ``state`` has the shape :func:`training_state` writes; return its ``cbstate``, decoded.
+
+    Anything else raises :class:`CheckpointError` naming ``where`` and the bad part. Changes nothing.
+    """
     if not isinstance(state, Mapping) or state.get("format") != FORMAT:
         raise CheckpointError(f"{where} is not an asyncloop training state (no format {FORMAT!r} marker)")
-    if state.get("version", 0) > VERSION:
+    if "version" not in state:
+        raise malformed(where, "it has no version")
+    version = state["version"]
+    if type(version) is not int:
+        raise malformed(where, f"its version is {version!r}, not an int")
+    if version > VERSION:
         raise CheckpointError(
-            f"{where} was written by a newer asyncloop (state version {state['version']}, this one reads {VERSION}); "
+            f"{where} was written by a newer asyncloop (state version {version}, this one reads {VERSION}); "
             f"upgrade asyncloop"
         )
+    for key in ("epoch", "step"):
+        if key in state and type(state[key]) is not int:
+            raise malformed(where, f"its {key} is {state[key]!r}, not an int")
+    weights = state.get("model")
+    if isinstance(weights, Mapping):
+        for name, value in weights.items():
+            if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+                raise malformed(where, f"its model weights hold {name!r}: {a_type(value)}, not a tensor")
+    callbacks = state.get("callbacks", {})
+    if not isinstance(callbacks, Mapping) or not all(isinstance(key, str) for key in callbacks):
+        raise malformed(where, f"its callbacks' states are {a_type(callbacks)}, not a dict")
+    if "rng" in state:
+        problem = _rng_problem(state["rng"])
+        if problem is not None:
+            raise malformed(where, problem)
+    return decode_cbstate(state.get("cbstate", {}), where)
 
 
 _MISMATCH_HINT = (
@@ -202,9 +261,11 @@ def load_training_state(learner: Learner, state: Mapping[str, Any], *, where: st
 
     All or nothing: a state that does not fit the learner (other model weights or shapes, another optimizer
     layout, a callback that rejects its state) raises :class:`CheckpointError` naming ``where`` and what does
-    not match, and leaves the learner as it was.
+    not match, and leaves the learner as it was. So does a malformed state (a file that loads with
+    ``weights_only=True`` can hold anything: a version that is a string, a cbstate that is a list, a History
+    without its fields, RNG states of the wrong shape...), checked before anything is changed.
     """
-    _check_state(state, where)
+    cbstate = _check_state(state, where)
     if learner.session is not None:
         raise RuntimeError(
             "cannot load a training state while fit() is running; load it before fit, or use fit(..., resume=path)"
@@ -222,7 +283,6 @@ def load_training_state(learner: Learner, state: Mapping[str, Any], *, where: st
         if problem is not None:
             learner._optimizer = had_optimizer
             raise CheckpointError(f"cannot load {where} into this learner: {problem}; {_MISMATCH_HINT}")
-    cbstate = {key: decode(value) for key, value in state.get("cbstate", {}).items()}
 
     # Snapshot what loading changes, so that a failure part way (a callback rejecting its state, ...) is undone.
     callbacks = learner._callbacks

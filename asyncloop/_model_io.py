@@ -12,6 +12,7 @@ from ._checkpoint import FORMAT, VERSION
 from ._checkpoint_files import read_checkpoint
 from ._durable import save_file
 from ._exceptions import CheckpointError
+from ._plaindata import a_type, malformed
 
 MODEL_FORMAT = "asyncloop.model"
 
@@ -36,6 +37,8 @@ def load_model(path: str | os.PathLike[str], model: torch.nn.Module | None = Non
     """Load weights saved by :func:`save_model` (or the model of a training checkpoint) without unpickling code.
 
     With ``model``, load the weights into it (strictly) and return it; without, return the ``state_dict``.
+    A file that is not such weights, or whose weights are not a dict of tensors, raises :class:`CheckpointError`
+    naming it.
 
     Example::
 
@@ -48,6 +51,11 @@ def load_model(path: str | os.PathLike[str], model: torch.nn.Module | None = Non
             f"{path} holds no asyncloop model weights; was it written by save_model or a Checkpointer?"
         )
     weights = data["model"]
+    if not isinstance(weights, Mapping):
+        raise malformed(str(path), f"its model weights are {a_type(weights)}, not a dict of tensors")
+    for name, value in weights.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise malformed(str(path), f"its model weights hold {name!r}: {a_type(value)}, not a tensor")
     if model is None:
         return weights
     model.load_state_dict(weights)

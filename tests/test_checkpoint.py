@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from asyncloop import Metrics, Recorder, Scheduler, TrainingPhase, ValidationPhase, fit, run_epoch, test_learner
 from asyncloop._checkpoint import callback_key, load_checkpoint, save_checkpoint, training_state
@@ -169,3 +171,180 @@ class TestFiles:
         with pytest.raises(CheckpointError, match=r"c has shape \(3,\) in the checkpoint, \(\) in the model; build"):
             learner.load_checkpoint(path)
         assert torch.equal(learner.model.c, before)
+
+
+ALTERED = "it was not written by asyncloop, or was altered; load another checkpoint"
+
+
+def _malformed(state: dict[str, Any], case: str) -> str:
+    """Make ``state`` malformed as ``case`` says; return what the error says is wrong."""
+    cbstate = state["cbstate"]
+    if case == "version a string":
+        state["version"] = "1"
+        return "its version is '1', not an int"
+    if case == "version missing":
+        del state["version"]
+        return "it has no version"
+    if case == "cbstate a list":
+        state["cbstate"] = [1, 2]
+        return "its cbstate is a list, not a dict"
+    if case == "callbacks a list":
+        state["callbacks"] = ["Scheduler"]
+        return "its callbacks' states are a list, not a dict"
+    if case == "unknown factory":
+        cbstate["history"]["factory"] = "os.system"
+        return "cbstate['history'] is a PhaseDict of the unknown factory 'os.system'"
+    if case == "history without fields":
+        cbstate["history"]["items"][0] = ("TrainingPhase", {"__type__": "History", "epochs": 2})
+        return "cbstate['history']['TrainingPhase'] is a History without the int field 'steps'"
+    if case == "series not a dict":
+        cbstate["metrics_epoch"]["items"][0] = ("TrainingPhase", {"__type__": "SeriesHistory", "series": [1]})
+        return "cbstate['metrics_epoch']['TrainingPhase'] is a SeriesHistory whose series are not a dict"
+    if case == "series of unequal lengths":
+        cbstate["hyperparams"]["series"]["LearningRate"] = ([1, 2], [0.1])
+        return (
+            "cbstate['hyperparams'] is a SeriesHistory whose series 'LearningRate' is not a pair of equally long lists"
+        )
+    if case == "items not pairs":
+        cbstate["history"]["items"] = 3
+        return "cbstate['history'] is a PhaseDict whose items are not a list of (phase name, entry) pairs"
+    if case == "history a number":
+        cbstate["history"] = 5
+        return "cbstate['history'] is an int, not a PhaseDict of History"
+    if case == "a SeriesHistory in a PhaseDict of History":
+        cbstate["history"]["items"][0] = ("TrainingPhase", {"__type__": "SeriesHistory", "series": {}})
+        return "cbstate['history']['TrainingPhase'] is a SeriesHistory, not a History"
+    if case == "unknown entry type":
+        cbstate["history"] = {"__type__": "Pickle"}
+        return "cbstate['history'] has the unknown entry type 'Pickle'"
+    if case == "rng a string":
+        state["rng"] = "seed"
+        return "its rng states are a str, not a dict"
+    if case == "python rng malformed":
+        state["rng"]["python"] = (3, "abc", None)
+        return "its rng['python'] is not Python's random state (version, 625 ints, gauss)"
+    if case == "torch rng not a tensor":
+        state["rng"]["torch"] = [1, 2, 3]
+        size = torch.get_rng_state().numel()
+        return f"its rng['torch'] is not torch's generator state (a uint8 tensor of {size} bytes)"
+    if case == "model weights not tensors":
+        state["model"]["c"] = "weights"
+        return "its model weights hold 'c': a str, not a tensor"
+    if case == "epoch a string":
+        state["epoch"] = "2"
+        return "its epoch is '2', not an int"
+    raise AssertionError(case)
+
+
+MALFORMED = [
+    "version a string",
+    "version missing",
+    "cbstate a list",
+    "callbacks a list",
+    "unknown factory",
+    "history without fields",
+    "series not a dict",
+    "series of unequal lengths",
+    "items not pairs",
+    "history a number",
+    "a SeriesHistory in a PhaseDict of History",
+    "unknown entry type",
+    "rng a string",
+    "python rng malformed",
+    "torch rng not a tensor",
+    "model weights not tensors",
+    "epoch a string",
+]
+
+
+class TestMalformedContents:
+    @pytest.mark.parametrize("case", MALFORMED)
+    def test_malformed_checkpoint_is_a_checkpoint_error_naming_the_file(self, tmp_path: Path, case: str) -> None:
+        """A file loading with weights_only=True but malformed: CheckpointError naming file, part; learner as it was."""
+        state = trained().state_dict()
+        problem = _malformed(state, case)
+        path = tmp_path / "m.pt"
+        torch.save(state, path)
+        learner = trained(seed=2)
+        before = TestFiles._learner_state(learner)
+        rng_before = torch.get_rng_state()
+        with pytest.raises(CheckpointError, match=exact(f"cannot load {path}: {problem}; {ALTERED}")):
+            learner.load_checkpoint(path)
+        assert same_tree(TestFiles._learner_state(learner), before)
+        assert learner._optimizer is not None and torch.equal(torch.get_rng_state(), rng_before)
+
+
+def _paths(tree: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path into ``tree``'s dicts, lists and tuples (only the first 3 items of a list or tuple)."""
+    found = [prefix]
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            found += _paths(value, (*prefix, key))
+    elif isinstance(tree, (list, tuple)):
+        for i, value in enumerate(tree[:3]):
+            found += _paths(value, (*prefix, i))
+    return found
+
+
+def _replace(tree: Any, path: tuple[Any, ...], value: Any, delete: bool) -> Any:
+    """A copy of ``tree`` with the node at ``path`` replaced by ``value`` (or removed from its dict/list)."""
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    if isinstance(tree, dict):
+        out = dict(tree)
+        if delete and not rest:
+            del out[head]
+        else:
+            out[head] = _replace(tree[head], rest, value, delete)
+        return out
+    items = list(tree)
+    if delete and not rest:
+        del items[head]
+    else:
+        items[head] = _replace(items[head], rest, value, delete)
+    return type(tree)(items) if isinstance(tree, tuple) else items
+
+
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 10**12),
+    st.floats(allow_nan=True),
+    st.text(max_size=4),
+    st.lists(st.integers(0, 5), max_size=3),
+    st.tuples(st.text(max_size=3), st.integers()),
+    st.dictionaries(st.sampled_from(["__type__", "a", "series", "items", "factory"]), st.integers(), max_size=2),
+    st.sampled_from(["History", "SeriesHistory", "PhaseDict", "TrainingPhase"]),
+    st.builds(torch.zeros, st.integers(0, 3)),
+)
+
+
+class TestMutatedStates:
+    _learner = None
+    _state: Any = None
+    _paths: Any = None
+
+    @classmethod
+    def _setup(cls) -> None:
+        if cls._learner is None:
+            cls._learner = trained()
+            cls._state = cls._learner.state_dict()
+            cls._paths = [p for p in _paths(cls._state) if p]
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(data=st.data())
+    def test_a_mutated_state_loads_or_raises_checkpoint_error(self, data: Any) -> None:
+        """One field of a valid state replaced or removed: the load succeeds, or CheckpointError, nothing changed."""
+        self._setup()
+        learner = self._learner
+        learner.load_state_dict(self._state)
+        path = data.draw(st.sampled_from(self._paths))
+        delete = data.draw(st.booleans())
+        value = data.draw(_VALUES)
+        mutated = _replace(self._state, path, value, delete)
+        before = learner.state_dict()
+        try:
+            learner.load_state_dict(mutated)
+        except CheckpointError:
+            assert same_tree(learner.state_dict(), before)

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import select
+import signal
 import stat
+import subprocess
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -220,9 +225,10 @@ class TestBadInput:
         monkeypatch.setattr(torch, "save", real_save)
         assert re.fullmatch(
             rf"Checkpointer could not write {re.escape(str(tmp_path))}/checkpoint_epoch_003_loss_[0-9.e+-]+\.pt: "
-            r"No space left on device; earlier checkpoints are untouched",
+            rf"No space left on device; earlier checkpoints and 'latest' are as they were; free disk space \(or fix "
+            rf"the folder\), then resume from {re.escape(str(tmp_path))}",
             str(info.value),
-        )
+        ), str(info.value)
         after = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
         assert after == before
 
@@ -409,3 +415,231 @@ class TestRunnerParity:
             assert same_tree(
                 read_checkpoint(tmp_path / "LinearRunner" / name), read_checkpoint(tmp_path / "ActorRunner" / name)
             )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Adversarial folders and states (issue #10)
+# ------------------------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh Python process (this checkout importable) and return what it printed."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], check=False, capture_output=True, text=True, timeout=timeout, env=env,
+        cwd=ROOT,
+    )
+
+
+class TestPruningStaysInItsFolder:
+    def test_crafted_kept_names_are_never_deleted(self, tmp_path: Path) -> None:
+        """A resumed kept-file list naming ../victim, an absolute path, 'latest' or another file deletes none."""
+        folder = tmp_path / "ckpt"
+        victim = tmp_path / "victim.txt"
+        victim.write_text("keep me")
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        absolute = elsewhere / "checkpoint_epoch_001_loss_0.5.pt"
+        absolute.write_text("keep me too")
+        learner = test_learner(Checkpointer(folder, keep_top_k=1), Recorder(), Metrics(), n_batches=2)
+        trio.run(fit, learner, 1)
+        (folder / "notes.txt").write_text("mine")
+        latest = folder / (folder / "latest").read_text().strip()
+        state = read_checkpoint(latest)
+        crafted = ["../victim.txt", str(absolute), "latest", "notes.txt", "sub/checkpoint_epoch_001_loss_0.5.pt"]
+        state["callbacks"]["Checkpointer"]["saved"][:0] = [[0, 1e9, name] for name in crafted]
+        torch.save(state, latest)
+
+        resumed = test_learner(Checkpointer(folder, keep_top_k=1), Recorder(), Metrics(), n_batches=2)
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            trio.run(lambda: fit(resumed, 2, resume=folder))
+        assert victim.exists() and absolute.exists() and (folder / "notes.txt").exists()
+        assert (folder / "latest").is_file()
+        expected = (
+            f"Checkpointer: the state it loaded lists files it does not write in {folder}: "
+            f"{', '.join(map(repr, crafted))}; they are dropped from its list and never deleted "
+            f"(was the checkpoint altered?)"
+        )
+        assert [str(w.message) for w in warned if "Checkpointer" in str(w.message)] == [expected]
+        kept = sorted(p.name for p in resumed.get_callback(Checkpointer).paths)
+        assert kept == checkpoints(folder) and 1 <= len(kept) <= 2  # the best and the latest
+
+    def test_pruning_skips_names_that_are_not_its_own(self, tmp_path: Path) -> None:
+        """A kept list set directly still never deletes outside its naming scheme and folder."""
+        folder = tmp_path / "ckpt"
+        victim = tmp_path / "victim.txt"
+        victim.write_text("keep me")
+        cb = Checkpointer(folder, keep_top_k=1)
+        outside = tmp_path / "checkpoint_epoch_001_loss_0.5.pt"
+        outside.write_text("x")
+        (folder / "checkpoint_epoch_001_loss_0.5.pt").symlink_to(outside)
+        cb._saved = [(0, 1e9, "../victim.txt"), (0, 1e9, "checkpoint_epoch_001_loss_0.5.pt")]
+        learner = test_learner(cb, Recorder(), Metrics(), n_batches=2)
+        with pytest.warns(UserWarning, match=r"^Checkpointer does not delete '\.\./victim\.txt'"):
+            trio.run(fit, learner, 1)
+        assert victim.read_text() == "keep me" and outside.read_text() == "x"
+
+
+class TestDiskFull:
+    @pytest.mark.parametrize("runner", RUNNERS)
+    def test_torch_stream_writer_failure_is_a_checkpoint_error(
+        self, tmp_path: Path, runner: type, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """torch's RuntimeError from a failed write is a CheckpointError naming the file; earlier files stay."""
+        learner = test_learner(Checkpointer(tmp_path), Recorder(), Metrics(), n_batches=2, runner=runner())
+        trio.run(fit, learner, 1)
+        before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+        real_save = torch.save
+        failure = RuntimeError(
+            "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0: "
+            "file write failed"
+        )
+
+        def full_disk(obj: Any, f: Any, *args: Any, **kw: Any) -> None:
+            real_save(obj, f, *args, **kw)
+            raise failure
+
+        monkeypatch.setattr(torch, "save", full_disk)
+        with pytest.raises(CheckpointError) as info:
+            trio.run(fit, learner, 1)
+        monkeypatch.setattr(torch, "save", real_save)
+        assert re.fullmatch(
+            rf"Checkpointer could not write {re.escape(str(tmp_path))}/checkpoint_epoch_002_loss_[0-9.e+-]+\.pt: "
+            rf"RuntimeError: {re.escape(str(failure))}; earlier checkpoints and 'latest' are as they were; free "
+            rf"disk space \(or fix the folder\), then resume from {re.escape(str(tmp_path))}",
+            str(info.value),
+        ), str(info.value)
+        assert info.value.__cause__ is failure
+        assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
+
+    @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE")
+    def test_file_size_limit_in_a_real_process(self, tmp_path: Path) -> None:
+        """A real failed write (RLIMIT_FSIZE, 'File too large') is a CheckpointError; no temporary stays."""
+        done = run_python(DISK_FULL, str(tmp_path))
+        assert done.returncode == 0, done.stderr
+        kind, message, listing = done.stdout.strip().split("\n")
+        assert kind == "CheckpointError"
+        assert re.fullmatch(
+            rf"Checkpointer could not write {re.escape(str(tmp_path))}/checkpoint_epoch_003_loss_[0-9.e+-]+\.pt: "
+            rf"File too large; earlier checkpoints and 'latest' are as they were; free disk space \(or fix the "
+            rf"folder\), then resume from {re.escape(str(tmp_path))}",
+            message,
+        ), message
+        names = listing.split(",")
+        assert len(names) == 3 and "latest" in names and not [n for n in names if n.endswith(".tmp")]
+
+
+DISK_FULL = """
+import os, resource, signal, sys
+import trio
+from asyncloop import Checkpointer, Metrics, Recorder, fit, test_learner
+folder = sys.argv[1]
+learner = test_learner(Checkpointer(folder), Recorder(), Metrics(), n_batches=2)
+trio.run(fit, learner, 2)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (512, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    trio.run(fit, learner, 1)
+except Exception as exc:
+    print(type(exc).__name__)
+    print(str(exc).replace("\\n", " "))
+print(",".join(sorted(os.listdir(folder))))
+"""
+
+
+OLD = 1_000_000_000.0  # 2001: before this process started
+
+
+class TestStaleTemporaries:
+    @staticmethod
+    def _populate(folder: Path) -> tuple[list[str], list[str]]:
+        """Stale temporaries a killed Checkpointer leaves, and files that are not (or not stale): (stale, kept)."""
+        folder.mkdir(exist_ok=True)
+        stale = [
+            ".checkpoint_epoch_001_loss_0.5.pt.abcd_123.tmp",
+            ".checkpoint_epoch_012_accuracy_0.75.pt.zzzzzzzz.tmp",
+            ".latest.k2j3h4g5.tmp",
+            ".asyncloop-probe-q1w2e3r4",
+        ]
+        kept = [
+            ".checkpoint_notes.tmp",  # not the temporary of a checkpoint name
+            ".other.pt.abcd1234.tmp",  # not a checkpoint's
+            "checkpoint_epoch_001_loss_0.5.pt.abcd1234.tmp",  # not hidden: not a temporary it makes
+            ".checkpoint_epoch_002_loss_0.4.pt.abcd1234.tmp.bak",
+            "notes.txt",
+        ]
+        for name in stale + kept:
+            (folder / name).write_bytes(b"x" * 100)
+        for name in stale + kept:
+            os.utime(folder / name, (OLD, OLD))
+        fresh = ".checkpoint_epoch_003_loss_0.3.pt.fresh123.tmp"  # written now: another live writer's, left alone
+        (folder / fresh).write_bytes(b"x")
+        old_dir = folder / ".checkpoint_epoch_004_loss_0.2.pt.dir12345.tmp"
+        old_dir.mkdir()
+        os.utime(old_dir, (OLD, OLD))
+        link = folder / ".checkpoint_epoch_005_loss_0.1.pt.link1234.tmp"
+        link.symlink_to(folder / "notes.txt")
+        return stale, [*kept, fresh, old_dir.name, link.name]
+
+    def test_a_new_checkpointer_removes_stale_temporaries(self, tmp_path: Path) -> None:
+        """Building a Checkpointer removes its own temporaries older than this process, and nothing else."""
+        stale, kept = self._populate(tmp_path)
+        Checkpointer(tmp_path)
+        assert sorted(os.listdir(tmp_path)) == sorted(kept)
+        assert not any((tmp_path / name).exists() for name in stale)
+
+    def test_fit_with_resume_removes_stale_temporaries(self, tmp_path: Path) -> None:
+        """A resumed fit (its Checkpointer loading its state) removes stale temporaries; checkpoints stay."""
+        learner = test_learner(Checkpointer(tmp_path), Recorder(), Metrics(), n_batches=2)
+        trio.run(fit, learner, 1)
+        stale, kept = self._populate(tmp_path)
+        trio.run(lambda: fit(learner, 1, resume=tmp_path))
+        written = [name for name in os.listdir(tmp_path) if name.endswith(".pt")]
+        assert len(written) == 2 and sorted(os.listdir(tmp_path)) == sorted([*kept, *written, "latest"])
+        assert not any((tmp_path / name).exists() for name in stale)
+
+    @pytest.mark.skipif(os.name != "posix", reason="needs SIGKILL")
+    def test_sigkill_during_a_write_then_a_new_process_cleans_up(self, tmp_path: Path) -> None:
+        """A process killed mid-write leaves a temporary; the next process's Checkpointer removes it."""
+        proc = subprocess.Popen(
+            [sys.executable, "-c", KILLED_WRITER, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            cwd=ROOT,
+        )
+        try:
+            ready, _, _ = select.select([proc.stdout], [], [], 60)
+            assert ready and proc.stdout.readline() == b"writing\n"  # type: ignore[union-attr]
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            proc.stdout.close()  # type: ignore[union-attr]
+        temporaries = [n for n in os.listdir(tmp_path) if n.startswith(".checkpoint_") and n.endswith(".tmp")]
+        assert len(temporaries) == 1
+        done = run_python(
+            "import os, sys\nfrom asyncloop import Checkpointer\nCheckpointer(sys.argv[1])\n"
+            "print(','.join(sorted(os.listdir(sys.argv[1]))))",
+            str(tmp_path),
+        )
+        assert done.returncode == 0, done.stderr
+        assert [n for n in done.stdout.strip().split(",") if n.endswith(".tmp")] == []
+
+
+KILLED_WRITER = """
+import os, stat, sys, time
+import trio
+from asyncloop import Checkpointer, Metrics, Recorder, fit, test_learner
+from asyncloop import _durable
+
+def hang(fd):
+    if stat.S_ISREG(os.fstat(fd).st_mode) and os.fstat(fd).st_size > 100:
+        print("writing", flush=True)
+        time.sleep(120)
+
+_durable._fsync = hang
+learner = test_learner(Checkpointer(sys.argv[1]), Recorder(), Metrics(), n_batches=2)
+trio.run(fit, learner, 1)
+"""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 from pathlib import Path
@@ -13,10 +14,10 @@ import torch
 from asyncloop import load_model
 from asyncloop._checkpoint import save_checkpoint
 from asyncloop._checkpoint_files import read_checkpoint
-from asyncloop._durable import atomic_write
+from asyncloop._durable import atomic_write, load_file
 from asyncloop._exceptions import CheckpointError
 from matchers import exact
-from training_states import trained
+from training_states import bounded, trained
 
 
 class TestSafeLoading:
@@ -59,6 +60,52 @@ class TestSafeLoading:
             read_checkpoint(tmp_path / "evil.pkl")
         assert ran == []
 
+    @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+    @pytest.mark.parametrize("how", ["torch.save", "pickle protocol 2", "pickle protocol 5"])
+    def test_code_calling_pickle_says_it_needs_code(self, tmp_path: Path, how: str) -> None:
+        """A pickle whose __reduce__ calls os.system is refused as needing code (not as corrupted), and nothing runs."""
+        marker = tmp_path / "ran"
+
+        class Shell:
+            def __reduce__(self) -> Any:
+                return (os.system, (f"touch {marker}",))
+
+        path = tmp_path / "evil.pt"
+        if how == "torch.save":
+            torch.save({"format": "asyncloop.training_state", "model": Shell()}, path)
+        else:
+            path.write_bytes(pickle.dumps(Shell(), protocol=int(how[-1])))
+        with pytest.raises(
+            CheckpointError,
+            match=exact(
+                f"cannot load {path}: it holds objects that need code to load ({os.system.__module__}.system), and "
+                f"asyncloop loads only plain data and tensors, so nothing in it ran; load it with "
+                f"torch.load(weights_only=False) yourself only if you trust where it came from"
+            ),
+        ):
+            trained().load_checkpoint(path)
+        assert not marker.exists()
+
+    @pytest.mark.parametrize("data", [b"garbage", bytes(range(256)) * 4, b""])
+    def test_garbage_is_corrupted_not_code(self, tmp_path: Path, data: bytes) -> None:
+        """Bytes that are no pickle at all (torch's unpickler rejects their opcodes too) read as corrupted."""
+        path = tmp_path / "g.pt"
+        path.write_bytes(data)
+        with pytest.raises(
+            CheckpointError,
+            match=exact(f"cannot load {path}: the file is truncated or corrupted; load an earlier checkpoint instead"),
+        ):
+            read_checkpoint(path)
+
+    @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+    def test_a_fifo_is_refused_without_blocking(self, tmp_path: Path) -> None:
+        """A FIFO passed as a checkpoint is refused at once (never opened for a blocking read)."""
+        fifo = tmp_path / "pipe.pt"
+        os.mkfifo(fifo)
+        error = bounded(lambda: read_checkpoint(fifo), release=fifo)
+        assert isinstance(error, CheckpointError)
+        assert str(error) == f"{fifo} is a FIFO, not a checkpoint file; pass the path of a checkpoint file"
+
 
 class TestAtomicWrite:
     def test_atomic_write_failure_keeps_the_old_file(self, tmp_path: Path) -> None:
@@ -74,6 +121,45 @@ class TestAtomicWrite:
             atomic_write(path, fail)
         assert path.read_bytes() == b"old"
         assert os.listdir(tmp_path) == ["f.bin"]
+
+    @pytest.mark.parametrize(
+        "failure",
+        [
+            OSError(errno.ENOSPC, "No space left on device"),
+            RuntimeError(
+                "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0: "
+                "file write failed"
+            ),
+        ],
+    )
+    def test_save_file_failure_is_a_checkpoint_error(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: Exception
+    ) -> None:
+        """A full disk (OSError, or torch's RuntimeError) is a CheckpointError naming file and cause; old file stays."""
+        from asyncloop._durable import save_file
+
+        path = tmp_path / "d.pt"
+        save_file({"a": 1}, path)
+        real_save = torch.save
+
+        def failing(obj: Any, f: Any, *args: Any, **kw: Any) -> None:
+            real_save(obj, f, *args, **kw)
+            raise failure
+
+        monkeypatch.setattr(torch, "save", failing)
+        cause = "No space left on device" if isinstance(failure, OSError) else f"RuntimeError: {failure}"
+        with pytest.raises(
+            CheckpointError,
+            match=exact(
+                f"could not write {path}: {cause}; the file is as it was; free disk space (or fix the folder) and "
+                f"save again"
+            ),
+        ) as info:
+            save_file({"a": 2}, path)
+        assert info.value.__cause__ is failure
+        monkeypatch.setattr(torch, "save", real_save)
+        assert os.listdir(tmp_path) == ["d.pt"]
+        assert load_file(path) == {"a": 1}
 
     def test_save_file_round_trip(self, tmp_path: Path) -> None:
         """save_file writes plain data atomically that load_file reads back, tensors on the CPU."""
@@ -97,3 +183,15 @@ class TestAtomicWrite:
 
         with pytest.raises(CheckpointError, match=exact(f"{tmp_path} is a folder, not a checkpoint file")):
             load_file(tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_tensors_in_a_protocol_torch_cannot_read_are_not_code(tmp_path: Path) -> None:
+    """A torch file of plain tensors in pickle protocol 4 (which weights_only cannot parse) is not called code."""
+    path = tmp_path / "p4.pt"
+    torch.save({"t": torch.ones(2), "n": {"u": torch.zeros(3), "v": [torch.ones(1)]}}, path, pickle_protocol=4)
+    with pytest.raises(
+        CheckpointError,
+        match=exact(f"cannot load {path}: the file is truncated or corrupted; load an earlier checkpoint instead"),
+    ):
+        read_checkpoint(path)

@@ -38,3 +38,20 @@ class TestSaveLoadModel:
         torch.save({"a": 1}, tmp_path / "other.pt")
         with pytest.raises(CheckpointError, match=r"holds no asyncloop model weights"):
             load_model(tmp_path / "other.pt")
+
+    @pytest.mark.parametrize("weights", [[1, 2], {"weight": "w"}])
+    def test_malformed_weights(self, tmp_path: Path, weights: object) -> None:
+        """Weights that are not a dict of tensors are a CheckpointError naming the file, not a TypeError later."""
+        path = tmp_path / "m.pt"
+        torch.save({"format": "asyncloop.model", "version": 1, "model": weights}, path)
+        problem = (
+            "are a list, not a dict of tensors" if isinstance(weights, list) else "hold 'weight': a str, not a tensor"
+        )
+        with pytest.raises(
+            CheckpointError,
+            match=exact(
+                f"cannot load {path}: its model weights {problem}; it was not written by asyncloop, or was altered; "
+                f"load another checkpoint"
+            ),
+        ):
+            load_model(path, torch.nn.Linear(3, 2))

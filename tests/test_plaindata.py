@@ -38,8 +38,8 @@ class TestCbstateEncoding:
         with pytest.raises(
             CheckpointError,
             match=exact(
-                "the checkpoint has state for the phase 'NoSuchPhase', but no Phase subclass of that name is defined; "
-                "define (import) the custom phase before loading the checkpoint"
+                "cannot load the state: it has state for the phase 'NoSuchPhase', but no Phase subclass of that name "
+                "is defined; define (import) the custom phase before loading the checkpoint"
             ),
         ):
             learner.load_state_dict(state)
@@ -83,5 +83,11 @@ class TestCbstateEncoding:
 
         assert encode(object(), clone=False) is SKIP
         assert encode(PhaseDict(list), clone=False) is SKIP
-        with pytest.raises(CheckpointError, match=exact("unknown entry type 'Nope' in a checkpoint's cbstate")):
+        with pytest.raises(
+            CheckpointError,
+            match=exact(
+                "cannot load the state: a cbstate entry has the unknown entry type 'Nope'; it was not written by "
+                "asyncloop, or was altered; load another checkpoint"
+            ),
+        ):
             decode({"__type__": "Nope"})

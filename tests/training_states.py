@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,3 +50,36 @@ def same_tree(a: Any, b: Any) -> bool:
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(same_tree(a[k], b[k]) for k in a)
     return a == b or (a != a and b != b)
+
+
+def bounded(fn: Callable[[], Any], *, release: Path, timeout: float = 10.0) -> BaseException | None:
+    """Run ``fn()`` on a thread and return what it raised (None if nothing); fail if it blocks past ``timeout``.
+
+    If it blocks (a regression that opens the FIFO ``release`` for reading), the FIFO is opened for writing so
+    that the blocked open returns and the thread ends: a hang never outlives the test.
+    """
+    outcome: list[BaseException | None] = []
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        for _ in range(50):
+            try:
+                fd = os.open(release, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                thread.join(0.1)
+                continue
+            os.close(fd)
+            break
+        thread.join(timeout)
+        raise AssertionError(f"blocked for more than {timeout}s on {release}")
+    return outcome[0]

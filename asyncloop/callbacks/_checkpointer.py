@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
+import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +15,8 @@ from typing import Any
 
 from .._callback import Callback, on
 from .._checkpoint import training_state
-from .._checkpoint_files import write_latest
-from .._durable import fsync_dir, save_file
+from .._checkpoint_files import LATEST, write_latest
+from .._durable import describe_write_error, fsync_dir, save_file
 from .._exceptions import CheckpointError
 from ..events import EpochBegin, EpochEnd, Event, FitEnd
 from ..phases import AbstractTrainingPhase, Phase, TrainingPhase
@@ -23,6 +26,46 @@ from ._monitor import monitored_epoch_value
 
 _MODES = ("min", "max")
 EXTENSION = ".pt"
+
+_VALUE = r"-?(?:inf|nan|[0-9]+(?:\.[0-9]+)?(?:e[+-][0-9]+)?)"  # repr(float(value))
+#: The names a Checkpointer gives its checkpoints: ``checkpoint_epoch_{epoch:03d}_{monitor}_{value}.pt``.
+CHECKPOINT_NAME = re.compile(rf"checkpoint_epoch_[0-9]{{3,}}_[a-z0-9]+(?:_[a-z0-9]+)*_{_VALUE}\.pt")
+#: Its temporaries: ``.{checkpoint name}.XXXXXXXX.tmp`` and ``.latest.XXXXXXXX.tmp`` (written by ``atomic_write``
+#: with ``tempfile.mkstemp``), and the ``.asyncloop-probe-XXXXXXXX`` its folder check makes.
+TEMPORARY_NAME = re.compile(
+    rf"\.(?:{CHECKPOINT_NAME.pattern}|{LATEST})\.[a-z0-9_]{{8}}\.tmp|\.asyncloop-probe-[a-z0-9_]{{8}}"
+)
+#: When this process imported asyncloop: a temporary last modified before then belongs to no live writer here.
+_STARTED = time.time()
+
+
+def remove_stale_temporaries(folder: Path) -> list[str]:
+    """Delete the temporaries that Checkpointers killed mid-write (SIGKILL, power loss) left in ``folder``.
+
+    Deleted: regular files (not symlinks, not folders) named exactly as a Checkpointer's temporaries
+    (:data:`TEMPORARY_NAME`) and last modified before this process imported asyncloop. A temporary being written
+    now, by this process or by another run that wrote to it since, is newer and stays; every other file stays.
+    Best effort: a file that cannot be deleted is left. Returns the names deleted.
+    """
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        if not TEMPORARY_NAME.fullmatch(entry.name):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(info.st_mode) or info.st_mtime >= _STARTED:
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(entry.name)
+    if removed:
+        fsync_dir(folder)
+    return removed
 
 
 @dataclass(frozen=True)
@@ -60,7 +103,13 @@ class Checkpointer(Callback):
 
     Durability: each file is written to a temporary file in ``folder``, flushed, fsynced and renamed, and the
     folder is fsynced; only then does ``latest`` move and are pruned files deleted. A crash leaves complete files
-    only, and files this callback did not write are never deleted. Files load with ``weights_only=True``.
+    only. A write that fails (a full disk) ends the fit with :class:`asyncloop.CheckpointError` naming the file
+    and the cause; earlier checkpoints and ``latest`` are as they were. Files load with ``weights_only=True``.
+
+    What it deletes: pruning deletes only names of its own scheme (``checkpoint_epoch_..._{value}.pt``) directly
+    inside ``folder``; a loaded state listing other names (``../x``, an absolute path, ``latest``) has them
+    dropped with a warning. Building it, and loading its state (a resume), deletes the stale temporaries a
+    killed writer left in ``folder`` (see :func:`remove_stale_temporaries`), nothing else.
 
     Detached: under :class:`asyncloop.ActorRunner` the training thread only copies the state (tensors cloned)
     and training goes on while a worker thread writes it. Its inbox holds at most 4 events, so at most two
@@ -106,6 +155,8 @@ class Checkpointer(Callback):
         self._tag = re.sub(r"[^A-Za-z0-9]+", "_", monitor).strip("_").lower()
         self._pending: int | None = None
         self._saved: list[tuple[int, float | None, str]] = []
+        self._warned = False
+        remove_stale_temporaries(self.folder)
 
     # -- decisions (training thread) -------------------------------------------------------------------------
     def snapshot(self, event: Event, phase: Phase, learner: Any, *, copy: bool = True) -> _Job | None:
@@ -155,20 +206,50 @@ class Checkpointer(Callback):
             self._write(job)
 
     def _write(self, job: _Job) -> None:
+        target = job.path
         try:
             save_file(job.state, job.path)
+            target = self.folder / LATEST
             write_latest(self.folder, job.path.name)
-        except OSError as exc:
+        except (OSError, RuntimeError, CheckpointError) as exc:
+            cause = exc.__cause__ if isinstance(exc, CheckpointError) and exc.__cause__ is not None else exc
             raise CheckpointError(
-                f"Checkpointer could not write {job.path}: {exc.strerror or exc}; earlier checkpoints are untouched"
-            ) from exc
+                f"Checkpointer could not write {target}: {describe_write_error(cause)}; earlier checkpoints and "
+                f"{LATEST!r} are as they were; free disk space (or fix the folder), then resume from {self.folder}"
+            ) from cause
         if job.remove:
             for name in job.remove:
-                try:
-                    (self.folder / name).unlink()
-                except FileNotFoundError:
-                    pass
+                self._delete(name)
             fsync_dir(self.folder)
+
+    def _owns(self, name: Any) -> bool:
+        """Whether ``name`` is a checkpoint name of its scheme that resolves directly inside its folder."""
+        if not isinstance(name, str) or not CHECKPOINT_NAME.fullmatch(name):
+            return False
+        try:
+            return (self.folder / name).resolve().parent == self.folder.resolve()
+        except (OSError, RuntimeError):  # a symlink loop
+            return False
+
+    def _delete(self, name: str) -> None:
+        """Prune the checkpoint ``name``, if it is one of its own (else warn, once, and leave it)."""
+        if not self._owns(name):
+            self._warn_once(
+                f"Checkpointer does not delete {name!r}: it is not a checkpoint it writes in {self.folder}; "
+                f"further such names are skipped without a warning"
+            )
+            return
+        try:
+            (self.folder / name).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            self._warn_once(f"Checkpointer could not delete {self.folder / name}: {exc.strerror or exc}; it is left")
+
+    def _warn_once(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            warnings.warn(message, stacklevel=3)
 
     # -- state -----------------------------------------------------------------------------------------------
     @property
@@ -187,8 +268,28 @@ class Checkpointer(Callback):
         return {"saved": [list(e) for e in self._saved]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._saved = [(int(e), None if v is None else float(v), str(n)) for e, v, n in state["saved"]]
+        """Take over the list of kept checkpoints from ``state`` (a resume), and delete stale temporaries.
+
+        Names that are not of its scheme directly inside its folder (``../x``, an absolute path, ``latest``: a
+        crafted or edited checkpoint) are dropped with one warning, so that pruning can never delete them.
+        """
+        saved = state["saved"]
+        if not isinstance(saved, (list, tuple)) or not all(isinstance(e, (list, tuple)) and len(e) == 3 for e in saved):
+            raise ValueError(
+                f"Checkpointer: 'saved' must be a list of [epoch, value, name] entries, got {saved!r:.200}"
+            )
+        entries = [(int(e), None if v is None else float(v), n) for e, v, n in saved]
+        foreign = [n for _, _, n in entries if not self._owns(n)]
+        if foreign:
+            warnings.warn(
+                f"Checkpointer: the state it loaded lists files it does not write in {self.folder}: "
+                f"{', '.join(map(repr, foreign))}; they are dropped from its list and never deleted "
+                f"(was the checkpoint altered?)",
+                stacklevel=2,
+            )
+        self._saved = [e for e in entries if self._owns(e[2])]
         self._pending = None
+        remove_stale_temporaries(self.folder)
 
     def __repr__(self) -> str:
         top = "" if self.keep_top_k is None else f", keep_top_k={self.keep_top_k}"
