@@ -32,7 +32,7 @@ from asyncloop import (
 from asyncloop.loggables import Text, Value
 from asyncloop.logging import StreamError
 from asyncloop.logging._records import pack, unpack
-from asyncloop.logging._stream import MAX_HELLO_SIZE, PROTOCOL_VERSION
+from asyncloop.logging._framing import MAX_HELLO_SIZE, PROTOCOL_VERSION
 
 HOST = "127.0.0.1"
 
