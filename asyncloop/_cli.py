@@ -170,7 +170,7 @@ def _follow(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _subscribe(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import trio
 
-    from .logging._stream import subscribe
+    from .logging._stream_client import subscribe
 
     async def run() -> None:
         async with subscribe(args.host, args.port, os.environ.get(TOKEN_ENV)) as records:
@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     err = err if err is not None else sys.stderr
     args = _parser().parse_args(argv)
     from .logging._eventlog import EventLogFormatError
-    from .logging._stream import StreamError
+    from .logging._stream_client import StreamError
 
     try:
         return args.run(args, out, err)

@@ -25,7 +25,7 @@ from asyncloop._cli import format_record, main
 from asyncloop.loggables import Audio, Histogram, Image, RuntimeEvent, Text, Value
 from asyncloop.logging._eventlog import HEADER, frame
 from asyncloop.logging._records import make_record, pack
-from asyncloop.logging._stream import PROTOCOL_VERSION
+from asyncloop.logging._framing import PROTOCOL_VERSION
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:

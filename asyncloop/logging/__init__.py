@@ -26,12 +26,12 @@ from ._eventlog import EventLogReader as EventLogReader
 from ._eventlog import follow as follow
 from ._eventlog import read_events as read_events
 from ._records import decode_array as decode_array
-from ._stream import StreamBackend as StreamBackend
-from ._stream import StreamError as StreamError
-from ._stream import StreamServer as StreamServer
-from ._stream import StreamStatistics as StreamStatistics
-from ._stream import Subscription as Subscription
-from ._stream import subscribe as subscribe
+from ._stream_backend import StreamBackend as StreamBackend
+from ._stream_client import StreamError as StreamError
+from ._stream_client import Subscription as Subscription
+from ._stream_client import subscribe as subscribe
+from ._stream_server import StreamServer as StreamServer
+from ._stream_server import StreamStatistics as StreamStatistics
 from ._tensorboard import TensorBoardBackend as TensorBoardBackend
 
 __all__ = [

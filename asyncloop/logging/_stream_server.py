@@ -1,4 +1,5 @@
-"""The live stream: publish log records over TCP to any number of subscribers, without ever stalling training.
+"""The live stream's server: publish log records over TCP to any number of subscribers, without ever stalling
+training (the frames are those of :mod:`asyncloop.logging._framing`).
 
 Shape::
 
@@ -8,14 +9,6 @@ Shape::
 
     async for record in asyncloop.subscribe("127.0.0.1", 8765, token="s3cret"):  # in another process
         print(record["name"], record["index"], record["value"])
-
-Wire protocol, version 1. Every frame is a 4-byte big-endian length ``N`` followed by ``N`` bytes of msgpack:
-
-1. the subscriber sends ``{"kind": "hello", "protocol": 1, "token": str | None}`` (at most 4 KiB);
-2. the server answers ``{"kind": "welcome", "protocol": 1}``, or ``{"kind": "error", "message": str}`` and
-   closes the connection;
-3. the server sends records (see :mod:`asyncloop.logging._records`) until it shuts down; the subscriber sends
-   nothing more.
 
 Guarantees:
 
@@ -41,7 +34,6 @@ from __future__ import annotations
 
 import errno
 import hmac
-import math
 import threading
 import time
 from collections import deque
@@ -52,75 +44,15 @@ from typing import Any
 
 import trio
 
-from .._exceptions import StreamError
-from ..loggables import Loggable
-from ._backend import LoggerBackend, default_run_name
-from ._records import make_record, pack, printable, unpack
+from ._framing import (_CHUNK, DEFAULT_MAX_FRAME_SIZE, MAX_HELLO_SIZE, PROTOCOL_VERSION, _frame, _FrameReader,
+                       _OversizedFrame, _ProtocolError)
+from ._records import pack, unpack
 
 
-PROTOCOL_VERSION = 1
-#: Default largest frame payload, both ways (16 MiB).
-DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
-#: The largest hello a server accepts.
-MAX_HELLO_SIZE = 4096
-_CHUNK = 65536
 #: accept() errors that mean "out of descriptors or memory for now": wait a little and accept again.
 _ACCEPT_CAPACITY_ERRNOS = {getattr(errno, name) for name in ("EMFILE", "ENFILE", "ENOMEM", "ENOBUFS")
                            if hasattr(errno, name)}
 _ACCEPT_RETRY_SECONDS = 0.1
-
-
-class _ProtocolError(Exception):
-    """Internal: a peer broke the framing (an oversized frame, EOF mid-frame)."""
-
-
-class _OversizedFrame(_ProtocolError):
-    """Internal: a length prefix above the reader's limit."""
-
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"a frame of {size} bytes, more than the limit of {limit} bytes")
-        self.size, self.limit = size, limit
-
-
-def _frame(payload: bytes) -> bytes:
-    return len(payload).to_bytes(4, "big") + payload
-
-
-class _FrameReader:
-    """Reads length-prefixed frames from a trio stream, refusing frames above ``max_size``."""
-
-    def __init__(self, stream: trio.abc.ReceiveStream, max_size: int) -> None:
-        self.stream = stream
-        self.max_size = max_size
-        self.buffer = bytearray()
-
-    async def _fill(self, n: int) -> bool:
-        """Buffer at least ``n`` bytes; False on EOF before any byte of this frame arrived."""
-        while len(self.buffer) < n:
-            data = await self.stream.receive_some(_CHUNK)
-            if not data:
-                if self.buffer:
-                    raise _ProtocolError("the connection closed in the middle of a frame")
-                return False
-            self.buffer += data
-        return True
-
-    async def read(self) -> bytes | None:
-        """The next frame's payload, or None at a clean end of stream."""
-        if not await self._fill(4):
-            return None
-        size = int.from_bytes(self.buffer[:4], "big")
-        if size > self.max_size:
-            raise _OversizedFrame(size, self.max_size)
-        await self._fill(4 + size)
-        payload = bytes(self.buffer[4 : 4 + size])
-        del self.buffer[: 4 + size]
-        return payload
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Server
-# ------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -561,161 +493,3 @@ def _peer(stream: trio.SocketStream) -> str:
         return f"{host}:{port}"
     except (OSError, ValueError):  # pragma: no cover
         return "?"
-
-
-class StreamBackend(LoggerBackend):
-    """Publish every loggable as a record (the event log's format) to the subscribers of ``server``.
-
-    Never blocks and never fails because of a subscriber. ``run`` names the run in every record (default: a
-    fresh :func:`default_run_name`); ``seq`` counts this backend's records, so a subscriber can tell runs and
-    gaps apart. ``flush``/``close`` do nothing: the server outlives the fit.
-    """
-
-    def __init__(self, server: StreamServer, *, run: str | None = None) -> None:
-        if not isinstance(server, StreamServer):
-            raise TypeError(f"StreamBackend takes a StreamServer, got {server!r}")
-        if run is not None and not isinstance(run, str):
-            raise TypeError(f"run must be a str or None, got {run!r}")
-        self.server = server
-        self.run = run if run is not None else default_run_name()
-        self._seq = 0
-        self._lock = threading.Lock()
-
-    def log_to(self, loggable: Loggable, name: str, index: int, group: tuple[str, ...] = ()) -> None:
-        with self._lock:  # publish in seq order
-            self.server.publish(make_record(loggable, name, index, group, run=self.run, seq=self._seq))
-            self._seq += 1
-
-    def __repr__(self) -> str:
-        return f"StreamBackend({self.server!r}, run={self.run!r})"
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Client
-# ------------------------------------------------------------------------------------------------------------
-
-
-class Subscription:
-    """An async iterator over the records of a stream server; made by :func:`subscribe`.
-
-    It connects on the first ``__anext__`` (or on ``async with``) and ends when the server closes the
-    connection. Use ``async with`` to close the connection promptly when you stop early.
-    """
-
-    def __init__(self, host: str, port: int, token: str | None, *, max_frame_size: int, timeout: float) -> None:
-        self.host, self.port, self._token = host, port, token
-        self.max_frame_size = max_frame_size
-        self.timeout = timeout
-        self._stream: trio.SocketStream | None = None
-        self._reader: _FrameReader | None = None
-        self._closed = False
-
-    async def _connect(self) -> None:
-        try:
-            with trio.fail_after(self.timeout):
-                stream = await trio.open_tcp_stream(self.host, self.port)
-        except trio.TooSlowError:
-            raise StreamError(f"could not connect to {self.host}:{self.port} within {self.timeout} seconds") from None
-        self._stream = stream
-        self._reader = _FrameReader(stream, self.max_frame_size)
-        hello = {"kind": "hello", "protocol": PROTOCOL_VERSION, "token": self._token}
-        try:
-            with trio.fail_after(self.timeout):
-                await stream.send_all(_frame(pack(hello)))
-                reply = await self._read()
-        except trio.TooSlowError:
-            await self.aclose()
-            raise StreamError(f"the stream server did not answer the hello within {self.timeout} seconds") from None
-        except BaseException:
-            await self.aclose()
-            raise
-        if reply is None:
-            await self.aclose()
-            raise StreamError("the stream server closed the connection during the handshake")
-        if reply.get("kind") == "error":
-            await self.aclose()
-            message = reply.get("message")
-            message = printable(message) if isinstance(message, str) else repr(message)
-            raise StreamError(f"the stream server refused the subscription: {message}")
-        if reply.get("kind") != "welcome":
-            await self.aclose()
-            raise StreamError(f"the stream server answered the hello with {reply.get('kind')!r}, not 'welcome'")
-
-    async def _read(self) -> dict | None:
-        assert self._reader is not None
-        try:
-            payload = await self._reader.read()
-        except _OversizedFrame as exc:
-            raise StreamError(f"the stream server sent {exc}; subscribe with a larger max_frame_size") from None
-        except _ProtocolError as exc:
-            raise StreamError(f"lost the connection to the stream server: {exc}") from None
-        except (trio.BrokenResourceError, OSError) as exc:
-            raise StreamError(f"lost the connection to the stream server: {exc}") from exc
-        if payload is None:
-            return None
-        try:
-            record = unpack(payload)
-        except ValueError as exc:
-            raise StreamError("the stream server sent a frame that is not msgpack") from exc
-        if not isinstance(record, dict):
-            raise StreamError("the stream server sent a frame that is not a record")
-        return record
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> dict:
-        if self._stream is None:
-            if self._closed:
-                raise StopAsyncIteration
-            await self._connect()
-        try:
-            record = await self._read()
-        except BaseException:
-            await self.aclose()
-            raise
-        if record is None:
-            await self.aclose()
-            raise StopAsyncIteration
-        return record
-
-    async def __aenter__(self) -> Subscription:
-        if self._stream is None and not self._closed:
-            await self._connect()
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the connection; iteration then ends."""
-        self._closed = True
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            await trio.aclose_forcefully(stream)
-
-
-def subscribe(
-    host: str,
-    port: int,
-    token: str | None = None,
-    *,
-    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-    timeout: float = 10.0,
-) -> Subscription:
-    """Subscribe to a :class:`StreamServer`: ``async for record in asyncloop.subscribe("127.0.0.1", port): ...``.
-
-    Yields the records published after the subscription was accepted, including ``"dropped"`` notices, and
-    ends when the server shuts down. Raises :class:`StreamError` if the server refuses the subscription (e.g.
-    a wrong ``token``), sends a frame larger than ``max_frame_size`` or breaks off mid-frame; ``timeout``
-    bounds connecting and the handshake. Use ``async with subscribe(...) as records:`` to stop early cleanly.
-    """
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ValueError(f"port must be an int in 1..65535, got {port!r}")
-    if token is not None and not isinstance(token, str):
-        raise TypeError(f"token must be a str or None, got {token!r}")
-    if isinstance(max_frame_size, bool) or not isinstance(max_frame_size, int) or max_frame_size < 1:
-        raise ValueError(f"max_frame_size must be an int >= 1, got {max_frame_size!r}")
-    if not (isinstance(timeout, (int, float)) and timeout > 0 and not math.isinf(timeout)):
-        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-    return Subscription(host, port, token, max_frame_size=max_frame_size, timeout=float(timeout))

@@ -1,48 +1,21 @@
-"""Tests for asyncloop.logging._stream: the live TCP stream, its subscribers and hostile clients (loopback only)."""
+"""Tests for asyncloop.logging._stream_server: the server, its subscribers' buffers, connection bounds and hostile
+clients (loopback only)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import threading
 import time
-from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
 import asyncloop
-from asyncloop import (
-    ActorRunner,
-    LogMetrics,
-    LogVisualization,
-    Metrics,
-    Recorder,
-    StreamBackend,
-    StreamServer,
-    TrainingPhase,
-    ValidationPhase,
-    fit,
-    subscribe,
-    test_learner,
-)
-from asyncloop.loggables import Text, Value
+from asyncloop import StreamServer, subscribe
 from asyncloop.logging import StreamError
+from asyncloop.logging._framing import MAX_HELLO_SIZE
 from asyncloop.logging._records import pack, unpack
-from asyncloop.logging._stream import MAX_HELLO_SIZE, PROTOCOL_VERSION
-
-HOST = "127.0.0.1"
-
-
-def frame(payload: bytes) -> bytes:
-    return len(payload).to_bytes(4, "big") + payload
-
-
-def hello(token: str | None = None, protocol: int = PROTOCOL_VERSION) -> bytes:
-    return frame(pack({"kind": "hello", "protocol": protocol, "token": token}))
+from streams import HOST, collect, frame, hello
 
 
 def decode_frames(data: bytes) -> list[dict]:
@@ -62,11 +35,6 @@ async def read_until_eof(stream: trio.SocketStream) -> bytes:
         pass
     return received
 
-
-async def collect(port: int, into: list[dict], token: str | None = None, **kw: Any) -> None:
-    async with subscribe(HOST, port, token, **kw) as records:
-        async for record in records:
-            into.append(record)
 
 
 class TestStreamServer:
@@ -363,214 +331,3 @@ class TestConnectionBounds:
         """By default a server holds at most 64 connections, 16 of them waiting for their handshake."""
         server = StreamServer()
         assert (server.max_connections, server.max_pending_handshakes, server.handshake_timeout) == (64, 16, 5.0)
-
-
-class TestStreamBackend:
-    async def test_fit_streams_its_metrics(self) -> None:
-        """A fit with LogMetrics(StreamBackend(server)) streams the learner's metrics, in seq order."""
-        got: list[dict] = []
-        learner = test_learner(Recorder(), Metrics(), n_batches=3, runner=ActorRunner())
-        with trio.fail_after(30):
-            async with trio.open_nursery() as nursery:
-                async with StreamServer() as server:
-                    nursery.start_soon(collect, server.port, got)
-                    await server.wait_for_subscribers(1)
-                    backend = StreamBackend(server, run="fit-1")
-                    learner.add_callback(LogMetrics(backend))
-                    await fit(learner, 2)
-        assert [r["seq"] for r in got] == list(range(len(got)))
-        assert {r["run"] for r in got} == {"fit-1"}
-        train = [r for r in got if r["group"] == ["Step", "TrainingPhase", "Metrics"]]
-        assert [r["value"] for r in train] == learner.cbstate.metrics_step[TrainingPhase()].values("Loss")
-        assert len(got) == 2 * (6 + 2)
-
-    async def test_stalled_subscriber_does_not_slow_training(self) -> None:
-        """A subscriber that never reads loses records; the fit finishes and a reading subscriber loses none."""
-        fast: list[dict] = []
-        with trio.fail_after(60):
-            async with trio.open_nursery() as nursery:
-                async with StreamServer(buffer_bytes=4 * 2**20, close_timeout=0.5) as server:
-                    stalled = await trio.open_tcp_stream(HOST, server.port)
-                    await stalled.send_all(hello())
-                    nursery.start_soon(collect, server.port, fast)
-                    await server.wait_for_subscribers(2)
-                    images = LogVisualization(lambda step: step.xs.new_ones(512, 512, 3), StreamBackend(server), freq=1)
-                    learner = test_learner(Recorder(), images, n_batches=8, runner=ActorRunner())
-                    await fit(learner, 3)
-                    stats = server.statistics()
-                await stalled.aclose()
-        assert [r["index"] for r in fast] == list(range(1, 25))
-        assert stats.dropped > 0
-
-    def test_needs_a_server(self) -> None:
-        """StreamBackend takes a StreamServer."""
-        with pytest.raises(TypeError, match=r"^StreamBackend takes a StreamServer, got 'localhost'$"):
-            StreamBackend("localhost")  # type: ignore[arg-type]
-
-    async def test_log_to_publishes_records(self) -> None:
-        """log_to publishes the same record the event log would write."""
-        got: list[dict] = []
-        with trio.fail_after(20):
-            async with trio.open_nursery() as nursery:
-                async with StreamServer() as server:
-                    nursery.start_soon(collect, server.port, got)
-                    await server.wait_for_subscribers(1)
-                    backend = StreamBackend(server, run="r")
-                    asyncloop.log_to(backend, Value(2.5), "Loss", 7, ("Epoch", "ValidationPhase", "Metrics"))
-                    asyncloop.log_to(backend, Text("hi"), "Note", 8)
-                    backend.flush()
-                    backend.close()
-        assert [(r["kind"], r["name"], r["index"], r["group"], r["value"], r["seq"]) for r in got] == [
-            ("value", "Loss", 7, ["Epoch", "ValidationPhase", "Metrics"], 2.5, 0), ("text", "Note", 8, [], "hi", 1)]
-
-
-class TestSubscribe:
-    @pytest.mark.parametrize(("args", "kwargs", "error", "message"), [
-        ((HOST, 0), {}, ValueError, r"^port must be an int in 1\.\.65535, got 0$"),
-        ((HOST, 80, 5), {}, TypeError, r"^token must be a str or None, got 5$"),
-        ((HOST, 80), {"max_frame_size": 0}, ValueError, r"^max_frame_size must be an int >= 1, got 0$"),
-        ((HOST, 80), {"timeout": 0}, ValueError, r"^timeout must be a number of seconds > 0, got 0$"),
-    ])
-    def test_bad_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any], error: type, message: str) -> None:
-        """Bad arguments are refused before connecting."""
-        with pytest.raises(error, match=message):
-            subscribe(*args, **kwargs)
-
-    async def test_nothing_listening(self) -> None:
-        """Subscribing to a closed port fails with the connection error."""
-        async with StreamServer() as server:
-            port = server.port
-        with pytest.raises(OSError):
-            async for _ in subscribe(HOST, port):
-                pass
-
-    async def test_frame_larger_than_the_client_limit(self) -> None:
-        """A record larger than the subscriber's max_frame_size ends its iteration with a StreamError."""
-        with trio.fail_after(20):
-            async with StreamServer() as server:
-                async with subscribe(HOST, server.port, max_frame_size=100) as records:
-                    await server.wait_for_subscribers(1)
-                    server.publish({"kind": "text", "value": "x" * 500})
-                    with pytest.raises(
-                        StreamError,
-                        match=r"^the stream server sent a frame of \d+ bytes, more than the limit of 100 bytes; "
-                              r"subscribe with a larger max_frame_size$",
-                    ):
-                        await records.__anext__()
-
-    async def test_misbehaving_servers(self) -> None:
-        """A server that answers badly, breaks off mid-frame or stays silent gives a StreamError."""
-        replies = {
-            "odd": frame(pack({"kind": "greetings"})),
-            "torn": frame(pack({"kind": "welcome", "protocol": 1})) + b"\x00\x00\x01\x00abc",
-            "closed": b"",
-            "silent": None,
-        }
-
-        async def fake(reply: bytes | None, stream: trio.SocketStream) -> None:
-            await stream.receive_some(1024)
-            if reply is None:
-                await trio.sleep_forever()
-            await stream.send_all(reply)
-            await stream.aclose()
-
-        messages = {}
-        with trio.fail_after(20):
-            async with trio.open_nursery() as nursery:
-                for name, reply in replies.items():
-                    handler = partial(fake, reply)
-                    listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host=HOST))
-                    port = listeners[0].socket.getsockname()[1]
-                    with pytest.raises(StreamError) as info:
-                        async for _ in subscribe(HOST, port, timeout=0.3):
-                            pass
-                    messages[name] = str(info.value)
-                nursery.cancel_scope.cancel()
-        assert messages == {
-            "odd": "the stream server answered the hello with 'greetings', not 'welcome'",
-            "torn": "lost the connection to the stream server: the connection closed in the middle of a frame",
-            "closed": "the stream server closed the connection during the handshake",
-            "silent": "the stream server did not answer the hello within 0.3 seconds",
-        }
-
-    async def test_refusal_message_is_escaped(self) -> None:
-        """A server's refusal message reaches the StreamError with its control characters escaped."""
-
-        async def refuse(stream: trio.SocketStream) -> None:
-            await stream.receive_some(1024)
-            await stream.send_all(frame(pack({"kind": "error", "message": "no\x1b]0;pwned\x07\x9b2J"})))
-            await stream.aclose()
-
-        with trio.fail_after(20):
-            async with trio.open_nursery() as nursery:
-                listeners = await nursery.start(partial(trio.serve_tcp, refuse, 0, host=HOST))
-                with pytest.raises(StreamError) as info:
-                    await collect(listeners[0].socket.getsockname()[1], [])
-                nursery.cancel_scope.cancel()
-        assert str(info.value) == r"the stream server refused the subscription: no\x1b]0;pwned\x07\x9b2J"
-
-    async def test_aclose_ends_iteration(self) -> None:
-        """After aclose, iteration ends; aclose is idempotent."""
-        async with StreamServer() as server:
-            records = subscribe(HOST, server.port)
-            await records.__aenter__()
-            await records.aclose()
-            await records.aclose()
-            assert [r async for r in records] == []
-
-
-SERVICE = """
-import sys
-import torch
-import trio
-from asyncloop import ActorRunner, LogMetrics, Metrics, Recorder, StreamBackend, StreamServer, fit, test_learner
-
-async def main():
-    async with StreamServer(token="s3cret") as server:
-        print(server.port, flush=True)
-        with trio.fail_after(60):
-            await server.wait_for_subscribers(1)
-        torch.manual_seed(0)
-        learner = test_learner(Recorder(), Metrics(), LogMetrics(StreamBackend(server, run="remote")), n_batches=4,
-                               runner=ActorRunner())
-        await fit(learner, 2)
-
-trio.run(main)
-"""
-
-
-class TestAcrossProcesses:
-    async def test_follow_a_fit_in_another_process(self, tmp_path: Path) -> None:
-        """A subscriber follows a fit running in another process, and sees exactly its metrics."""
-        got: list[dict] = []
-        proc = await trio.lowlevel.open_process([sys.executable, "-c", SERVICE], stdout=subprocess.PIPE)
-        try:
-            with trio.fail_after(60):
-                line = b""
-                while not line.endswith(b"\n"):
-                    chunk = await proc.stdout.receive_some(1)  # type: ignore[union-attr]
-                    assert chunk, "the service exited before printing its port"
-                    line += chunk
-                await collect(int(line), got, "s3cret")
-                assert await proc.wait() == 0
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                with trio.move_on_after(10):
-                    await proc.wait()
-            await proc.stdout.aclose()  # type: ignore[union-attr]
-        torch_reference = test_learner(Recorder(), Metrics(), n_batches=4)  # the same seed (conftest) and data
-        await fit(torch_reference, 2)
-        expected = torch_reference.cbstate
-        assert {r["run"] for r in got} == {"remote"}
-        for phase in (TrainingPhase(), ValidationPhase()):
-            for unit, histories in (("Step", expected.metrics_step), ("Epoch", expected.metrics_epoch)):
-                mine = [r for r in got if r["group"] == [unit, type(phase).__name__, "Metrics"]]
-                assert [r["index"] for r in mine] == histories[phase].indices("Loss")
-                assert [r["value"] for r in mine] == histories[phase].values("Loss")
-
-
-def test_subscribe_is_exported() -> None:
-    """asyncloop.subscribe is the stream client."""
-    assert asyncloop.subscribe is subscribe
-    assert threading.current_thread() is threading.main_thread()
