@@ -217,6 +217,9 @@ _ReadOnly = _views._ReadOnlyView
 
 #: name -> (what the trick is, the configuration that exercises it, runner options, the swaps switching it off)
 TRICKS: dict[str, tuple[str, str, dict[str, Any], tuple[tuple[Any, str, Any], ...]]] = {
+    "(control: nothing switched off)": (
+        "the same code on both sides: the spread of this row is the noise of the measurement",
+        "linear_defaults", {}, ()),
     "compiled view properties": (
         "declared fields are properties of a class compiled per tree (off: every read fails a normal lookup "
         "and goes through __getattr__)", "linear_defaults", {}, ((_views, "_build", _build_without_properties),)),
