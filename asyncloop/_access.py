@@ -6,7 +6,7 @@ and snapshots are only ever compiled from normalised trees (:func:`normalise` do
 given to ``Protected(obj, tree)``, whose keys may be any hashable).
 
 :data:`FIELD_TABLE` holds what views and snapshots know about the Learner's top-level fields; every rule that
-depends on which field is read (may it be named, may its view be cached, is it shared, cloned or copied by a
+depends on which field is read (may it be named, is it shared, cloned or copied by a
 snapshot) is derived from it.
 """
 
@@ -48,17 +48,12 @@ SnapshotRule = Literal["share", "clone", "copy"]
 
 @dataclass(frozen=True, slots=True)
 class FieldFacts:
-    """What views and snapshots know about one field.
-
-    ``cache_view``: a view may keep the nested view of this field between reads (while the field holds the same
-    object). ``learner.step`` is a new PropDict every step: a cached view of it would keep the previous step's
-    tensors (and its autograd graph) alive into the next step.
+    """What snapshots know about one field.
 
     ``snapshot``: how a snapshot takes the field when it is a ``Read()`` leaf (see :data:`SnapshotRule`); a
     ``"share"`` field named with a subtree is copied along that subtree.
     """
 
-    cache_view: bool = True
     snapshot: SnapshotRule = "copy"
 
 
@@ -69,7 +64,7 @@ FIELD_TABLE: dict[str, FieldFacts] = {
     "loss_fn": FieldFacts(snapshot="share"),
     "optimizer": FieldFacts(snapshot="clone"),
     "data": FieldFacts(snapshot="share"),
-    "step": FieldFacts(cache_view=False),
+    "step": FieldFacts(),
     "cbstate": FieldFacts(),
     "callbacks": FieldFacts(snapshot="share"),
     "epoch_data": FieldFacts(snapshot="share"),

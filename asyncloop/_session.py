@@ -183,19 +183,14 @@ class Session:
         return made
 
     def _make_dispatcher(self, phase: Phase) -> Dispatcher:
-        plan_of = self.learner.runner.plan
+        plan_of = self.learner.runner.plan  # compiled once per callback set and (event, phase) type, cached
         phase_type = phase.__class__
-        plans: dict[type, Any] = {}  # event type -> the runner's compiled plan (or None: nobody handles it)
         check = self.check
 
         def dispatch(event: Event) -> Awaitable[None] | None:
             if self.abort_requested or self.control is not None:
                 check()
-            event_type = event.__class__
-            try:
-                plan = plans[event_type]
-            except KeyError:
-                plan = plans[event_type] = plan_of(event_type, phase_type)
+            plan = plan_of(event.__class__, phase_type)
             return None if plan is None else plan(event, phase)
 
         async def handle(event: Event) -> None:

@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
-from ._access import Permission, Write, field_facts, normalise
+from ._access import Permission, Write, normalise
 from ._containers import PropDict
 from ._exceptions import ProtectedError
 
@@ -58,7 +58,6 @@ def _view(obj: Any, perms: Any, name: str, cls: type[Protected] | None = None) -
     _set(view, "_obj", obj)
     _set(view, "_perms", perms)
     _set(view, "_name", name)
-    _set(view, "_views", None)
     return view
 
 
@@ -69,8 +68,8 @@ def _view(obj: Any, perms: Any, name: str, cls: type[Protected] | None = None) -
 #: id(tree) -> (tree, its normalised tree, its class): the lookup of ``_view`` (trees are class attributes, a
 #: handful per program; the entry holds the tree, so its id stays its own).
 _ROOTS: dict[int, tuple[Any, dict[Any, Any], type[Protected]]] = {}
-#: (tree shape, whether the tree is a root) -> its compiled class.
-_CLASSES: dict[tuple[Any, bool], type[Protected]] = {}
+#: Tree shape -> its compiled class.
+_CLASSES: dict[Any, type[Protected]] = {}
 
 
 def _compile(tree: Any) -> tuple[dict[Any, Any], type[Protected]]:
@@ -79,7 +78,7 @@ def _compile(tree: Any) -> tuple[dict[Any, Any], type[Protected]]:
     if known is not None and known[0] is tree:
         return known[1], known[2]
     perms = normalise(tree)
-    cls = _compiled(perms, top=True)
+    cls = _compiled(perms)
     if len(_ROOTS) < 4096:
         _ROOTS[id(tree)] = (tree, perms, cls)
     return perms, cls
@@ -90,21 +89,20 @@ def _shape(perms: dict[Any, Any]) -> Any:
     return tuple((key, _shape(perm) if perm.__class__ is dict else perm.__class__) for key, perm in perms.items())
 
 
-def _compiled(perms: dict[Any, Any], top: bool) -> type[Protected]:
-    """The class of views under the normalised tree ``perms`` (``top``: of the root object, e.g. the learner,
-    whose fields the field table describes), built once per shape."""
-    key = (_shape(perms), top)
+def _compiled(perms: dict[Any, Any]) -> type[Protected]:
+    """The class of views under the normalised tree ``perms``, built once per tree shape."""
+    key = _shape(perms)
     cls = _CLASSES.get(key)
     if cls is None:
-        cls = _CLASSES[key] = _build(perms, top)
+        cls = _CLASSES[key] = _build(perms)
     return cls
 
 
-def _build(perms: dict[Any, Any], top: bool) -> type[Protected]:
+def _build(perms: dict[Any, Any]) -> type[Protected]:
     fields: dict[Any, Reader] = {}
     namespace: dict[str, Any] = {"__slots__": (), "_fields": fields}
     for key, perm in perms.items():
-        reader = fields[key] = _field_reader(key, perm, field_facts(key, top).cache_view)
+        reader = fields[key] = _field_reader(key, perm)
         if isinstance(key, str) and key.isidentifier() and not hasattr(Protected, key):
             namespace[key] = property(reader)
     cls = type("Protected", (Protected,), namespace)
@@ -113,21 +111,20 @@ def _build(perms: dict[Any, Any], top: bool) -> type[Protected]:
     return cls
 
 
-def _field_reader(key: Any, perm: Permission | dict[Any, Any], cache: bool) -> Reader:
+def _field_reader(key: Any, perm: Permission | dict[Any, Any]) -> Reader:
     """How a declared field is read and handed out -- the one copy of that rule.
 
     ``Write()``: the value itself. ``Read()``: the value itself, or a read-only view if it is a dict. A subtree:
     a nested view under it. Read by attribute, a missing key of a :class:`PropDict` is an ``AttributeError``
-    (so ``hasattr`` is False). With ``cache``, a nested view is kept per field while the field holds the same
-    object (the hot path reads ``learner.cbstate.<x>`` on every event); without it (``learner.step``, see
-    :class:`asyncloop._access.FieldFacts`) a view is built per read.
+    (so ``hasattr`` is False). A nested view is built per read (keeping one would keep the field's previous
+    object -- an earlier step's tensors -- alive; the ablation bench measured no saving from caching them).
     """
     # The read is spelled out here, not in a helper: readers run on every handler call.
     missing = f"PropDict has no key {key!r}"
     raw = perm.__class__ is Write
     nested = perm.__class__ is dict
     child_perms: dict[Any, Any] = perm if nested else _READ_ONLY  # type: ignore[assignment]
-    child_cls = _compiled(child_perms, top=False) if nested else _ReadOnlyView
+    child_cls = _compiled(child_perms) if nested else _ReadOnlyView
 
     def read(self: Protected, value: Any = _UNREAD) -> Any:
         if value is _UNREAD:
@@ -141,18 +138,7 @@ def _field_reader(key: Any, perm: Permission | dict[Any, Any], cache: bool) -> R
                 value = getattr(obj, key)
         if raw or not (nested or isinstance(value, dict)):
             return value  # Write(), or Read() of anything but a dict: the object itself
-        if not cache:
-            return _view(value, child_perms, type(value).__name__, child_cls)
-        views = self._views
-        if views is None:
-            views = {}
-            _set(self, "_views", views)
-        else:
-            view = views.get(key)
-            if view is not None and _OBJ_OF(view) is value:
-                return view
-        view = views[key] = _view(value, child_perms, type(value).__name__, child_cls)
-        return view
+        return _view(value, child_perms, type(value).__name__, child_cls)
 
     return read
 
@@ -172,7 +158,7 @@ class Protected:
     ``key in view``, ``len(view)`` and iteration over keys are not checked (FluxTraining's ``haskey``).
     """
 
-    __slots__ = ("_obj", "_perms", "_name", "_views")
+    __slots__ = ("_obj", "_perms", "_name")
 
     #: Declared key -> its reader (see _field_reader); each compiled class has its own.
     _fields: ClassVar[dict[Any, Reader]] = {}
@@ -248,16 +234,14 @@ class _ReadOnlyView(Protected):
     """The read-only view ``Read()`` gives of a dict (``learner.step`` under ``{"step": Read()}``): every key
     readable at any depth, nothing writable.
 
-    Reads are its hot path (``learner.step.loss`` in a handler), so ``__getattribute__`` looks keys up directly
-    instead of failing a normal lookup first. The view's own attributes (methods, slots, dunders) come first,
-    as for ``Protected``: read a key that shares a method's name as ``view[key]``.
+    The view's own attributes (methods, slots, dunders) come first, as for ``Protected``: read a key that shares a
+    method's name as ``view[key]``.
     """
 
     __slots__ = ()
 
-    def __getattribute__(self, name: str) -> Any:
-        if name in _VIEW_ATTRIBUTES:
-            return object.__getattribute__(self, name)
+    def __getattr__(self, name: str) -> Any:
+        # Reached when a normal lookup fails: every key read (learner.step.loss), a dict mutator, a missing key.
         obj = _OBJ_OF(self)
         if obj.__class__ is PropDict:
             try:
@@ -265,16 +249,10 @@ class _ReadOnlyView(Protected):
             except KeyError:
                 raise AttributeError(f"PropDict has no key {name!r}") from None
         elif name in _MUTATORS:
-            raise ProtectedError(f"Write access to {object.__getattribute__(self, '_name')}.{name} disallowed.")
+            raise ProtectedError(f"Write access to {self._name}.{name} disallowed.")
         else:
             value = getattr(obj, name)
-        # _read_only(value), inlined: the hot path of every handler
-        return _view(value, _READ_ONLY, type(value).__name__, _ReadOnlyView) if isinstance(value, dict) else value
-
-    def __getattr__(self, name: str) -> Any:
-        # Python calls this after __getattribute__ raised AttributeError (a missing key, a refused mutator):
-        # repeat that lookup so the same error comes out, never Protected's generic one.
-        return _ReadOnlyView.__getattribute__(self, name)
+        return _read_only(value)
 
     def __getitem__(self, key: Any) -> Any:
         obj = _OBJ_OF(self)
@@ -302,6 +280,3 @@ class _ReadOnlyView(Protected):
     def keys(self) -> Any:
         return _OBJ_OF(self).keys()
 
-
-#: Names a read-only view answers itself (before looking at the dict's keys), as ``Protected`` does.
-_VIEW_ATTRIBUTES = frozenset(dir(_ReadOnlyView))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import gc
 import json
 import platform
@@ -36,11 +35,10 @@ import torch  # noqa: E402
 import trio  # noqa: E402
 
 import asyncloop  # noqa: E402
-from asyncloop import _learner, _session, _snapshots, _training, _views  # noqa: E402
-from asyncloop._access import FieldFacts, normalise  # noqa: E402
+from asyncloop import _learner, _snapshots, _views  # noqa: E402
+from asyncloop._access import field_facts, normalise  # noqa: E402
 from asyncloop._containers import PropDict  # noqa: E402
-from asyncloop.callbacks import _metrics  # noqa: E402
-from asyncloop.runners import _actor, _delivery, _linear, _plans  # noqa: E402
+from asyncloop.runners import _actor, _linear, _plans  # noqa: E402
 
 
 class Reader(asyncloop.Callback):
@@ -109,19 +107,12 @@ def _clear_caches() -> None:
 # -- the plain code each trick stands for ----------------------------------------------------------------------
 
 
-def _build_without_properties(perms: Any, top: bool) -> Any:
-    cls = _ORIG_BUILD(perms, top)
+def _build_without_properties(perms: Any) -> Any:
+    cls = _ORIG_BUILD(perms)
     return type("Protected", (_views.Protected,), {"__slots__": (), "_fields": cls._fields})
 
 
 _ORIG_BUILD = _views._build
-
-
-def _facts_never_cached(key: Any, top: bool) -> FieldFacts:
-    return dataclasses.replace(_ORIG_FACTS(key, top), cache_view=False)
-
-
-_ORIG_FACTS = _views.field_facts
 
 
 def _coroutine_plans(layers: Any, *args: Any) -> Any:
@@ -144,23 +135,11 @@ def _fresh_gradients(self: Any) -> dict[str, torch.Tensor]:
     return {name: p.grad for name, p in self.model.named_parameters() if p.grad is not None}
 
 
-class _SlottedItem:
-    """What ``Item`` stands for: an object with six named slots (built in Python per published event)."""
-
-    __slots__ = ("seq", "event", "phase", "view", "fn", "is_async")
-
-    def __init__(self, values: tuple[Any, ...]) -> None:
-        self.seq, self.event, self.phase, self.view, self.fn, self.is_async = values
-
-    def __getitem__(self, index: int) -> Any:
-        return (self.seq, self.event, self.phase, self.view, self.fn, self.is_async)[index]
-
-
 def _walk_snapshot_tree(obj: Any, perms: Any, top: bool = True, clone: bool = False) -> PropDict:
     """``snapshot_tree`` without its compiled walk: the tree is normalised and walked at every call."""
     out = PropDict()
     for key, perm in normalise(perms).items():
-        facts = _ORIG_FACTS(key, top)
+        facts = field_facts(key, top)
         try:
             value = obj[key] if isinstance(obj, dict) else getattr(obj, key)
         except (KeyError, AttributeError):
@@ -175,46 +154,6 @@ def _walk_snapshot_tree(obj: Any, perms: Any, top: bool = True, clone: bool = Fa
     return out
 
 
-def _generic_step_end(self: Any, event: Any, phase: Any, learner: Any) -> None:
-    cbstate = learner.cbstate
-    series = cbstate.metrics_step[phase]
-    index = cbstate.history[phase].steps
-    for metric in self.metrics:
-        metric.update(learner, phase)
-        value = metric.step_value()
-        if value is not None:
-            series.push(metric.name, index, value)
-
-
-def _dispatcher_looking_up_plans(self: Any, phase: Any) -> Any:
-    plan_of = self.learner.runner.plan
-    phase_type = phase.__class__
-
-    def dispatch(event: Any) -> Any:
-        if self.abort_requested or self.control is not None:
-            self.check()
-        plan = plan_of(event.__class__, phase_type)
-        return None if plan is None else plan(event, phase)
-
-    async def handle(event: Any) -> None:
-        if (pending := dispatch(event)) is not None:
-            await pending
-
-    return _session.Dispatcher(phase, dispatch, handle)
-
-
-class _FreshPhase:
-    """Runs each epoch with a new phase instance (phase-keyed dict lookups then compare with ``__eq__``)."""
-
-    def __init__(self, cls: type) -> None:
-        self.cls = cls
-
-    async def epoch(self, learner: Any, data: Any) -> None:
-        await self.cls().epoch(learner, data)
-
-
-_ReadOnly = _views._ReadOnlyView
-
 #: name -> (what the trick is, the configuration that exercises it, runner options, the swaps switching it off)
 TRICKS: dict[str, tuple[str, str, dict[str, Any], tuple[tuple[Any, str, Any], ...]]] = {
     "(control: nothing switched off)": (
@@ -223,35 +162,15 @@ TRICKS: dict[str, tuple[str, str, dict[str, Any], tuple[tuple[Any, str, Any], ..
     "compiled view properties": (
         "declared fields are properties of a class compiled per tree (off: every read fails a normal lookup "
         "and goes through __getattr__)", "linear_defaults", {}, ((_views, "_build", _build_without_properties),)),
-    "cached nested views": (
-        "a view keeps the nested view of a field while it holds the same object (off: built per read)",
-        "linear_defaults", {}, ((_views, "field_facts", _facts_never_cached),)),
-    "read-only view __getattribute__": (
-        "Read() views of dicts answer key reads first (off: after a failed normal lookup)",
-        "actor_reader", {}, ((_ReadOnly, "__getattribute__", None), (_ReadOnly, "__getattr__",
-                                                                      _ReadOnly.__getattribute__))),
     "sync plans return None": (
         "a plan whose handlers are all sync runs without a coroutine (off: every plan is awaited)",
         "linear_defaults", {}, ((_linear, "build_plan", _coroutine_plans), (_actor, "build_plan", _coroutine_plans))),
-    "dispatcher plan cache": (
-        "the session's dispatcher keeps each event type's plan (off: Runner.plan looked up per event)",
-        "linear_defaults", {}, ((_session.Session, "_make_dispatcher", _dispatcher_looking_up_plans),)),
-    "shared phase instances": (
-        "fit uses one instance per built-in phase (off: a new one per epoch: dict lookups call __eq__)",
-        "linear_defaults", {}, ((_training, "_TRAINING", _FreshPhase(asyncloop.TrainingPhase)),
-                                (_training, "_VALIDATION", _FreshPhase(asyncloop.ValidationPhase)))),
     "lazy gradient mapping": (
         "step.grads is one lazy mapping per model (off: a dict of gradients built per step)",
         "linear_defaults", {}, ((_learner.Learner, "gradients", _fresh_gradients),)),
-    "Metrics' inlined Loss update": (
-        "Metrics adds the default Loss with Loss.add directly (off: the generic update/step_value path)",
-        "linear_defaults", {}, ((_metrics.Metrics, "step_end", _generic_step_end),)),
     "batched hand-off": (
         "detached events reach the caller's loop in batches every flush_interval (off: a wake-up per event)",
         "actor_reader", {"flush_interval": 1e-9}, ()),
-    "C-built items": (
-        "a published event is a tuple subclass built in C (off: a slotted Python object)",
-        "actor_reader", {}, ((_delivery, "Item", _SlottedItem),)),
     "compiled snapshot walk": (
         "snapshot_tree is compiled once per access tree (off: normalised and walked per event)",
         "actor_reader", {}, ((_snapshots, "snapshot_tree", _walk_snapshot_tree),

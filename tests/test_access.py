@@ -166,17 +166,16 @@ class TestFieldTable:
         assert LEARNER_FIELDS == ("model", "loss_fn", "optimizer", "data", "step", "cbstate", "callbacks", "epoch_data")
 
     def test_the_facts_of_each_field(self) -> None:
-        """Only step's view is never cached; data, epoch_data, loss_fn and callbacks are shared by snapshots, every
-        tensor below model and optimizer is cloned, step and cbstate are copied."""
-        assert [name for name, facts in FIELD_TABLE.items() if not facts.cache_view] == ["step"]
+        """data, epoch_data, loss_fn and callbacks are shared by snapshots, every tensor below model and optimizer
+        is cloned, step and cbstate are copied."""
         assert {name: facts.snapshot for name, facts in FIELD_TABLE.items()} == {
             "model": "clone", "loss_fn": "share", "optimizer": "clone", "data": "share",
             "step": "copy", "cbstate": "copy", "callbacks": "share", "epoch_data": "share",
         }
 
     def test_facts_outside_the_top_level(self) -> None:
-        """Below the top level, and for names outside the table, a field has the default facts: cached, copied."""
+        """Below the top level, and for names outside the table, a field has the default facts: copied."""
         assert field_facts("step", top=True) is FIELD_TABLE["step"]
         assert field_facts("step", top=False) is OTHER_FIELD
         assert field_facts("b1", top=True) is OTHER_FIELD
-        assert OTHER_FIELD == FieldFacts(cache_view=True, snapshot="copy")
+        assert OTHER_FIELD == FieldFacts(snapshot="copy")

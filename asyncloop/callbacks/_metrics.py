@@ -141,7 +141,7 @@ class _WeightedMean(AbstractMetric):
 
         The value is weighted by the batch size (rows of ``ys``, see ``_batch_size``). A CPU tensor becomes a
         number, an accelerator tensor stays a detached tensor, so this never syncs the device. Runs every step:
-        the checks are inlined. :class:`Metrics` calls it directly for the default :class:`Loss`.
+        the checks are inlined.
         """
         if value.__class__ is torch.Tensor:  # _detached
             value = value.item() if value.is_cpu else value.detach()
@@ -314,16 +314,12 @@ class Metrics(Callback):
 
     @on(StepEnd)
     def step_end(self, event: StepEnd, phase: Phase, learner: Any) -> None:
-        step = learner.step
         cbstate = learner.cbstate
         series = cbstate.metrics_step[phase]
         index = cbstate.history[phase].steps
         for metric in self.metrics:
-            if metric.__class__ is Loss:  # the default metric, every step: Loss.update without its indirections
-                value = metric.add(step.loss, step.ys)
-            else:
-                metric.update(learner, phase)
-                value = metric.step_value()
+            metric.update(learner, phase)
+            value = metric.step_value()
             if value is not None:
                 series.push(metric.name, index, value)
 

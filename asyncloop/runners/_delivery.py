@@ -23,7 +23,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from operator import itemgetter
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
@@ -41,24 +41,19 @@ if TYPE_CHECKING:
     from .._session import Session
 
 _perf = time.perf_counter
-_SEQ = itemgetter(0)
+_SEQ = attrgetter("seq")
 #: Events that hand the outbox over at once (epoch and fit boundaries).
 FLUSH_EVENTS = (EpochBegin, EpochEnd, FitBegin, FitEnd)
 
 
-class Item(tuple):
-    """One event for a detached actor: ``Item((seq, event, phase, view, fn, is_async))``.
+class Item:
+    """One event for a detached actor: its sequence number, the event and phase, what the handler receives
+    (``view``), the handler and whether it is async. One is made per published event on the training thread."""
 
-    A tuple built in C (one is made per published event on the training thread), with named read-only fields.
-    """
+    __slots__ = ("seq", "event", "phase", "view", "fn", "is_async")
 
-    __slots__ = ()
-    seq: int = property(itemgetter(0))  # type: ignore[assignment]
-    event: Event = property(itemgetter(1))  # type: ignore[assignment]
-    phase: Phase = property(itemgetter(2))  # type: ignore[assignment]
-    view: Any = property(itemgetter(3))
-    fn: Any = property(itemgetter(4))
-    is_async: bool = property(itemgetter(5))  # type: ignore[assignment]
+    def __init__(self, seq: int, event: Event, phase: Phase, view: Any, fn: Any, is_async: bool) -> None:
+        self.seq, self.event, self.phase, self.view, self.fn, self.is_async = seq, event, phase, view, fn, is_async
 
 
 class Actor:
@@ -254,7 +249,7 @@ class Delivery:
             annotate(exc, actor.callback, event, phase, detached=True)
             raise
         self.seq += 1
-        self.outbox.append((actor, Item((self.seq, event, phase, view, step.fn, step.is_async))))
+        self.outbox.append((actor, Item(self.seq, event, phase, view, step.fn, step.is_async)))
         actor.enqueued += 1
         queued = actor.enqueued - actor.processed
         if queued * 2 > actor.capacity:
