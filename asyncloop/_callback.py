@@ -123,8 +123,7 @@ class Callback:
       learner state handlers may touch; declare the least you need. Default: nothing.
     * ``run_after`` -- callback types that, when present, run before this one.
     * ``detached`` -- under :class:`asyncloop.ActorRunner`, handle events on a snapshot without making the loop
-      wait (read-only callbacks only). ``inbox_size`` and ``blocking`` tune the actor (``inbox_policy`` has one
-      value, ``"block"``: nothing is dropped); see docs/actors.md.
+      wait (read-only callbacks only). ``inbox_size`` and ``blocking`` tune the actor; see docs/actors.md.
 
     What handlers receive as ``learner`` is what :meth:`snapshot` returns, under every runner: by default a
     protected view of the live learner (inline) or a protected copy of the declared state (detached actors), so
@@ -138,7 +137,6 @@ class Callback:
     run_after: ClassVar[tuple[type, ...]] = ()
     detached: ClassVar[bool] = False
     inbox_size: ClassVar[int | None] = None
-    inbox_policy: ClassVar[str] = "block"
     blocking: ClassVar[bool] = True
 
     _registry: ClassVar[dict[tuple[type[Event], type[Phase]], str]] = {}

@@ -80,16 +80,6 @@ class TestConstruction:
         with pytest.raises(al.DetachedWriterError, match=r"^Bad sets detached = True but declares Write\(\) access"):
             learner(Bad())
 
-    @pytest.mark.parametrize("policy", ["drop", "latest"])
-    def test_bad_inbox_policy(self, policy: str) -> None:
-        """An inbox policy other than 'block' is rejected when the learner is built ('latest' was removed)."""
-
-        class Bad(Observer):
-            inbox_policy = policy
-
-        with pytest.raises(ValueError, match=rf"^Bad.inbox_policy must be 'block', got '{policy}'$"):
-            learner(al.Recorder(), Bad())
-
     def test_runner_belongs_to_one_learner(self) -> None:
         """A runner instance cannot be shared by two learners."""
         runner = al.ActorRunner()

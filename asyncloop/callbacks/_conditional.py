@@ -83,7 +83,6 @@ class ConditionalCallback(Callback):
         self.run_after = callback.run_after  # type: ignore[misc]
         self.detached = callback.detached  # type: ignore[misc]
         self.inbox_size = callback.inbox_size  # type: ignore[misc]
-        self.inbox_policy = callback.inbox_policy  # type: ignore[misc]
         self.blocking = callback.blocking  # type: ignore[misc]
 
     @property

@@ -61,8 +61,6 @@ class Actor:
 
     def __init__(self, delivery: Delivery, info: CallbackInfo, stats: ActorStatistics, capacity: int) -> None:
         cb = info.callback
-        if cb.inbox_policy != "block":
-            raise ValueError(f"{cb.name}.inbox_policy must be 'block', got {cb.inbox_policy!r}")
         self.delivery = delivery
         self.callback = cb
         self.stats = stats
