@@ -7,7 +7,8 @@ copies), plus the private ``_Sweep`` callback that sets the LR at every ``StepBe
 ``StepEnd``. Printers, checkpointers, loggers, the Recorder and the Scheduler never see the sweep, so nothing is
 printed or written and the user's ``cbstate`` and callbacks are not touched. What the sweep does change (the
 weights and buffers, their gradients, the modules' train/eval modes, the optimizer's state and param groups, the
-global RNG states) is saved first and restored in a ``finally``, also on an error or a cancellation.
+global RNG states; the device and dtype of the weights, which a ``ToDevice`` taking part changes) is saved first
+and restored in a ``finally``, also on an error or a cancellation.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ._access import Read, Write
-from ._callback import Callback, on
+from ._callback import Callback, ConflictResolution, NotDefined, RunFirst, on
 from ._checkpoint import rng_state, set_rng_state
 from ._exceptions import CancelFittingException
 from ._learner import Learner
@@ -152,6 +153,11 @@ class _Sweep(Callback):
         self._avg = 0.0
         self._best = math.inf
 
+    def resolve_conflict(self, other: Callback) -> ConflictResolution:
+        if isinstance(other, ToDevice):
+            return RunFirst(other)  # as the Scheduler: the model and its optimizer state move first
+        return NotDefined()
+
     @on(StepBegin, AbstractTrainingPhase)
     def step_begin(self, event: StepBegin, phase: Phase, learner: Any) -> None:
         set_hyperparameter(learner, LearningRate, self.schedule[len(self.lrs)])
@@ -190,6 +196,15 @@ def _suggest(lrs: list[float], losses: list[float]) -> tuple[float | None, str |
     return lrs[_SKIP_BEGIN + steepest], None
 
 
+def _matches(tensor: Any, value: torch.Tensor) -> bool:
+    return (
+        isinstance(tensor, torch.Tensor)
+        and tensor.device == value.device
+        and tensor.dtype == value.dtype
+        and tensor.shape == value.shape
+    )
+
+
 class _Restore:
     """What the sweep changes on the shared model and optimizer, saved to be put back exactly."""
 
@@ -199,19 +214,36 @@ class _Restore:
         self.optimizer = learner._optimizer
         self.rng = rng_state()
         if self.model is not None:
-            self.weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            # Copies on the same device and dtype. Put back in place when the tensor still matches; a ToDevice
+            # taking part moves the shared model (Module.to keeps parameter objects, replaces buffers), and then
+            # the copies themselves go back, on the original device and dtype.
+            self.params = [
+                (p, p.detach().clone(), None if p.grad is None else p.grad.detach().clone())
+                for p in self.model.parameters()
+            ]
+            self.buffers = [
+                (m, k, b.detach().clone()) for m in self.model.modules() for k, b in m._buffers.items() if b is not None
+            ]
             self.modes = [(m, m.training) for m in self.model.modules()]
-            self.grads = [(p, None if p.grad is None else p.grad.detach().clone()) for p in self.model.parameters()]
         if self.optimizer is not None:
             self.optimizer_state = copy.deepcopy(self.optimizer.state_dict())
 
     def restore(self) -> None:
         if self.model is not None:
-            self.model.load_state_dict(self.weights)
+            with torch.no_grad():
+                for p, value, grad in self.params:
+                    if _matches(p, value):
+                        p.copy_(value)
+                    else:
+                        p.data = value
+                    p.grad = grad
+                for m, k, value in self.buffers:
+                    if _matches(m._buffers[k], value):
+                        m._buffers[k].copy_(value)
+                    else:
+                        m._buffers[k] = value
             for m, training in self.modes:
                 m.training = training
-            for p, grad in self.grads:
-                p.grad = grad
         if self.optimizer is not None:
             self.optimizer.load_state_dict(self.optimizer_state)
         set_rng_state(self.rng)

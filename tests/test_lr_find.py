@@ -17,15 +17,20 @@ import trio
 from torch.utils.data import DataLoader, TensorDataset
 
 from asyncloop import (
+    AbstractTrainingPhase,
     ActorRunner,
+    Callback,
     Checkpointer,
     LearningRate,
     Learner,
     LinearRunner,
     LRFinderResult,
     Scheduler,
+    StepEnd,
+    ToDevice,
     fit,
     lr_find,
+    on,
     one_cycle,
     test_learner,
 )
@@ -416,3 +421,55 @@ def test_plot_draws_loss_against_lr_on_a_log_axis_and_saves_it(tmp_path: Path) -
     assert list(curve.get_xdata()) == result.lrs and list(curve.get_ydata()) == result.losses
     assert list(mark.get_xdata()) == [result.suggestion]
     assert path.stat().st_size > 0
+
+
+def test_a_model_moved_by_to_device_is_moved_back() -> None:
+    """A ToDevice that converts the model (here to float64) takes part in the sweep; afterwards every parameter
+    and buffer is back in float32 with its old values, the parameters the same objects, the optimizer empty."""
+    torch.manual_seed(0)
+    model = DropoutNet()
+    xs = torch.randn(64, 8)
+    batches = [(xs[i : i + 16], xs[i : i + 16].sum(dim=1, keepdim=True)) for i in range(0, 64, 16)]
+    to_double = ToDevice(lambda x: x.double(), lambda m: m.double())
+    learner = Learner(
+        model, torch.nn.functional.mse_loss, data=(batches, None), callbacks=[to_double], use_default_callbacks=False
+    )
+    optimizer = learner.optimizer  # built, with no state yet
+    params = list(model.parameters())
+    weights = copy.deepcopy(model.state_dict())
+    seen = []
+
+    class Spy(Callback):
+        @on(StepEnd, AbstractTrainingPhase)
+        def look(self, event: Any, phase: Any, learner: Any) -> None:
+            seen.append(learner.step.loss.dtype)
+
+    learner.add_callback(Spy())  # not a step callback: it does not take part
+    result = trio.run(lambda: lr_find(learner, num_steps=8))
+    assert len(result.lrs) == 8 and seen == []
+    assert list(model.parameters()) == params
+    assert all(t.dtype != torch.float64 for t in model.state_dict().values())
+    assert_same_tree(model.state_dict(), weights)
+    assert learner.optimizer is optimizer and optimizer.state_dict()["state"] == {}
+
+
+def test_the_step_callbacks_take_part_as_copies() -> None:
+    """ToDevice's data_fn runs on the sweep's batches (float64 losses), and the user's instance is not the one used."""
+    torch.manual_seed(0)
+    batches = regression_data(n_batches=4)
+    calls: list[int] = []
+
+    def data_fn(x: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return x.double()
+
+    to_double = ToDevice(data_fn, lambda m: m.double())
+    learner = Learner(
+        torch.nn.Linear(8, 1), torch.nn.functional.mse_loss, data=(batches, None), callbacks=[to_double],
+        use_default_callbacks=False,
+    )
+    result = trio.run(lambda: lr_find(learner, num_steps=4))
+    assert len(result.lrs) == 4
+    assert len(calls) == 8  # xs and ys of 4 steps
+    assert learner.model.weight.dtype == torch.float32
+    assert learner.callbacks == [to_double]
