@@ -28,6 +28,7 @@ from asyncloop import (
     Scheduler,
     StepEnd,
     ToDevice,
+    TrainingPhase,
     fit,
     lr_find,
     on,
@@ -317,7 +318,7 @@ def test_a_cancelled_sweep_restores_the_learner() -> None:
         calls.append(1)
         if len(calls) == 5:
             started.set()
-            release.wait()
+            release.wait(60)  # a guard against a hang, not a timing assertion
         return torch.nn.functional.mse_loss(preds, ys)
 
     learner.loss_fn = loss_fn
@@ -325,7 +326,7 @@ def test_a_cancelled_sweep_restores_the_learner() -> None:
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lambda: lr_find(learner, num_steps=1000))
-            await trio.to_thread.run_sync(started.wait)
+            await trio.to_thread.run_sync(started.wait, 60)
             nursery.cancel_scope.cancel()
             release.set()
 
@@ -335,13 +336,31 @@ def test_a_cancelled_sweep_restores_the_learner() -> None:
     assert learner.session is None
 
 
-def test_a_fitted_default_learner_works() -> None:
-    """lr_find works on test_learner with the default callbacks (printers, Recorder, Metrics) present."""
+def test_the_default_callbacks_do_not_run_during_the_sweep(capfd: pytest.CaptureFixture[str]) -> None:
+    """With the default callbacks (printers, Recorder, Metrics) installed, the sweep prints and records nothing."""
     torch.manual_seed(0)
     learner = test_learner(use_default_callbacks=True)
+    before = {k: copy.deepcopy(v) for k, v in learner.cbstate.items()}
+    capfd.readouterr()
     result = trio.run(lambda: lr_find(learner, start_lr=1e-6, end_lr=1.0, num_steps=16))
     assert len(result.lrs) >= 2
-    assert "history" not in learner.cbstate or learner.cbstate.history == {}
+    assert capfd.readouterr() == ("", "")
+    assert learner.cbstate.history == before["history"]
+    assert learner.cbstate.history[TrainingPhase()].steps == 0
+
+
+def test_lr_find_refuses_to_run_during_a_fit_of_the_learner() -> None:
+    """While a session of the learner is running, lr_find raises a RuntimeError saying to call it between fits."""
+    learner = regression_learner()
+    learner.attach_session(object())  # type: ignore[arg-type]
+    try:
+        with pytest.raises(
+            RuntimeError,
+            match=exact("lr_find cannot run while a fit of this learner is running; call it between fits"),
+        ):
+            trio.run(lr_find, learner)
+    finally:
+        learner.attach_session(None)
 
 
 # -- arguments -------------------------------------------------------------------------------------------------------
