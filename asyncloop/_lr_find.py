@@ -273,7 +273,7 @@ async def lr_find(
         result.plot("lr.png")    # needs matplotlib
     """
     if not isinstance(learner, Learner):
-        raise TypeError(f"lr_find takes a Learner, got {learner!r}")
+        raise TypeError(f"lr_find takes a Learner(model, loss_fn, data=...), got {learner!r}")
     _check_args(start_lr, end_lr, num_steps)
     train = learner.data.get("training")
     if train is None:

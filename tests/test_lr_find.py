@@ -409,7 +409,7 @@ def test_a_learner_without_training_data_is_a_clear_error() -> None:
 
 def test_something_else_than_a_learner_is_a_clear_error() -> None:
     """Passing a model instead of a learner raises a TypeError."""
-    with pytest.raises(TypeError, match=exact("lr_find takes a Learner, got 3")):
+    with pytest.raises(TypeError, match=exact("lr_find takes a Learner(model, loss_fn, data=...), got 3")):
         trio.run(lr_find, 3)
 
 
