@@ -74,6 +74,8 @@ from .hyperparameters import LearningRate as LearningRate
 from .hyperparameters import one_cycle as one_cycle
 from .hyperparameters import set_hyperparameter as set_hyperparameter
 from ._learner import Learner as Learner
+from ._lr_find import LRFinderResult as LRFinderResult
+from ._lr_find import lr_find as lr_find
 from .loggables import Histogram as Histogram
 from .loggables import Image as Image
 from .loggables import Text as Text
@@ -168,6 +170,7 @@ __all__ = [
     "HyperParameter",
     "Image",
     "InvalidValue",
+    "LRFinderResult",
     "Learner",
     "LearningRate",
     "LinearRunner",
@@ -230,6 +233,7 @@ __all__ = [
     "load_model",
     "log_to",
     "loggables",
+    "lr_find",
     "on",
     "one_cycle",
     "phases",

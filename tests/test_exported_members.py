@@ -16,7 +16,7 @@ EXPORTED = [
     "ConditionalCallback", "ConflictResolution", "CustomCallback", "DetachedWriterError", "Disjunction",
     "EarlyStopped", "EarlyStopping", "EpochBegin", "EpochEnd", "Event", "EventLogBackend", "EventLogFormatError", "FitBegin", "FitEnd", "FitException",
     "FitResult", "FrequencyThrottle", "GL", "GarbageCollect", "GradientAccumulation", "GradientClipping",
-    "Histogram", "History", "HyperParameter", "Image", "InvalidValue", "Learner", "LearningRate", "LinearRunner",
+    "Histogram", "History", "HyperParameter", "Image", "InvalidValue", "LRFinderResult", "Learner", "LearningRate", "LinearRunner",
     "LogHistograms", "LogHyperParams", "LogMetrics", "LogTraces", "LogVisualization", "LoggerBackend", "Loss",
     "LossBegin", "Metric", "Metrics", "MetricsPrinter", "MixedPrecision", "Never", "NoConflict", "NotDefined",
     "NumberLimit", "NumberSinceBest", "PQ", "Patience", "Phase", "ProgressPrinter", "PropDict", "ProtectedError",
@@ -24,7 +24,7 @@ EXPORTED = [
     "StopOnNaNLoss", "StreamBackend", "StreamError", "StreamServer", "TensorBoardBackend", "Text", "Threshold", "TimeLimit",
     "TimeThrottle", "ToDevice", "ToGPU", "Traces", "TrainingPhase", "Unresolvable", "ValidationPhase", "Value",
     "Warmup", "Write", "WriteConflictError", "accesses", "accuracy", "callback_graph", "epoch", "events", "fit",
-    "load_model", "log_to", "loggables", "on", "one_cycle", "phases", "run_epoch", "run_step", "save_model",
+    "load_model", "log_to", "loggables", "lr_find", "on", "one_cycle", "phases", "run_epoch", "run_step", "save_model",
     "set_hyperparameter", "step", "stopping", "subscribe", "test_learner", "throttle",
 ]
 
