@@ -67,6 +67,18 @@ def series(learner: Learner, key: str, phase: Any) -> dict[str, Any]:
     return {} if found is None else {name: (found.indices(name), found.values(name)) for name in found.keys()}
 
 
+class Hold(Callback):
+    """Block the first training epoch until ``release`` is set, after setting ``started``."""
+
+    def __init__(self, started: threading.Event, release: threading.Event) -> None:
+        self.started, self.release = started, release
+
+    @on(EpochBegin, AbstractTrainingPhase)
+    def h(self, event: Any, phase: Any, learner: Any) -> None:
+        self.started.set()
+        self.release.wait(30)
+
+
 class ModeLog(Callback):
     """Record whether the model is in training mode at every StepBegin."""
 
@@ -203,6 +215,37 @@ class TestValidate:
         assert values == pytest.approx(plain)
         assert learner.cbstate.history[DictEvaluation()].epochs == 1
 
+    def test_refused_while_fit_runs_and_inline_inside_it(self) -> None:
+        """validate refuses while a fit of the learner runs elsewhere, and runs inline from a custom phase in it."""
+        started, release = threading.Event(), threading.Event()
+        learner = classifier(callbacks=[Hold(started, release)])
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(fit, learner, 1)
+                await trio.to_thread.run_sync(started.wait, 30)
+                try:
+                    with pytest.raises(
+                        RuntimeError,
+                        match=exact(
+                            "fit() is already running for this learner; await it before starting another, or use a "
+                            "second Learner"
+                        ),
+                    ):
+                        await validate(learner)
+                finally:
+                    release.set()
+
+        trio.run(main)
+        got: list[dict[str, Any]] = []
+
+        class Validating(AbstractTrainingPhase):
+            async def epoch(self, learner: Learner, data: Any) -> None:
+                got.append(await validate(learner, data))
+
+        trio.run(epoch, learner, Validating(), learner.data.validation)
+        assert got == [trio.run(validate, learner)]
+
     def test_without_metrics_the_result_is_empty(self) -> None:
         """Without a Metrics callback validate runs the epoch and returns an empty dict."""
         learner = test_learner(Recorder(), n_batches=1)
@@ -283,13 +326,13 @@ class TestPredict:
         model = Probe()
         model.train()
         before = torch.get_num_threads()
-        torch.set_num_threads(2)
+        torch.set_num_threads(3)
         try:
             trio.run(predict, probe_learner(model), [torch.randn(1, 4)])
         finally:
             torch.set_num_threads(before)
         ((training, grad, thread, threads),) = model.calls
-        assert (training, grad, threads) == (False, False, 2)
+        assert (training, grad, threads) == (False, False, 3)
         assert thread != threading.get_ident()
         assert model.training is True
 
@@ -419,14 +462,7 @@ class TestPredict:
     def test_refused_while_fit_runs_and_inline_inside_it(self) -> None:
         """predict refuses while a fit of the learner runs elsewhere, and runs inline from inside it."""
         started, release = threading.Event(), threading.Event()
-
-        class Hold(Callback):
-            @on(EpochBegin, AbstractTrainingPhase)
-            def h(self, event: Any, phase: Any, learner: Any) -> None:
-                started.set()
-                release.wait(30)
-
-        learner = test_learner(Hold(), n_batches=1)
+        learner = test_learner(Hold(started, release), n_batches=1)
 
         async def main() -> None:
             async with trio.open_nursery() as nursery:
