@@ -167,6 +167,16 @@ class TestValidate:
         assert sorted(p.name for p in tmp_path.iterdir()) == files
         assert stopper.state == state
 
+    def test_series_survive_a_checkpoint(self, tmp_path: Path) -> None:
+        """A checkpoint taken after validate calls holds the evaluation series, and loading restores them."""
+        learner = classifier(callbacks=[Checkpointer(tmp_path)])
+        trio.run(validate, learner)
+        trio.run(fit, learner, 1)
+        loaded = classifier()
+        loaded.load_checkpoint(tmp_path)
+        assert loaded.cbstate.history[EvaluationPhase()].epochs == 1
+        assert series(loaded, "metrics_epoch", EvaluationPhase()) == series(learner, "metrics_epoch", EvaluationPhase())
+
     @pytest.mark.parametrize("training", [True, False])
     def test_mode_is_restored(self, training: bool) -> None:
         """The model runs in eval mode during validate and is back in its former mode afterwards."""
