@@ -48,8 +48,7 @@ _EVALUATION = EvaluationPhase()
 def _check_iterable(data: Any, fn: str) -> None:
     if data is None or isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
         raise TypeError(
-            f"{fn}: data must be an iterable of batches (a DataLoader, a list of batches), got "
-            f"{type(data).__name__}"
+            f"{fn}: data must be an iterable of batches (a DataLoader, a list of batches), got {type(data).__name__}"
         )
 
 
@@ -150,9 +149,7 @@ async def predict(learner: Learner, data: Any) -> torch.Tensor | list[Any]:
     """
     model = learner.model
     if not callable(model):
-        raise TypeError(
-            f"predict: learner.model must be callable (a torch.nn.Module), got {type(model).__name__}"
-        )
+        raise TypeError(f"predict: learner.model must be callable (a torch.nn.Module), got {type(model).__name__}")
     _check_iterable(data, "predict")
     session = learner.session
     if session is not None:
@@ -236,4 +233,3 @@ def _gather(outputs: list[Any]) -> torch.Tensor | list[Any]:
     ):
         return torch.cat(outputs)
     return outputs
-

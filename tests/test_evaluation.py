@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 import trio
+import trio.testing
 
 from asyncloop import (
     AbstractTrainingPhase,
@@ -463,7 +464,7 @@ class TestPredict:
                 nursery.start_soon(run)
                 await trio.to_thread.run_sync(reached.wait, 30)
                 scope.cancel()
-                await trio.sleep(0)
+                await trio.testing.wait_all_tasks_blocked()  # predict has seen the cancellation: it waits, shielded
                 go.set()
 
         trio.run(main)
