@@ -54,6 +54,9 @@ from .events import FitEnd as FitEnd
 from .events import LossBegin as LossBegin
 from .events import StepBegin as StepBegin
 from .events import StepEnd as StepEnd
+from ._evaluation import EvaluationPhase as EvaluationPhase
+from ._evaluation import predict as predict
+from ._evaluation import validate as validate
 from ._exceptions import CallbackCycleError as CallbackCycleError
 from ._exceptions import CheckpointError as CheckpointError
 from ._exceptions import EarlyStopped as EarlyStopped
@@ -153,6 +156,7 @@ __all__ = [
     "EarlyStopping",
     "EpochBegin",
     "EpochEnd",
+    "EvaluationPhase",
     "Event",
     "EventLogBackend",
     "EventLogFormatError",
@@ -237,6 +241,7 @@ __all__ = [
     "on",
     "one_cycle",
     "phases",
+    "predict",
     "run_epoch",
     "run_step",
     "save_model",
@@ -246,6 +251,7 @@ __all__ = [
     "subscribe",
     "test_learner",
     "throttle",
+    "validate",
 ]
 
 

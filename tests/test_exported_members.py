@@ -14,7 +14,7 @@ EXPORTED = [
     "BackwardEnd", "CSVBackend", "Callback", "CallbackCondition", "CallbackCycleError", "CallbackGraphError",
     "CancelEpochException", "CancelFittingException", "CancelStepException", "Check", "CheckpointError", "Checkpointer",
     "ConditionalCallback", "ConflictResolution", "CustomCallback", "DetachedWriterError", "Disjunction",
-    "EarlyStopped", "EarlyStopping", "EpochBegin", "EpochEnd", "Event", "EventLogBackend", "EventLogFormatError", "FitBegin", "FitEnd", "FitException",
+    "EarlyStopped", "EarlyStopping", "EpochBegin", "EpochEnd", "EvaluationPhase", "Event", "EventLogBackend", "EventLogFormatError", "FitBegin", "FitEnd", "FitException",
     "FitResult", "FrequencyThrottle", "GL", "GarbageCollect", "GradientAccumulation", "GradientClipping",
     "Histogram", "History", "HyperParameter", "Image", "InvalidValue", "LRFinderResult", "Learner", "LearningRate", "LinearRunner",
     "LogHistograms", "LogHyperParams", "LogMetrics", "LogTraces", "LogVisualization", "LoggerBackend", "Loss",
@@ -24,8 +24,8 @@ EXPORTED = [
     "StopOnNaNLoss", "StreamBackend", "StreamError", "StreamServer", "TensorBoardBackend", "Text", "Threshold", "TimeLimit",
     "TimeThrottle", "ToDevice", "ToGPU", "Traces", "TrainingPhase", "Unresolvable", "ValidationPhase", "Value",
     "Warmup", "Write", "WriteConflictError", "accesses", "accuracy", "callback_graph", "epoch", "events", "fit",
-    "load_model", "log_to", "loggables", "lr_find", "on", "one_cycle", "phases", "run_epoch", "run_step", "save_model",
-    "set_hyperparameter", "step", "stopping", "subscribe", "test_learner", "throttle",
+    "load_model", "log_to", "loggables", "lr_find", "on", "one_cycle", "phases", "predict", "run_epoch", "run_step",
+    "save_model", "set_hyperparameter", "step", "stopping", "subscribe", "test_learner", "throttle", "validate",
 ]
 
 #: The names of API.md's import-surface table, with the public namespace each is also importable from

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._callback import Callback, on
+from .._evaluation import EvaluationPhase
 from ..events import EpochEnd
 from ..phases import AbstractTrainingPhase, AbstractValidationPhase, Phase
 from .._access import Read
@@ -94,6 +95,8 @@ class EarlyStopping(Callback):
 
     @on(EpochEnd)
     def epoch_end(self, event: EpochEnd, phase: Phase, learner: Any) -> None:
+        if isinstance(phase, EvaluationPhase):
+            return  # validate() neither feeds a fit's criterion nor stops anything
         is_test = isinstance(phase, self.test_phase)
         if not is_test and not isinstance(phase, self.train_phase):
             return
