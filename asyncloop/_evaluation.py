@@ -16,12 +16,11 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-import outcome
 import torch
 
 from ._exceptions import _Aborted
 from ._session import in_session
-from ._threads import Reply
+from ._threads import run_in_thread
 from .phases import ValidationPhase
 
 if TYPE_CHECKING:
@@ -166,23 +165,12 @@ async def _in_thread(model: Any, data: Iterable[Any]) -> torch.Tensor | list[Any
     """:func:`_predict` on a fresh thread; on cancellation, ask it to stop after its batch and wait for it."""
     num_threads = torch.get_num_threads()
     stop = threading.Event()
-    reply: Reply[Any] = Reply()
 
-    def main() -> None:
+    def main() -> torch.Tensor | list[Any]:
         torch.set_num_threads(num_threads)  # a fresh thread starts with torch's default, often far too few
-        reply.send(outcome.capture(_predict, model, data, stop.is_set))
+        return _predict(model, data, stop.is_set)
 
-    thread = threading.Thread(target=main, name="asyncloop-predict", daemon=True)
-    thread.start()
-    try:
-        try:
-            return await reply.receive(grace=0)
-        except BaseException:
-            stop.set()
-            await reply.outcome()  # shielded: the thread finishes its batch and stops
-            raise
-    finally:
-        thread.join()
+    return await run_in_thread(main, name="asyncloop-predict", on_cancel=stop.set)
 
 
 def _model_device(model: Any) -> torch.device | None:

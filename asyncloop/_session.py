@@ -140,23 +140,10 @@ class Session:
         If the caller is cancelled meanwhile, the worker is told to unwind and is waited for (shielded) before
         the cancellation propagates: the thread is never abandoned.
         """
-        reply: Reply[Any] = Reply()
-
-        def main() -> None:
-            reply.send(outcome.Value(outcome.capture(trio.run, self._worker_main, fn, args)))
-
         # A dedicated thread (not trio's thread cache): when the session ends, the thread is gone.
-        thread = threading.Thread(target=main, name="asyncloop-worker", daemon=True)
-        thread.start()
-        try:
-            try:
-                return await reply.receive(grace=0)
-            except BaseException:
-                self.abort()
-                await reply.outcome()  # shielded: the worker unwinds within about one step
-                raise
-        finally:
-            thread.join()  # returns at once: the thread's last act was to deliver its outcome
+        return await run_in_thread(
+            outcome.capture, trio.run, self._worker_main, fn, args, name="asyncloop-worker", on_cancel=self.abort
+        )
 
     async def _worker_main(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
         torch.set_num_threads(self.num_threads)

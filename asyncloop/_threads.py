@@ -67,19 +67,29 @@ class Reply(Generic[T]):
         return (await self.outcome(grace=grace)).unwrap()
 
 
-async def run_in_thread(fn: Callable[..., T], *args: Any, name: str = "asyncloop-io") -> T:
+async def run_in_thread(
+    fn: Callable[..., T], *args: Any, name: str = "asyncloop-io", on_cancel: Callable[[], None] | None = None
+) -> T:
     """Run ``fn(*args)`` in a new dedicated thread and wait for it without blocking the event loop.
 
-    Unlike ``trio.to_thread.run_sync`` no pooled thread survives the call. The wait is shielded: a running
-    function is never abandoned (cancellation takes effect once it returns).
+    Unlike ``trio.to_thread.run_sync`` no pooled thread survives the call. A running function is never
+    abandoned: when the caller is cancelled (or interrupted), ``on_cancel()`` is called if given -- to ask ``fn``
+    to stop early -- and the call still waits for ``fn`` to return before the cancellation propagates.
     """
     reply: Reply[T] = Reply()
     thread = threading.Thread(target=lambda: reply.send(outcome.capture(fn, *args)), name=name, daemon=True)
     thread.start()
     try:
-        return await reply.receive()
+        if on_cancel is None:
+            return await reply.receive()
+        try:
+            return await reply.receive(grace=0)
+        except BaseException:
+            on_cancel()
+            await reply.outcome()  # the function stops as soon as it sees the request
+            raise
     finally:
-        thread.join()
+        thread.join()  # returns at once: the thread's last act was to send its outcome
 
 
 class ActorThread:
