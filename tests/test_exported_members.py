@@ -17,7 +17,7 @@ EXPORTED = [
     "EarlyStopped", "EarlyStopping", "EpochBegin", "EpochEnd", "Event", "EventLogBackend", "EventLogFormatError", "FitBegin", "FitEnd", "FitException",
     "FitResult", "FrequencyThrottle", "GL", "GarbageCollect", "GradientAccumulation", "GradientClipping",
     "Histogram", "History", "HyperParameter", "Image", "InvalidValue", "Learner", "LearningRate", "LinearRunner",
-    "LogHistograms", "LogHyperParams", "LogMetrics", "LogTraces", "LogVisualization", "LoggerBackend", "Loss",
+    "LogConfig", "LogHistograms", "LogHyperParams", "LogMetrics", "LogTraces", "LogVisualization", "LoggerBackend", "Loss",
     "LossBegin", "Metric", "Metrics", "MetricsPrinter", "MixedPrecision", "Never", "NoConflict", "NotDefined",
     "NumberLimit", "NumberSinceBest", "PQ", "Patience", "Phase", "ProgressPrinter", "PropDict", "ProtectedError",
     "Read", "Recorder", "RunFirst", "SanityCheck", "SanityCheckException", "Scheduler", "StepBegin", "StepEnd",
