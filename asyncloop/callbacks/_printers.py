@@ -34,7 +34,7 @@ class tqdm(_tqdm):  # noqa: N801 - tqdm's own name
     monitor_interval = 0
 
 from .._callback import Callback, Handler, on
-from ..events import EpochBegin, EpochEnd, Event, FitBegin, FitEnd, StepEnd
+from ..events import EpochBegin, EpochEnd, Event, FitEnd, StepEnd
 from ..phases import Phase
 from .._access import Read
 from .._containers import History, PropDict
@@ -77,7 +77,10 @@ def _notebook_tqdm() -> type | None:
 
 
 class _Fits:
-    """The ProgressPrinters inside a fit, per output file: two or more on one file switch to plain lines."""
+    """The ProgressPrinters inside a run, per output file: two or more on one file switch to plain lines.
+
+    A printer enters at its run's first ``EpochBegin`` and then looks for others, so of two runs starting at once
+    at most one draws a bar; it leaves at ``FitEnd`` or teardown."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -167,7 +170,7 @@ class ProgressPrinter(Callback):
         self._throttle = TimeThrottle(tqdm_kwargs.get("mininterval", 0.1), StepEnd)
         self._bar: Any = None
         self._started = 0.0
-        self._in_fit: Any = None  # the file this printer's fit is registered on
+        self._in_fit: Any = None  # the file this printer's run is registered on (from its first epoch)
 
     def handler(self, event: type[Event], phase: type[Phase]) -> Handler | None:
         found = super().handler(event, phase)
@@ -203,12 +206,6 @@ class ProgressPrinter(Callback):
             _FITS.leave(self._in_fit, self)
             self._in_fit = None
 
-    @on(FitBegin)
-    def fit_begin(self, event: FitBegin, phase: Phase, learner: Any) -> None:
-        self._leave_fit()
-        self._in_fit = self._file()
-        _FITS.enter(self._in_fit, self)
-
     def _bar_class(self, file: Any) -> type | None:
         """The bar class for this epoch, or None for a plain line."""
         if self.file is None and _in_notebook():
@@ -225,6 +222,10 @@ class ProgressPrinter(Callback):
         data = learner.epoch_data
         total = len(data) if isinstance(data, Sized) else None
         file = self._file()
+        if self._in_fit is not file:  # registered until FitEnd or teardown: enter, then look for others
+            self._leave_fit()
+            self._in_fit = file
+            _FITS.enter(file, self)
         bar_class = self._bar_class(file)
         if bar_class is not None:
             self._bar = bar_class(total=total, desc=f"Epoch {number} {phase}", file=file, **self.tqdm_kwargs)
