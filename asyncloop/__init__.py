@@ -85,6 +85,7 @@ from .loggables import Text as Text
 from .loggables import Value as Value
 from .logging import CSVBackend as CSVBackend
 from .logging import EventLogBackend as EventLogBackend
+from .logging import LogConfig as LogConfig
 from .logging import LogHistograms as LogHistograms
 from .logging import LogHyperParams as LogHyperParams
 from .logging import LogMetrics as LogMetrics
@@ -178,6 +179,7 @@ __all__ = [
     "Learner",
     "LearningRate",
     "LinearRunner",
+    "LogConfig",
     "LogHistograms",
     "LogHyperParams",
     "LogMetrics",

@@ -13,6 +13,7 @@ from asyncloop import (
     ActorRunner,
     CSVBackend,
     LearningRate,
+    LogConfig,
     LogHyperParams,
     LogMetrics,
     Metrics,
@@ -25,7 +26,8 @@ from asyncloop import (
     test_learner,
 )
 from asyncloop.loggables import Histogram, Image, Text, Value
-from asyncloop.logging._csvlog import CSV_COLUMNS
+from asyncloop.logging import HParams
+from asyncloop.logging._csvlog import CSV_COLUMNS, HPARAMS_COLUMNS, hparams_path
 
 
 def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -134,3 +136,35 @@ class TestCSVBackend:
         a, b = CSVBackend(tmp_path / "a.csv"), CSVBackend(tmp_path / "a.csv")
         assert a.run != b.run
         assert repr(a).startswith("CSVBackend(")
+
+
+class TestHParamsSidecar:
+    def test_path(self) -> None:
+        """The sidecar of runs.csv is runs.hparams.csv; a path without .csv gets the suffix appended."""
+        assert hparams_path("logs/runs.csv") == "logs/runs.hparams.csv"
+        assert hparams_path("logs/runs") == "logs/runs.hparams.csv"
+        assert CSVBackend("a/b.csv").hparams_path == "a/b.hparams.csv"
+
+    async def test_config_and_final_rows(self, tmp_path: Path) -> None:
+        """LogConfig writes 'config' rows and 'final' rows to the sidecar; the main file keeps numbers only."""
+        path = tmp_path / "runs.csv"
+        backend = CSVBackend(path, run="r")
+        learner = test_learner(Recorder(), Metrics(), LogMetrics(backend),
+                               LogConfig({"name": "baseline", "lr": 0.5}, backend, optimizer=False), n_batches=2)
+        await fit(learner, 1)
+        header, rows = read_rows(tmp_path / "runs.hparams.csv")
+        assert tuple(header) == HPARAMS_COLUMNS
+        assert [(r["run"], r["stage"], r["name"], r["value"]) for r in rows] == [
+            ("r", "config", "name", "baseline"), ("r", "config", "lr", "0.5"),
+            ("r", "final", "TrainingPhase/Loss", repr(learner.cbstate.metrics_epoch[TrainingPhase()].last("Loss")[1])),
+            ("r", "final", "ValidationPhase/Loss",
+             repr(learner.cbstate.metrics_epoch[ValidationPhase()].last("Loss")[1]))]
+        _, main = read_rows(path)
+        assert all(float(r["value"]) == float(r["value"]) for r in main)
+        assert "HParams" not in {r["tag"].split("/")[0] for r in main}
+
+    def test_sidecar_with_another_header(self, tmp_path: Path) -> None:
+        """A sidecar file with another header is refused, like the main file."""
+        (tmp_path / "runs.hparams.csv").write_text("a,b\n")
+        with pytest.raises(ValueError, match="runs.hparams.csv exists and its header is not run,stage,name,value,time"):
+            log_to(CSVBackend(tmp_path / "runs.csv"), HParams({"a": 1}), "config", 0, "HParams")

@@ -21,6 +21,7 @@ from asyncloop import (
     FitEnd,
     LearningRate,
     LinearRunner,
+    LogConfig,
     LoggerBackend,
     LogHistograms,
     LogHyperParams,
@@ -46,7 +47,8 @@ from asyncloop import (
 )
 from asyncloop.loggables import Histogram, Image, Loggable, RuntimeEvent, Value
 from asyncloop._checkpoint import save_checkpoint
-from asyncloop.logging import EventLogBackend, LogEvents, read_events
+from asyncloop.logging import EventLogBackend, HParams, LogEvents, read_events
+from matchers import exact
 
 RUNNERS = [pytest.param(LinearRunner, id="linear"), pytest.param(ActorRunner, id="actor")]
 LOGGERS = (LogMetrics, LogHyperParams, LogHistograms, LogVisualization, LogTraces, LogEvents)
@@ -274,9 +276,10 @@ class TestLogHyperParams:
         assert learner.optimizer.param_groups[0]["lr"] == 1.0 / 6
 
     async def test_without_scheduler(self) -> None:
-        """Without hyperparameters nothing is logged."""
+        """Without hyperparameters nothing is logged (and it warns: see TestLogHyperParamsWarning)."""
         backend = Recording()
-        await fit(test_learner(Recorder(), LogHyperParams(backend), n_batches=2), 1)
+        with pytest.warns(UserWarning, match="^LogHyperParams has nothing to log"):
+            await fit(test_learner(Recorder(), LogHyperParams(backend), n_batches=2), 1)
         assert backend.calls == []
 
     def test_runs_after_scheduler(self) -> None:
@@ -476,3 +479,73 @@ class TestSameLogsOnBothRunners:
             "events": 2 + 3 * (2 + 8 * 5) + 3 * (2 + 8 * 3), "histograms": 8, "hparams": 24, "images": 6,
             "metrics": 3 * 2 * (8 + 1), "traces": 48}
         assert actor == linear
+
+
+class TestLogConfig:
+    @pytest.mark.parametrize("runner", RUNNERS)
+    async def test_config_at_fit_begin_and_final_metrics_at_fit_end(self, runner: Any) -> None:
+        """LogConfig logs the flattened config with the optimizer's hyperparameters at FitBegin, and the same
+        values with every phase's final epoch metrics at FitEnd."""
+        backend = Recording()
+        learner = test_learner(Recorder(), Metrics(), LogConfig({"batch": 8, "model": {"width": 4}}, backend),
+                               n_batches=2, lr=0.01, runner=runner())
+        await fit(learner, 2)
+        assert [(c[0], c[1], c[2]) for c in backend.calls] == [("HParams", "config", 0), ("HParams", "final", 4)]
+        start, end = backend.calls[0][4], backend.calls[1][4]
+        assert isinstance(start, HParams) and start.metrics is None
+        assert start.hparams["batch"] == 8 and start.hparams["model/width"] == 4
+        assert start.hparams["optimizer/lr"] == 0.01
+        assert start.hparams["optimizer/type"] == type(learner.optimizer).__name__
+        assert end.hparams == start.hparams
+        final = learner.cbstate.metrics_epoch
+        assert end.metrics == {f"{type(p).__name__}/Loss": pytest.approx(final[p].last("Loss")[1])
+                               for p in (TrainingPhase(), ValidationPhase())}
+        assert backend.flushed == 1
+
+    async def test_without_the_optimizer(self) -> None:
+        """optimizer=False logs the config alone."""
+        backend = Recording()
+        await fit(test_learner(Recorder(), LogConfig({"a": 1}, backend, optimizer=False), n_batches=1), 1)
+        assert backend.calls[0][4].hparams == {"a": 1}
+
+    def test_config_comes_first(self) -> None:
+        """A backend passed where the config goes is a TypeError saying the order."""
+        with pytest.raises(TypeError, match=exact(
+                "LogConfig takes the config dict first, then the backends: LogConfig({'lr': 0.1}, backend); got "
+                "Recording() first (use LogConfig({}, backend) to log the optimizer's hyperparameters only)")):
+            LogConfig(Recording())  # type: ignore[arg-type]
+
+    def test_bad_config(self) -> None:
+        """A config that is not a mapping fails when the callback is built."""
+        with pytest.raises(TypeError, match="^LogConfig's config must be a dict"):
+            LogConfig(["lr"], Recording())  # type: ignore[arg-type]
+
+    async def test_event_log_record(self, tmp_path: Path) -> None:
+        """In the event log the config is a record of kind 'hparams' whose value holds hparams and metrics."""
+        path = tmp_path / "run.alog"
+        await fit(test_learner(Recorder(), Metrics(), LogConfig({"lr": 0.1}, EventLogBackend(path)), n_batches=1), 1)
+        records = [r for r in read_events(path) if r["kind"] == "hparams"]
+        assert [(r["name"], r["group"], r["value"]["metrics"] is None) for r in records] == [
+            ("config", ["HParams"], True), ("final", ["HParams"], False)]
+        assert records[0]["value"]["hparams"]["lr"] == 0.1
+        assert set(records[1]["value"]["metrics"]) == {"TrainingPhase/Loss", "ValidationPhase/Loss"}
+
+
+class TestLogHyperParamsWarning:
+    @pytest.mark.parametrize("runner", RUNNERS)
+    async def test_warns_once_without_a_scheduler(self, runner: Any) -> None:
+        """Without a Scheduler (no cbstate.hyperparams) LogHyperParams warns once, saying what to add."""
+        logger = LogHyperParams(Recording())
+        with pytest.warns(UserWarning) as caught:
+            await fit(test_learner(Recorder(), logger, n_batches=3, runner=runner()), 2)
+        assert [str(w.message) for w in caught if w.category is UserWarning] == [LogHyperParams.NOTHING_TO_LOG]
+        assert LogHyperParams.NOTHING_TO_LOG == (
+            "LogHyperParams has nothing to log: cbstate.hyperparams is missing because no Scheduler is in the "
+            "learner's callbacks. Add a Scheduler (e.g. Scheduler({LearningRate: schedule})) to log hyperparameters "
+            "as they change, or use LogConfig(config, backend) to log the optimizer's hyperparameters once")
+
+    async def test_no_warning_with_a_scheduler(self) -> None:
+        """With a Scheduler, even an empty one, there is no warning."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            await fit(test_learner(Recorder(), Scheduler(), LogHyperParams(Recording()), n_batches=2), 1)

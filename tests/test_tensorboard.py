@@ -12,12 +12,14 @@ import pytest
 import torch
 import trio
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from asyncloop import (
     ActorRunner,
     CustomCallback,
     EpochBegin,
     LinearRunner,
+    LogConfig,
     LogMetrics,
     Metrics,
     Recorder,
@@ -174,3 +176,24 @@ class TestTensorBoardBackend:
         backend.close()
         assert not (tmp_path / "later").exists()
         assert repr(backend) == f"TensorBoardBackend({str(tmp_path / 'later')!r})"
+
+
+class TestHParams:
+    async def test_hparams_plugin(self, tmp_path: Path) -> None:
+        """LogConfig's HParams become the HParams plugin's session start (the values), experiment (the final
+        metrics' tags) and session end, in the run's own event file, with the final metrics as scalars."""
+        learner = test_learner(Recorder(), Metrics(), LogConfig({"a": 1, "m": {"s": "x"}}, TensorBoardBackend(tmp_path),
+                                                                 optimizer=False), n_batches=2)
+        await fit(learner, 1)
+        assert len(glob.glob(str(tmp_path / "events.out.tfevents.*"))) == 1
+        run = read_run(tmp_path)
+        content = run.PluginTagToContent("hparams")
+        assert set(content) == {"_hparams_/session_start_info", "_hparams_/experiment", "_hparams_/session_end_info"}
+        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+        assert start.session_start_info.hparams["a"].number_value == 1
+        assert start.session_start_info.hparams["m/s"].string_value == "x"
+        experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+        assert {m.name.tag for m in experiment.metric_infos} == {"HParams/TrainingPhase/Loss",
+                                                                 "HParams/ValidationPhase/Loss"}
+        loss = learner.cbstate.metrics_epoch[ValidationPhase()].last("Loss")[1]
+        assert run.Scalars("HParams/ValidationPhase/Loss")[0].value == pytest.approx(loss)

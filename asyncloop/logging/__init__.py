@@ -5,7 +5,7 @@ the logger's worker thread, never on the training thread or on a trio event loop
 
 * backends: :class:`LoggerBackend`, :func:`log_to`, :class:`TensorBoardBackend`, :class:`CSVBackend`,
   :class:`EventLogBackend`, :class:`StreamBackend` (with :class:`StreamServer`);
-* callbacks: :class:`LogMetrics`, :class:`LogHyperParams`, :class:`LogHistograms`, :class:`LogVisualization`,
+* callbacks: :class:`LogMetrics`, :class:`LogHyperParams`, :class:`LogConfig` (with the :class:`HParams` loggable), :class:`LogHistograms`, :class:`LogVisualization`,
   :class:`LogTraces`, :class:`LogEvents`;
 * readers: :func:`read_events`, :func:`follow` (event log), :func:`subscribe` (stream).
 """
@@ -13,6 +13,7 @@ the logger's worker thread, never on the training thread or on a trio event loop
 from ._backend import LoggerBackend as LoggerBackend
 from ._backend import default_run_name as default_run_name
 from ._backend import log_to as log_to
+from ._callbacks import LogConfig as LogConfig
 from ._callbacks import LogEvents as LogEvents
 from ._callbacks import LogHistograms as LogHistograms
 from ._callbacks import LogHyperParams as LogHyperParams
@@ -25,6 +26,7 @@ from ._eventlog import EventLogFormatError as EventLogFormatError
 from ._eventlog import EventLogReader as EventLogReader
 from ._eventlog import follow as follow
 from ._eventlog import read_events as read_events
+from ._hparams import HParams as HParams
 from ._records import decode_array as decode_array
 from ._stream_backend import StreamBackend as StreamBackend
 from ._stream_client import StreamError as StreamError
@@ -39,6 +41,8 @@ __all__ = [
     "EventLogBackend",
     "EventLogFormatError",
     "EventLogReader",
+    "HParams",
+    "LogConfig",
     "LogEvents",
     "LogHistograms",
     "LogHyperParams",

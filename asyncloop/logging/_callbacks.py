@@ -1,4 +1,4 @@
-"""The logging callbacks: LogMetrics, LogHyperParams, LogHistograms, LogVisualization, LogTraces and LogEvents.
+"""The logging callbacks: LogMetrics, LogHyperParams, LogConfig, LogHistograms, LogVisualization, LogTraces, LogEvents.
 
 All are detached, read-only callbacks: under the :class:`asyncloop.ActorRunner` they get a snapshot of what
 they read, taken after the callbacks that write it ran, and their backends' I/O happens in the logger's own
@@ -14,6 +14,7 @@ callback               tag                                                      
 LogMetrics             ``Step/<Phase>/Metrics/<name>``                            ``history[phase].steps``
                        ``Epoch/<Phase>/Metrics/<name>``                           ``history[phase].epochs``
 LogHyperParams         ``Step/HParams/<name>`` (training steps only)              training steps
+LogConfig              ``HParams/config`` (FitBegin), ``HParams/final`` (FitEnd)  completed training steps
 LogHistograms          ``Step/Histograms/Weights/<parameter name>``               training steps
 LogVisualization       ``Step/Visualization``                                     training steps
 LogTraces              ``Step/<Phase>/Traces/<name>``                             the trace's index
@@ -32,7 +33,8 @@ LogVisualization count only training steps for ``freq`` (FluxTraining's throttle
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -49,6 +51,7 @@ from ..phases import AbstractTrainingPhase, FitPhase, Phase, TrainingPhase
 from .._access import Read
 from .._snapshots import snapshot
 from ._backend import LoggerBackend, log_to
+from ._hparams import HParams, flatten_config, optimizer_hparams
 
 
 def _check_backends(owner: str, backends: Sequence[Any]) -> tuple[LoggerBackend, ...]:
@@ -232,10 +235,24 @@ class LogHyperParams(_Logger):
 
     run_after = (Recorder, Scheduler)
 
+    #: The warning for a fit that has no ``cbstate.hyperparams`` (no Scheduler): given once per LogHyperParams.
+    NOTHING_TO_LOG = (
+        "LogHyperParams has nothing to log: cbstate.hyperparams is missing because no Scheduler is in the "
+        "learner's callbacks. Add a Scheduler (e.g. Scheduler({LearningRate: schedule})) to log hyperparameters "
+        "as they change, or use LogConfig(config, backend) to log the optimizer's hyperparameters once"
+    )
+
+    def __init__(self, *backends: LoggerBackend) -> None:
+        super().__init__(*backends)
+        self._warned = False
+
     def snapshot(self, event: Event, phase: Phase, learner: Any, *, copy: bool = True) -> Any:
         if not isinstance(event, StepEnd):
             return None  # FitEnd only flushes
         hyperparams = learner.cbstate.get("hyperparams")
+        if hyperparams is None and not self._warned:
+            self._warned = True  # on the training thread: the warning points at no actor thread
+            warnings.warn(self.NOTHING_TO_LOG, UserWarning, stacklevel=2)
         if copy and hyperparams:
             hyperparams = snapshot(hyperparams)
         return _Captured(learner.cbstate.history[phase].steps, hyperparams)
@@ -249,6 +266,82 @@ class LogHyperParams(_Logger):
             number = _number(hyperparams.last(name)[1])
             if number is not None:
                 self.log(Value(number), name, index, ("Step", "HParams"))
+
+
+def _final_metrics(learner: Any) -> dict[str, float]:
+    """The last epoch value of every numeric metric of every phase, keyed ``"<Phase>/<name>"``."""
+    final: dict[str, float] = {}
+    for phase, series in (learner.cbstate.get("metrics_epoch") or {}).items():
+        for name in series.keys():
+            number = _number(series.last(name)[1])
+            if number is not None:
+                final[f"{type(phase).__name__}/{name}"] = float(number)
+    return final
+
+
+def _training_steps(learner: Any) -> int:
+    history = learner.cbstate.get("history")
+    key = TrainingPhase()
+    return history[key].steps if history is not None and key in history else 0
+
+
+class LogConfig(_Logger):
+    """Log the run's configuration and the optimizer's hyperparameters once per fit (Lightning's
+    ``save_hyperparameters``), and the final metrics at its end.
+
+    At ``FitBegin`` it logs an :class:`~asyncloop.logging.HParams` with ``config`` flattened (nested dicts become
+    ``a/b`` keys, values that are not numbers, bools or strings become their ``str``) plus, with
+    ``optimizer=True``, every param group's hyperparameters as the fit starts (``optimizer/type``,
+    ``optimizer/lr``, ``optimizer/momentum``, ``optimizer/betas``, ``optimizer/weight_decay``...; several groups:
+    ``optimizer/0/lr``...). At ``FitEnd`` it logs the same values with the final epoch metrics of every phase
+    (``"ValidationPhase/Loss"``). Backends: TensorBoard's HParams plugin, an event-log record of kind
+    ``"hparams"``, rows of a CSV backend's sidecar file (``runs.hparams.csv``); see docs/logging.md.
+
+    The configuration is read and flattened here, so a config that is not a mapping, or two keys that flatten
+    to one name, fail at once, not when the fit starts. The values are copied: changing the dict later
+    changes nothing.
+
+    Example::
+
+        config = {"lr": 0.1, "batch_size": 64, "model": {"width": 128, "depth": 4}}
+        Learner(model, loss_fn, optimizer=SGD(model.parameters(), lr=0.1), callbacks=[LogConfig(config, backend)])
+    """
+
+    state_access = {"optimizer": Read(), "cbstate": {"history": Read(), "metrics_epoch": Read()}}
+    run_after = (Recorder, Metrics, Scheduler)
+
+    def __init__(self, config: Mapping[str, Any], *backends: LoggerBackend, optimizer: bool = True) -> None:
+        if isinstance(config, LoggerBackend):
+            raise TypeError(
+                f"LogConfig takes the config dict first, then the backends: LogConfig({{'lr': 0.1}}, backend); "
+                f"got {config!r} first (use LogConfig({{}}, backend) to log the optimizer's hyperparameters only)"
+            )
+        self.config = flatten_config(config, what="LogConfig's config")
+        super().__init__(*backends)
+        self.optimizer = bool(optimizer)
+        self._hparams: dict[str, Any] = dict(self.config)
+
+    def snapshot(self, event: Event, phase: Phase, learner: Any, *, copy: bool = True) -> Any:
+        # Built on the training thread; the HParams is a fresh object nobody else changes, for both runners.
+        if isinstance(event, FitBegin):
+            values = dict(self.config)
+            if self.optimizer:
+                values.update({k: v for k, v in optimizer_hparams(learner.optimizer).items() if k not in values})
+            self._hparams = values
+            return _Captured(_training_steps(learner), HParams(values))
+        return _Captured(_training_steps(learner), HParams(self._hparams, _final_metrics(learner)))
+
+    @on(FitBegin)
+    def fit_begin(self, event: FitBegin, phase: Phase, learner: Any) -> None:
+        self.log(learner.items, "config", learner.index, ("HParams",))
+
+    @on(FitEnd)
+    def fit_end(self, event: FitEnd, phase: Phase, learner: Any) -> None:
+        self.log(learner.items, "final", learner.index, ("HParams",))
+        super().fit_end(event, phase, learner)
+
+    def __repr__(self) -> str:
+        return f"LogConfig({len(self.config)} values, {', '.join(map(repr, self.backends))})"
 
 
 class _Throttled(_Logger):
@@ -349,7 +442,7 @@ class LogEvents(_Logger):
     """
 
     state_access = {"cbstate": {"history": Read()}}
-    run_after = (Recorder, LogMetrics, LogHyperParams, LogHistograms, LogVisualization, LogTraces)
+    run_after = (Recorder, LogMetrics, LogHyperParams, LogConfig, LogHistograms, LogVisualization, LogTraces)
 
     def __init__(self, *backends: LoggerBackend, events: Sequence[type[Event]] | None = None) -> None:
         super().__init__(*backends)

@@ -5,8 +5,8 @@ Every record is a msgpack map with these keys (more may be added within a versio
 ========  =============  ===================================================================================
 key       type           meaning
 ========  =============  ===================================================================================
-``kind``  str            ``"value"``, ``"text"``, ``"image"``, ``"histogram"``, ``"audio"``, ``"event"``
-                         (a loggable's ``kind``), or ``"open"`` / ``"close"`` (a writer opened or closed
+``kind``  str            ``"value"``, ``"text"``, ``"image"``, ``"histogram"``, ``"audio"``, ``"event"``,
+                         ``"hparams"`` (a loggable's ``kind``), or ``"open"`` / ``"close"`` (a writer opened or closed
                          the log)
 ``t``     float          wall-clock time the record was made (Unix seconds)
 ``run``   str            the backend's run name
@@ -21,7 +21,8 @@ Values: a number (``value``), a str (``text``), ``{"dtype": "uint8", "shape": [H
 (``image``, row-major), ``{"min", "max", "num", "nonfinite", "sum", "sum_squares", "edges", "counts"}``
 (``histogram``), ``{"dtype": "float32", "shape": [n], "data": bytes, "sample_rate"}`` (``audio``,
 little-endian), ``{"phase", "epochs", "steps", "steps_epoch"}`` (``event``, with the event's class name as
-``name``), ``{"format", "asyncloop", "pid", "host"}`` (``open``) and ``{"records"}`` (``close``).
+``name``), ``{"hparams": {str: number or str}, "metrics": {str: float} or None}`` (``hparams``; ``metrics`` is None
+at a run's start), ``{"format", "asyncloop", "pid", "host"}`` (``open``) and ``{"records"}`` (``close``).
 :func:`decode_array` turns the array dicts back into NumPy arrays.
 
 The live stream adds one control record, ``{"kind": "dropped", "t": float, "count": int}``: ``count`` records

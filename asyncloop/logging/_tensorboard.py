@@ -8,6 +8,7 @@ from typing import Any
 
 from ..loggables import Audio, Histogram, Image, Loggable, Text, Value
 from ._backend import LazyResource, LoggerBackend
+from ._hparams import HParams
 
 
 class TensorBoardBackend(LoggerBackend):
@@ -18,6 +19,12 @@ class TensorBoardBackend(LoggerBackend):
     first part. Logs :class:`~asyncloop.loggables.Value` (scalars), :class:`~asyncloop.loggables.Text`,
     :class:`~asyncloop.loggables.Image`, :class:`~asyncloop.loggables.Histogram` and
     :class:`~asyncloop.loggables.Audio`; skips other loggables.
+
+    :class:`~asyncloop.logging.HParams` (from :class:`asyncloop.LogConfig`) goes to TensorBoard's HParams
+    plugin, in this run's own event file (not in a sub-run as ``SummaryWriter.add_hparams`` does): the run's
+    start writes the session's hyperparameters; its end writes each final metric as a scalar
+    ``HParams/<Phase>/<name>`` at the last training step, the experiment (which names those metrics as the HPARAMS
+    tab's columns) and the session's end. A fit that fails before ``FitEnd`` still shows its hyperparameters.
 
     Args:
         logdir: the run's directory (created when the first value is logged).
@@ -65,6 +72,8 @@ class TensorBoardBackend(LoggerBackend):
                     writer.add_histogram(tag, values, index, bins=loggable.bins)
             elif isinstance(loggable, Audio):
                 writer.add_audio(tag, loggable.data, index, sample_rate=loggable.sample_rate)
+            elif isinstance(loggable, HParams):
+                _add_hparams(writer, loggable, index)
 
     def flush(self) -> None:
         """Write everything logged so far to the event file."""
@@ -81,6 +90,23 @@ class TensorBoardBackend(LoggerBackend):
 
     def __repr__(self) -> str:
         return f"TensorBoardBackend({self.logdir!r})"
+
+
+def _add_hparams(writer: Any, loggable: HParams, index: int) -> None:
+    """The HParams plugin's summaries for a run's start (session start) or end (final metrics, experiment, end)."""
+    from torch.utils.tensorboard.summary import hparams
+
+    file_writer = writer._get_file_writer()
+    if loggable.metrics is None:
+        _experiment, start, _end = hparams(dict(loggable.hparams), {})
+        file_writer.add_summary(start, index)
+        return
+    metrics = {f"HParams/{name}": value for name, value in loggable.metrics.items()}
+    for tag, value in metrics.items():
+        writer.add_scalar(tag, value, index)
+    experiment, _start, end = hparams(dict(loggable.hparams), metrics)
+    file_writer.add_summary(experiment, index)
+    file_writer.add_summary(end, index)
 
 
 def _flush(writer: Any) -> None:
