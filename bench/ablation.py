@@ -203,16 +203,6 @@ def _dispatcher_looking_up_plans(self: Any, phase: Any) -> Any:
     return _session.Dispatcher(phase, dispatch, handle)
 
 
-class _FreshPhase:
-    """Runs each epoch with a new phase instance (phase-keyed dict lookups then compare with ``__eq__``)."""
-
-    def __init__(self, cls: type) -> None:
-        self.cls = cls
-
-    async def epoch(self, learner: Any, data: Any) -> None:
-        await self.cls().epoch(learner, data)
-
-
 _ReadOnly = _views._ReadOnlyView
 
 #: name -> (what the trick is, the configuration that exercises it, runner options, the swaps switching it off)
@@ -236,10 +226,6 @@ TRICKS: dict[str, tuple[str, str, dict[str, Any], tuple[tuple[Any, str, Any], ..
     "dispatcher plan cache": (
         "the session's dispatcher keeps each event type's plan (off: Runner.plan looked up per event)",
         "linear_defaults", {}, ((_session.Session, "_make_dispatcher", _dispatcher_looking_up_plans),)),
-    "shared phase instances": (
-        "fit uses one instance per built-in phase (off: a new one per epoch: dict lookups call __eq__)",
-        "linear_defaults", {}, ((_training, "_TRAINING", _FreshPhase(asyncloop.TrainingPhase)),
-                                (_training, "_VALIDATION", _FreshPhase(asyncloop.ValidationPhase)))),
     "lazy gradient mapping": (
         "step.grads is one lazy mapping per model (off: a dict of gradients built per step)",
         "linear_defaults", {}, ((_learner.Learner, "gradients", _fresh_gradients),)),
