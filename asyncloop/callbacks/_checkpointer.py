@@ -364,3 +364,7 @@ def _check_folder(folder: Path) -> None:
         raise CheckpointError(
             f"Checkpointer cannot write to {folder}: {exc.strerror or exc}; pass a folder it can create and write to"
         ) from exc
+
+
+# Checkpoints key callbacks' state by class name: a step checkpointer's state loads into a plain one and back.
+_StepCheckpointer.__name__ = _StepCheckpointer.__qualname__ = "Checkpointer"
