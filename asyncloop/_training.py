@@ -119,10 +119,12 @@ class _Limited:
     does, does not add to the steps of the epoch's own pass).
     """
 
-    __slots__ = ("data", "limit", "count")
+    __slots__ = ("data", "limit", "count", "after_step")
 
     def __init__(self, data: Iterable[Any], limit: int | None) -> None:
         self.data, self.limit, self.count = data, limit, 0
+        #: Awaited by ``Phase.epoch`` after each step when set (``val_every_n_steps``).
+        self.after_step: Callable[[], Awaitable[None]] | None = None
 
     def __iter__(self) -> Iterator[Any]:
         n, limit = 0, self.limit
@@ -164,6 +166,7 @@ class _Plan:
     limit_train_batches: int | None
     limit_val_batches: int | None
     val_every_n_epochs: int
+    val_every_n_steps: int | None
 
 
 async def fit(
@@ -178,6 +181,7 @@ async def fit(
     limit_train_batches: int | None = None,
     limit_val_batches: int | None = None,
     val_every_n_epochs: int = 1,
+    val_every_n_steps: int | None = None,
 ) -> FitResult:
     """Train ``learner`` for ``n_epochs`` epochs of training, each followed by a validation epoch.
 
@@ -202,7 +206,10 @@ async def fit(
     ``limit="max_steps"`` and ``stopped=False``); ``limit_train_batches`` / ``limit_val_batches`` cut every
     training / validation epoch to that many batches (ints; a partial epoch still counts as an epoch);
     ``val_every_n_epochs=n`` validates only after training epochs whose total number (as ``until_epoch`` counts)
-    is a multiple of ``n``.
+    is a multiple of ``n``. ``val_every_n_steps=n`` instead runs a whole validation epoch after every ``n``-th
+    training batch (counted across fits), *inside* the training epoch (between its steps, before its
+    ``EpochEnd``), and none at epoch ends: each such run counts as one validation epoch in the histories. It needs
+    a training phase that keeps the default :meth:`Phase.epoch` (custom ``step`` only).
 
     Works as ``trio.run(asyncloop.fit, learner, 3)`` and as ``await asyncloop.fit(learner, 3)`` in a running trio
     program. The loop runs on a worker thread; cancelling the caller (a cancel scope, Ctrl-C) stops it within
@@ -226,7 +233,13 @@ async def fit(
         _check_count("limit_train_batches", limit_train_batches, 0),
         _check_count("limit_val_batches", limit_val_batches, 0),
         _check_count("val_every_n_epochs", val_every_n_epochs),  # type: ignore[arg-type]
+        _check_count("val_every_n_steps", val_every_n_steps),
     )
+    if val_every_n_steps is not None and type(training).epoch is not Phase.epoch:
+        raise ValueError(
+            f"val_every_n_steps validates between the steps of Phase.epoch, and {type(training).__name__} overrides "
+            f"epoch(); keep the default epoch() (customise step() only) or use val_every_n_epochs"
+        )
     batches = learner.data if data is None else as_data(data)
     if (n_epochs or until_epoch) and batches.get("training") is None:
         raise ValueError(
@@ -263,6 +276,7 @@ async def _fit(learner: Learner, plan: _Plan, batches: PropDict) -> FitResult:
     if batches.get("validation") is None:
         validation = None
     before = _epochs_done(learner, training, required=plan.until_epoch is not None)
+    steps_before = _steps_done(learner, training)
     n_epochs = plan.n_epochs if plan.until_epoch is None else max(0, plan.until_epoch - before)
     reason: CancelFittingException | None = None
     limit: str | None = None
@@ -275,12 +289,18 @@ async def _fit(learner: Learner, plan: _Plan, batches: PropDict) -> FitResult:
                 left = plan.max_steps - steps
                 per_epoch = left if per_epoch is None else min(per_epoch, left)
             train = _limit(batches["training"], per_epoch)
+            if validation is not None and plan.val_every_n_steps is not None:
+                train.after_step = _validate_every(learner, plan, validation, batches, steps_before + steps, train)
             try:
                 await training.epoch(learner, train)
             finally:
                 steps += train.count
             done += 1
-            if validation is not None and (before + done) % plan.val_every_n_epochs == 0:
+            if (
+                validation is not None
+                and plan.val_every_n_steps is None
+                and (before + done) % plan.val_every_n_epochs == 0
+            ):
                 await validation.epoch(learner, _limited(batches["validation"], plan.limit_val_batches))
             if plan.max_steps is not None and steps >= plan.max_steps:
                 limit = "max_steps"
@@ -295,6 +315,39 @@ async def _fit(learner: Learner, plan: _Plan, batches: PropDict) -> FitResult:
     if reason is None and isinstance(late, CancelFittingException):
         reason = late
     return FitResult(done, reason is not None, reason, steps=steps, limit=None if reason is not None else limit)
+
+
+def _steps_done(learner: Learner, phase: Phase) -> int:
+    """Training steps completed so far, across fits and resumes (0 without a Recorder)."""
+    history = learner.cbstate.get("history")
+    counted = None if history is None else history.get(phase)
+    return 0 if counted is None else counted.steps
+
+
+def _validate_every(
+    learner: Learner,
+    plan: _Plan,
+    validation: AbstractValidationPhase,
+    batches: PropDict,
+    done: int,
+    train: _Limited,
+) -> Callable[[], Awaitable[None]]:
+    """The ``after_step`` of a training epoch under ``val_every_n_steps``: a whole validation epoch after every
+    ``val_every_n_steps``-th training step (counted across fits, from ``done``), inside the training epoch."""
+    every = plan.val_every_n_steps
+    assert every is not None
+    count = done
+
+    async def after_step() -> None:
+        nonlocal count
+        count += 1
+        if count % every:
+            return
+        epoch_data = learner.epoch_data
+        await validation.epoch(learner, _limited(batches["validation"], plan.limit_val_batches))
+        learner.epoch_data = epoch_data  # the training epoch's data again, for its callbacks
+
+    return after_step
 
 
 def _limited(data: Iterable[Any], limit: int | None) -> Iterable[Any]:

@@ -922,6 +922,36 @@ class TestLimitsAndCadence:
         trio.run(lambda: fit(learner, 1, val_every_n_epochs=2))  # total epoch 4
         assert count.epochs == {"TrainingPhase": 4, "ValidationPhase": 2}
 
+    def test_val_every_n_steps(self, event_log: Any) -> None:
+        """val_every_n_steps=3 runs a validation epoch inside the training epoch after steps 3 and 6, and none at
+        the epochs' ends; the training epoch's data is back for its callbacks afterwards."""
+        lengths: list[int] = []
+        seen = CustomCallback(lambda learner: lengths.append(len(learner.epoch_data)), EpochEnd, TrainingPhase,
+                              access={"epoch_data": Read()})
+        learner = test_learner(event_log, seen, Recorder(), n_batches=4)
+        learner.data = PropDict(training=learner.data.training, validation=learner.data.validation[:1])
+        trio.run(lambda: fit(learner, 2, val_every_n_steps=3))
+        epochs = [e for e in event_log.events if e[0] in ("EpochBegin", "EpochEnd")]
+        assert epochs == [("EpochBegin", T), ("EpochBegin", V), ("EpochEnd", V), ("EpochEnd", T),
+                          ("EpochBegin", T), ("EpochBegin", V), ("EpochEnd", V), ("EpochEnd", T)]
+        steps = [e[1] for e in event_log.events if e[0] == "StepEnd"]
+        assert steps == [T, T, T, V, T, T, T, V, T, T]
+        assert learner.cbstate.history[ValidationPhase()].epochs == 2
+        assert lengths == [4, 4]
+
+    def test_val_every_n_steps_needs_the_default_epoch(self) -> None:
+        """val_every_n_steps with a training phase that overrides epoch() is a clear error."""
+
+        class OwnEpoch(DictTraining):
+            async def epoch(self, learner: Learner, data: Any) -> None:
+                pass
+
+        with pytest.raises(ValueError, match=exact(
+            "val_every_n_steps validates between the steps of Phase.epoch, and OwnEpoch overrides epoch(); keep the "
+            "default epoch() (customise step() only) or use val_every_n_epochs"
+        )):
+            trio.run(lambda: fit(test_learner(), 1, phases=(OwnEpoch(), None), val_every_n_steps=2))
+
     def test_until_epoch(self) -> None:
         """until_epoch=n trains until n training epochs in total; nothing runs when already there."""
         learner = test_learner(Recorder(), n_batches=1)
