@@ -107,6 +107,23 @@ class Checkpointer(Callback):
     :class:`asyncloop.Metrics` records for ``phase`` (default: the training loss, as FluxTraining; use
     ``phase=ValidationPhase`` for validation metrics). An unknown name is an error at the first checkpoint.
 
+    Which phase's values: ``phase`` stands for its kind. The value is read under ``phase()`` itself when it
+    recorded metrics, else under the one phase of the same kind (any ``AbstractTrainingPhase`` for a training
+    class, any ``AbstractValidationPhase`` for a validation class) that ran, so ``phase=ValidationPhase`` follows
+    a custom validation phase given to ``fit(phases=...)``. It is that phase's latest recorded value: with
+    ``fit(val_every_n_epochs=n)`` an epoch without validation carries the last validation value, and epochs
+    before the first validation are not saved. A monitor no such phase recorded during the whole fit is a
+    ``ValueError`` at ``FitEnd`` naming the monitor, the phases it looked in and the metrics that exist (no
+    ``nan`` file names); without :class:`asyncloop.Metrics` it is an error at the first checkpoint.
+
+    Step checkpoints: ``every_n_steps=n`` also saves ``checkpoint_step_{steps:07d}.pt`` after every ``n``-th
+    training step (``steps`` counts training steps across fits, as the Recorder does). Only the newest step
+    checkpoint is kept (a rolling recovery point; ``keep_top_k`` ranks epoch checkpoints only). ``save_last=True``
+    also writes ``last.pt`` with every checkpoint (epoch or step): always the newest state. ``latest`` names the
+    newest checkpoint of either kind. A resume from a step checkpoint taken mid-epoch restores the state of that
+    step and starts a *new* epoch: the interrupted epoch is not counted as done, so it runs again from its first
+    batch (``fit(..., until_epoch=)`` then still ends at the same epoch number).
+
     Durability: each file is written to a temporary file in ``folder``, flushed, fsynced and renamed, and the
     folder is fsynced; only then does ``latest`` move and are pruned files deleted. A crash leaves complete files
     only. A write that fails (a full disk) ends the fit with :class:`asyncloop.CheckpointError` naming the file
