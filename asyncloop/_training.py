@@ -202,7 +202,7 @@ async def fit(
     learner is already there). Pass exactly one of the two.
 
     Limits and cadence (Lightning's names): ``max_steps`` ends the fit after that many training batches in this
-    call (the epoch it falls in ends there cleanly, its validation runs, then ``FitEnd``; the result has
+    call (the epoch it falls in ends there cleanly, validates as the cadence says, then ``FitEnd``; the result has
     ``limit="max_steps"`` and ``stopped=False``); ``limit_train_batches`` / ``limit_val_batches`` cut every
     training / validation epoch to that many batches (ints; a partial epoch still counts as an epoch);
     ``val_every_n_epochs=n`` validates only after training epochs whose total number (as ``until_epoch`` counts)

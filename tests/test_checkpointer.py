@@ -648,7 +648,7 @@ trio.run(fit, learner, 1)
 """
 
 
-class DictTraining(AbstractTrainingPhase):
+class CkptDictTraining(AbstractTrainingPhase):
     """A custom training phase (the supervised step on ``{"x", "y"}`` dict batches)."""
 
     __test__ = False
@@ -665,7 +665,7 @@ class DictTraining(AbstractTrainingPhase):
         return await run_step(step_fn, learner, self, {"xs": batch["x"], "ys": batch["y"]})
 
 
-class DictValidation(AbstractValidationPhase):
+class CkptDictValidation(AbstractValidationPhase):
     """A custom validation phase on dict batches."""
 
     __test__ = False
@@ -689,8 +689,8 @@ class TestMonitorUnderAnyPhase:
     def test_custom_training_phase(self, tmp_path: Path) -> None:
         """The default monitor (training Loss) is found under a custom training phase: no nan in the names."""
         learner = dict_learner(Checkpointer(tmp_path), Recorder(), Metrics())
-        trio.run(lambda: fit(learner, 2, phases=(DictTraining(), None)))
-        losses = learner.cbstate.metrics_epoch[DictTraining()].values("Loss")
+        trio.run(lambda: fit(learner, 2, phases=(CkptDictTraining(), None)))
+        losses = learner.cbstate.metrics_epoch[CkptDictTraining()].values("Loss")
         assert checkpoints(tmp_path) == [f"checkpoint_epoch_{i + 1:03d}_loss_{v!r}.pt" for i, v in enumerate(losses)]
 
     @pytest.mark.parametrize("runner", RUNNERS)
@@ -698,8 +698,8 @@ class TestMonitorUnderAnyPhase:
         """phase=ValidationPhase finds the values of the custom AbstractValidationPhase that ran instead."""
         cb = Checkpointer(tmp_path, phase=ValidationPhase)
         learner = dict_learner(cb, Recorder(), Metrics(), runner=runner())
-        trio.run(lambda: fit(learner, 2, phases=(DictTraining(), DictValidation())))
-        losses = learner.cbstate.metrics_epoch[DictValidation()].values("Loss")
+        trio.run(lambda: fit(learner, 2, phases=(CkptDictTraining(), CkptDictValidation())))
+        losses = learner.cbstate.metrics_epoch[CkptDictValidation()].values("Loss")
         assert checkpoints(tmp_path) == [f"checkpoint_epoch_{i + 1:03d}_loss_{v!r}.pt" for i, v in enumerate(losses)]
 
     def test_monitor_recorded_nowhere(self, tmp_path: Path) -> None:
