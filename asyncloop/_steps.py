@@ -97,12 +97,15 @@ async def default_epoch(learner: Learner, phase: Phase, data: Iterable[Any]) -> 
     learner.epoch_data = data
     session = learner.session
     step = phase.step
+    after_step = getattr(data, "after_step", None)  # fit(val_every_n_steps=) validates between steps
 
     async def steps(handle: Handle) -> None:
         for batch in data:
             if session.abort_requested:  # type: ignore[union-attr]
                 raise _Aborted()
             await step(learner, batch)
+            if after_step is not None:
+                await after_step()
 
     await run_epoch(learner, phase, steps)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ from ._session import in_session
 from ._steps import Handle
 from ._threads import run_in_thread
 from .events import FitBegin, FitEnd
-from .phases import FitPhase, Phase, TrainingPhase, ValidationPhase
+from .phases import AbstractTrainingPhase, AbstractValidationPhase, FitPhase, Phase, TrainingPhase, ValidationPhase
 from ._containers import PropDict
 
 if TYPE_CHECKING:
@@ -39,8 +39,6 @@ if TYPE_CHECKING:
 
 _FIT_BEGIN, _FIT_END = FitBegin(), FitEnd()
 _FIT_PHASE = FitPhase()
-#: One instance per built-in phase for every fit: phase-keyed dicts (histories, metrics) then match by identity.
-_TRAINING, _VALIDATION = TrainingPhase(), ValidationPhase()
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,10 @@ class FitResult:
     * ``stopped``: ``True`` when a ``CancelFittingException`` ended the fit early, and ``reason`` is that
       exception (e.g. from ``EarlyStopping`` or ``StopOnNaNLoss``: tell them apart by type or message);
     * ``statistics``: per-callback costs (see :class:`asyncloop.runners.ActorStatistics`);
-    * ``elapsed``: wall-clock seconds of the whole call (including the wait for detached actors to finish).
+    * ``elapsed``: wall-clock seconds of the whole call (including the wait for detached actors to finish);
+    * ``steps``: training batches this call ran (a step a callback cancelled counts too);
+    * ``limit``: ``"max_steps"`` when ``fit(..., max_steps=)`` ended the fit, else ``None``. Reaching a limit
+      the caller set is not an early stop: ``stopped`` stays ``False``.
     """
 
     epochs: int
@@ -59,6 +60,8 @@ class FitResult:
     reason: CancelFittingException | None = None
     statistics: tuple[ActorStatistics, ...] = field(default=(), repr=False)
     elapsed: float = 0.0
+    steps: int = 0
+    limit: str | None = None
 
 
 def _check_phase(phase: Any) -> Phase:
@@ -69,53 +72,239 @@ def _check_phase(phase: Any) -> Phase:
     return phase
 
 
-async def fit(learner: Learner, n_epochs: int, data: Any = None, *, resume: Any = None) -> FitResult:
+def _check_count(name: str, value: Any, minimum: int = 1) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        hint = " (a float fraction is not supported: pass a number of batches)" if isinstance(value, float) else ""
+        raise ValueError(f"{name} must be None or an int >= {minimum}, got {value!r}{hint}")
+    return value
+
+
+def _check_phases(phases: Any) -> tuple[AbstractTrainingPhase, AbstractValidationPhase | None]:
+    """The ``phases=`` argument of :func:`fit`: default phases built per fit, or a checked pair."""
+    if phases is None:
+        return TrainingPhase(), ValidationPhase()
+    if not isinstance(phases, (tuple, list)) or len(phases) != 2:
+        raise TypeError(
+            f"phases must be a pair (training_phase, validation_phase), e.g. (MyTraining(), ValidationPhase()) "
+            f"or (MyTraining(), None), got {phases!r}"
+        )
+    checked = []
+    for value, kind, label in (
+        (phases[0], AbstractTrainingPhase, "training"),
+        (phases[1], AbstractValidationPhase, "validation"),
+    ):
+        if value is None and kind is AbstractValidationPhase:
+            checked.append(None)
+            continue
+        if isinstance(value, type):
+            raise TypeError(
+                f"phases[{len(checked)}]: pass a phase instance: {value.__name__}(), not {value.__name__}"
+            )
+        if not isinstance(value, kind):
+            other = "" if kind is AbstractTrainingPhase else " or None"
+            raise TypeError(
+                f"phases[{len(checked)}] must be the {label} phase, an instance of a {kind.__name__} subclass"
+                f"{other}, got {value!r}"
+            )
+        checked.append(value)
+    return checked[0], checked[1]
+
+
+class _Limited:
+    """``data`` cut to at most ``limit`` batches per pass (``None``: all).
+
+    ``count``: the most batches one pass yielded (a callback peeking at the first batch, as ``SanityCheck``
+    does, does not add to the steps of the epoch's own pass).
+    """
+
+    __slots__ = ("data", "limit", "count", "after_step")
+
+    def __init__(self, data: Iterable[Any], limit: int | None) -> None:
+        self.data, self.limit, self.count = data, limit, 0
+        #: Awaited by ``Phase.epoch`` after each step when set (``val_every_n_steps``).
+        self.after_step: Callable[[], Awaitable[None]] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        n, limit = 0, self.limit
+        if limit is not None and limit <= 0:
+            return
+        try:
+            for batch in self.data:
+                n += 1
+                yield batch
+                if n == limit:
+                    return
+        finally:
+            self.count = max(self.count, n)
+
+
+class _SizedLimited(_Limited):
+    """:class:`_Limited` over data with a ``len``: progress bars still know the epoch's length."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        n = len(self.data)  # type: ignore[arg-type]
+        return n if self.limit is None else min(n, self.limit)
+
+
+def _limit(data: Iterable[Any], limit: int | None) -> _Limited:
+    return (_SizedLimited if isinstance(data, Sized) else _Limited)(data, limit)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one :func:`fit` call runs: its phases, epoch count and limits (checked)."""
+
+    training: AbstractTrainingPhase
+    validation: AbstractValidationPhase | None
+    n_epochs: int | None
+    until_epoch: int | None
+    max_steps: int | None
+    limit_train_batches: int | None
+    limit_val_batches: int | None
+    val_every_n_epochs: int
+    val_every_n_steps: int | None
+
+
+async def fit(
+    learner: Learner,
+    n_epochs: int | None = None,
+    data: Any = None,
+    *,
+    phases: tuple[AbstractTrainingPhase, AbstractValidationPhase | None] | None = None,
+    resume: Any = None,
+    until_epoch: int | None = None,
+    max_steps: int | None = None,
+    limit_train_batches: int | None = None,
+    limit_val_batches: int | None = None,
+    val_every_n_epochs: int = 1,
+    val_every_n_steps: int | None = None,
+) -> FitResult:
     """Train ``learner`` for ``n_epochs`` epochs of training, each followed by a validation epoch.
 
     ``data`` overrides ``learner.data`` for this call (a pair or a mapping, as for :class:`Learner`). Without
     validation data the validation epochs are skipped. Fires ``FitBegin`` first and ``FitEnd`` last (also after a
     ``CancelFittingException``, which ends the fit cleanly: the result has ``stopped=True``).
 
+    ``phases=(training_phase, validation_phase)``: the phases whose ``epoch``/``step`` run, default
+    ``(TrainingPhase(), ValidationPhase())``. Any :class:`AbstractTrainingPhase` / :class:`AbstractValidationPhase`
+    instances work, with every callback, ``resume=`` and the result as for the built-in ones (a custom step for
+    dict batches, several inputs, two optimizers); ``validation_phase=None`` runs no validation.
+
     ``resume``: a checkpoint file written by :class:`asyncloop.Checkpointer` (or its folder, meaning the latest
     checkpoint there). The learner's full training state (weights, optimizer, callbacks' state, histories, RNG)
     is restored first, as :meth:`Learner.load_checkpoint`, then ``n_epochs`` *more* epochs run: 2 epochs, then a
-    resume for 2, end exactly where 4 epochs straight would.
+    resume for 2, end exactly where 4 epochs straight would. ``until_epoch=15`` instead of ``n_epochs`` means
+    "until 15 training epochs in total" (counted by the Recorder, across fits and resumes; nothing runs when the
+    learner is already there). Pass exactly one of the two.
+
+    Limits and cadence (Lightning's names): ``max_steps`` ends the fit after that many training batches in this
+    call (the epoch it falls in ends there cleanly, validates as the cadence says, then ``FitEnd``; the result has
+    ``limit="max_steps"`` and ``stopped=False``); ``limit_train_batches`` / ``limit_val_batches`` cut every
+    training / validation epoch to that many batches (ints; a partial epoch still counts as an epoch);
+    ``val_every_n_epochs=n`` validates only after training epochs whose total number (as ``until_epoch`` counts)
+    is a multiple of ``n``. ``val_every_n_steps=n`` instead runs a whole validation epoch after every ``n``-th
+    training batch (counted across fits), *inside* the training epoch (between its steps, before its
+    ``EpochEnd``), and none at epoch ends: each such run counts as one validation epoch in the histories. It needs
+    a training phase that keeps the default :meth:`Phase.epoch` (custom ``step`` only).
 
     Works as ``trio.run(asyncloop.fit, learner, 3)`` and as ``await asyncloop.fit(learner, 3)`` in a running trio
     program. The loop runs on a worker thread; cancelling the caller (a cancel scope, Ctrl-C) stops it within
     about one step, and ``fit`` returns or raises only once the worker and every actor are gone. One fit per
     learner at a time.
     """
-    if isinstance(n_epochs, bool) or not isinstance(n_epochs, int) or n_epochs < 0:
+    if (n_epochs is None) == (until_epoch is None):
+        raise TypeError(
+            "fit needs exactly one of n_epochs (how many more epochs) and until_epoch (train until that many "
+            f"epochs in total), got n_epochs={n_epochs!r}, until_epoch={until_epoch!r}"
+        )
+    if n_epochs is not None and (isinstance(n_epochs, bool) or not isinstance(n_epochs, int) or n_epochs < 0):
         raise ValueError(f"n_epochs must be an int >= 0, got {n_epochs!r}")
+    training, validation = _check_phases(phases)
+    plan = _Plan(
+        training,
+        validation,
+        n_epochs,
+        _check_count("until_epoch", until_epoch, 0),
+        _check_count("max_steps", max_steps, 0),
+        _check_count("limit_train_batches", limit_train_batches, 0),
+        _check_count("limit_val_batches", limit_val_batches, 0),
+        _check_count("val_every_n_epochs", val_every_n_epochs),  # type: ignore[arg-type]
+        _check_count("val_every_n_steps", val_every_n_steps),
+    )
+    if val_every_n_steps is not None and type(training).epoch is not Phase.epoch:
+        raise ValueError(
+            f"val_every_n_steps validates between the steps of Phase.epoch, and {type(training).__name__} overrides "
+            f"epoch(); keep the default epoch() (customise step() only) or use val_every_n_epochs"
+        )
     batches = learner.data if data is None else as_data(data)
-    if n_epochs and batches.get("training") is None:
+    if (n_epochs or until_epoch) and batches.get("training") is None:
         raise ValueError(
             "learner has no training data: pass data=(train_batches, valid_batches) to Learner or to fit"
         )
     t0 = time.perf_counter()
     if resume is not None:
         await run_in_thread(learner.load_checkpoint, resume, name="asyncloop-resume")
-    result = await in_session(learner, _fit, learner, n_epochs, batches)
+    result = await in_session(learner, _fit, learner, plan, batches)
     # After the drain: detached actors' time and events are complete; copies, so a later fit leaves them alone.
     statistics = tuple(copy.copy(s) for s in learner.runner.statistics())
     return dataclasses.replace(result, elapsed=time.perf_counter() - t0, statistics=statistics)
 
 
-async def _fit(learner: Learner, n_epochs: int, batches: PropDict) -> FitResult:
+def _epochs_done(learner: Learner, phase: Phase, *, required: bool) -> int:
+    """Training epochs completed so far, across fits and resumes, as the Recorder counts them."""
+    history = learner.cbstate.get("history")
+    if history is None:
+        if required:
+            raise ValueError(
+                "fit(until_epoch=) counts the epochs the Recorder records, and there is no Recorder; add "
+                "Recorder() (a default callback) or pass n_epochs"
+            )
+        return 0
+    counted = history.get(phase)
+    return 0 if counted is None else counted.epochs
+
+
+async def _fit(learner: Learner, plan: _Plan, batches: PropDict) -> FitResult:
     learner.check_optimizer()
     learner.runner.reset_statistics()
     handle = learner.session.dispatcher(_FIT_PHASE).handle  # type: ignore[union-attr]
-    training, validation = _TRAINING, _VALIDATION
+    training, validation = plan.training, plan.validation
+    if batches.get("validation") is None:
+        validation = None
+    before = _epochs_done(learner, training, required=plan.until_epoch is not None)
+    steps_before = _steps_done(learner, training)
+    n_epochs = plan.n_epochs if plan.until_epoch is None else max(0, plan.until_epoch - before)
     reason: CancelFittingException | None = None
-    done = 0
+    limit: str | None = None
+    done = steps = 0
     try:
         await handle(_FIT_BEGIN)
-        for _ in range(n_epochs):
-            await training.epoch(learner, batches["training"])
+        for _ in range(n_epochs):  # type: ignore[arg-type]
+            per_epoch = plan.limit_train_batches
+            if plan.max_steps is not None:
+                left = plan.max_steps - steps
+                per_epoch = left if per_epoch is None else min(per_epoch, left)
+            train = _limit(batches["training"], per_epoch)
+            if validation is not None and plan.val_every_n_steps is not None:
+                train.after_step = _validate_every(learner, plan, validation, batches, steps_before + steps, train)
+            try:
+                await training.epoch(learner, train)
+            finally:
+                steps += train.count
             done += 1
-            if batches.get("validation") is not None:
-                await validation.epoch(learner, batches["validation"])
+            if (
+                validation is not None
+                and plan.val_every_n_steps is None
+                and (before + done) % plan.val_every_n_epochs == 0
+            ):
+                await validation.epoch(learner, _limited(batches["validation"], plan.limit_val_batches))
+            if plan.max_steps is not None and steps >= plan.max_steps:
+                limit = "max_steps"
+                break
     except CancelFittingException as exc:
         reason = exc
     try:
@@ -125,7 +314,44 @@ async def _fit(learner: Learner, n_epochs: int, batches: PropDict) -> FitResult:
     late = await learner.session.drain()  # type: ignore[union-attr]  # detached actors' last requests count too
     if reason is None and isinstance(late, CancelFittingException):
         reason = late
-    return FitResult(done, reason is not None, reason)
+    return FitResult(done, reason is not None, reason, steps=steps, limit=None if reason is not None else limit)
+
+
+def _steps_done(learner: Learner, phase: Phase) -> int:
+    """Training steps completed so far, across fits and resumes (0 without a Recorder)."""
+    history = learner.cbstate.get("history")
+    counted = None if history is None else history.get(phase)
+    return 0 if counted is None else counted.steps
+
+
+def _validate_every(
+    learner: Learner,
+    plan: _Plan,
+    validation: AbstractValidationPhase,
+    batches: PropDict,
+    done: int,
+    train: _Limited,
+) -> Callable[[], Awaitable[None]]:
+    """The ``after_step`` of a training epoch under ``val_every_n_steps``: a whole validation epoch after every
+    ``val_every_n_steps``-th training step (counted across fits, from ``done``), inside the training epoch."""
+    every = plan.val_every_n_steps
+    assert every is not None
+    count = done
+
+    async def after_step() -> None:
+        nonlocal count
+        count += 1
+        if count % every:
+            return
+        epoch_data = learner.epoch_data
+        await validation.epoch(learner, _limited(batches["validation"], plan.limit_val_batches))
+        learner.epoch_data = epoch_data  # the training epoch's data again, for its callbacks
+
+    return after_step
+
+
+def _limited(data: Iterable[Any], limit: int | None) -> Iterable[Any]:
+    return data if limit is None else _limit(data, limit)
 
 
 async def epoch(learner: Learner, phase: Phase, data: Iterable[Any] | None = None) -> None:

@@ -9,7 +9,8 @@
   gradient clipping, optimizer step, dispatching the usual events), ``epoch`` with ``run_epoch``, cutting the
   epoch short with ``CancelEpochException`` once a batch's loss is below a target.
 
-``fit`` always runs ``TrainingPhase``; a custom phase is run with ``asyncloop.epoch``.
+This example runs the custom phase epoch by epoch with ``asyncloop.epoch``; ``fit(learner, n,
+phases=(ClippedTrainingPhase(), None))`` runs it under ``fit`` (see ``examples/dict_batches.py``).
 
     python examples/custom_callback.py [--quick] [--runner linear]
 """

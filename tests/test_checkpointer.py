@@ -20,6 +20,8 @@ import trio
 from torch.utils.data import DataLoader, TensorDataset
 
 from asyncloop import (
+    AbstractTrainingPhase,
+    AbstractValidationPhase,
     ActorRunner,
     Callback,
     Checkpointer,
@@ -41,6 +43,7 @@ from asyncloop import (
     fit,
     on,
     one_cycle,
+    run_step,
     test_learner,
 )
 from asyncloop import _durable as durable_module
@@ -643,3 +646,139 @@ _durable._fsync = hang
 learner = test_learner(Checkpointer(sys.argv[1]), Recorder(), Metrics(), n_batches=2)
 trio.run(fit, learner, 1)
 """
+
+
+class CkptDictTraining(AbstractTrainingPhase):
+    """A custom training phase (the supervised step on ``{"x", "y"}`` dict batches)."""
+
+    __test__ = False
+
+    async def step(self, learner: Any, batch: Any) -> Any:
+        async def step_fn(handle: Any, state: Any) -> None:
+            learner.model.train()
+            state.loss = (learner.model(state.xs) - state.ys).abs().mean()
+            learner.optimizer.zero_grad()
+            state.loss.backward()
+            state.loss = state.loss.detach()
+            learner.optimizer.step()
+
+        return await run_step(step_fn, learner, self, {"xs": batch["x"], "ys": batch["y"]})
+
+
+class CkptDictValidation(AbstractValidationPhase):
+    """A custom validation phase on dict batches."""
+
+    __test__ = False
+
+    async def step(self, learner: Any, batch: Any) -> Any:
+        async def step_fn(handle: Any, state: Any) -> None:
+            with torch.no_grad():
+                state.loss = (learner.model(state.xs) - state.ys).abs().mean()
+
+        return await run_step(step_fn, learner, self, {"xs": batch["x"], "ys": batch["y"]})
+
+
+def dict_learner(*callbacks: Callback, n_batches: int = 2, **kw: Any) -> Learner:
+    learner = test_learner(*callbacks, n_batches=n_batches, **kw)
+    batches = [{"x": xs, "y": ys} for xs, ys in learner.data["training"]]
+    learner.data = {"training": batches, "validation": batches}
+    return learner
+
+
+class TestMonitorUnderAnyPhase:
+    def test_custom_training_phase(self, tmp_path: Path) -> None:
+        """The default monitor (training Loss) is found under a custom training phase: no nan in the names."""
+        learner = dict_learner(Checkpointer(tmp_path), Recorder(), Metrics())
+        trio.run(lambda: fit(learner, 2, phases=(CkptDictTraining(), None)))
+        losses = learner.cbstate.metrics_epoch[CkptDictTraining()].values("Loss")
+        assert checkpoints(tmp_path) == [f"checkpoint_epoch_{i + 1:03d}_loss_{v!r}.pt" for i, v in enumerate(losses)]
+
+    @pytest.mark.parametrize("runner", RUNNERS)
+    def test_validation_phase_matches_a_custom_validation_phase(self, tmp_path: Path, runner: type) -> None:
+        """phase=ValidationPhase finds the values of the custom AbstractValidationPhase that ran instead."""
+        cb = Checkpointer(tmp_path, phase=ValidationPhase)
+        learner = dict_learner(cb, Recorder(), Metrics(), runner=runner())
+        trio.run(lambda: fit(learner, 2, phases=(CkptDictTraining(), CkptDictValidation())))
+        losses = learner.cbstate.metrics_epoch[CkptDictValidation()].values("Loss")
+        assert checkpoints(tmp_path) == [f"checkpoint_epoch_{i + 1:03d}_loss_{v!r}.pt" for i, v in enumerate(losses)]
+
+    def test_monitor_recorded_nowhere(self, tmp_path: Path) -> None:
+        """A validation monitor in a fit without validation is an error naming the monitor, phases and metrics."""
+        learner = test_learner(Checkpointer(tmp_path, phase=ValidationPhase), Recorder(), Metrics(), n_batches=2)
+        with pytest.raises(ValueError) as info:
+            trio.run(lambda: fit(learner, 2, phases=(TrainingPhase(), None)))
+        assert str(info.value) == (
+            "Checkpointer monitors 'Loss' under ValidationPhase or any AbstractValidationPhase, and no such phase "
+            "recorded it during this fit (recorded: TrainingPhase(): 'Loss'); pass phase= a phase that runs (e.g. "
+            "TrainingPhase), run a validation phase (validation data, phases=(..., ValidationPhase())), or add the "
+            "metric to Metrics(...)"
+        )
+        assert not any("nan" in name for name in checkpoints(tmp_path))
+
+    def test_without_metrics(self, tmp_path: Path) -> None:
+        """Without Metrics there is no value to name a checkpoint by: a clear error, not a nan name."""
+        learner = test_learner(Checkpointer(tmp_path), Recorder(), n_batches=2)
+        with pytest.raises(RuntimeError) as info:
+            trio.run(fit, learner, 2)
+        assert str(info.value) == (
+            "Checkpointer names checkpoints by the monitored metric 'Loss' that Metrics records, and there is no "
+            "Metrics; add Metrics() (a default callback)"
+        )
+        assert checkpoints(tmp_path) == []
+
+    def test_validation_every_n_epochs(self, tmp_path: Path) -> None:
+        """With validation every 2 epochs, epochs before the first validation are not saved; later ones carry
+        the latest validation value."""
+        cb = Checkpointer(tmp_path, phase=ValidationPhase)
+        learner = test_learner(cb, Recorder(), Metrics(), n_batches=2)
+        trio.run(lambda: fit(learner, 3, val_every_n_epochs=2))
+        (value,) = learner.cbstate.metrics_epoch[ValidationPhase()].values("Loss")
+        assert checkpoints(tmp_path) == [f"checkpoint_epoch_00{i}_loss_{value!r}.pt" for i in (2, 3)]
+
+
+class TestStepCheckpoints:
+    @pytest.mark.parametrize("runner", RUNNERS)
+    def test_every_n_steps_keeps_the_newest(self, tmp_path: Path, runner: type) -> None:
+        """every_n_steps writes checkpoint_step_{steps:07d}.pt every n training steps, keeping only the newest."""
+        cb = Checkpointer(tmp_path, every_n_steps=3, save_last=True)
+        learner = test_learner(cb, Recorder(), Metrics(), n_batches=4, runner=runner())
+        trio.run(fit, learner, 2)
+        names = checkpoints(tmp_path)
+        assert [n for n in names if n.startswith("checkpoint_step_")] == ["checkpoint_step_0000006.pt"]
+        assert len([n for n in names if n.startswith("checkpoint_epoch_")]) == 2
+        assert (tmp_path / "last.pt").exists()
+        assert same_tree(torch.load(tmp_path / "last.pt", weights_only=True)["model"], learner.model.state_dict())
+
+    def test_save_last_is_the_newest_state(self, tmp_path: Path) -> None:
+        """save_last keeps last.pt with the state of the newest checkpoint."""
+        learner = test_learner(Checkpointer(tmp_path, save_last=True), Recorder(), Metrics(), n_batches=2)
+        trio.run(fit, learner, 2)
+        last = torch.load(tmp_path / "last.pt", weights_only=True)
+        newest = torch.load(tmp_path / checkpoints(tmp_path)[-1], weights_only=True)
+        assert same_tree(last["model"], newest["model"]) and last["epoch"] == 2
+
+    def test_resume_from_a_step_checkpoint_restarts_the_epoch(self, tmp_path: Path) -> None:
+        """A resume from a mid-epoch step checkpoint starts the interrupted epoch over: epochs are not advanced."""
+        learner = test_learner(Checkpointer(tmp_path, every_n_steps=3), Recorder(), Metrics(), n_batches=4)
+        trio.run(lambda: fit(learner, 1, max_steps=3))  # epoch 1 ends after 3 steps: an epoch checkpoint too
+        later = test_learner(Checkpointer(tmp_path, every_n_steps=3), Recorder(), Metrics(), n_batches=4)
+        trio.run(lambda: fit(later, 1, resume=tmp_path / "checkpoint_step_0000003.pt"))
+        history = later.cbstate.history[TrainingPhase()]
+        assert (history.epochs, history.steps) == (1, 7)
+
+    def test_bad_arguments(self, tmp_path: Path) -> None:
+        """every_n_steps must be a positive int and save_last a bool."""
+        with pytest.raises(ValueError, match=exact("Checkpointer: every_n_steps must be None or an int >= 1, got 0")):
+            Checkpointer(tmp_path, every_n_steps=0)
+        with pytest.raises(TypeError, match=exact("Checkpointer: save_last must be True or False, got 1")):
+            Checkpointer(tmp_path, save_last=1)  # type: ignore[arg-type]
+
+    def test_state_loads_across_kinds(self, tmp_path: Path) -> None:
+        """A step checkpointer's state is keyed 'Checkpointer': a plain Checkpointer resumes from it."""
+        cb = Checkpointer(tmp_path, every_n_steps=2)
+        assert type(cb).__name__ == "Checkpointer" and isinstance(cb, Checkpointer)
+        learner = test_learner(cb, Recorder(), Metrics(), n_batches=2)
+        trio.run(fit, learner, 1)
+        assert "Checkpointer" in read_checkpoint(tmp_path)["callbacks"]
+        later = test_learner(Checkpointer(tmp_path), Recorder(), Metrics(), n_batches=2)
+        assert trio.run(lambda: fit(later, 1, resume=tmp_path)).epochs == 1

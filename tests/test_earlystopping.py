@@ -10,6 +10,7 @@ import torch
 import trio
 
 from asyncloop import (
+    AbstractValidationPhase,
     ActorRunner,
     EarlyStopping,
     FitEnd,
@@ -17,11 +18,13 @@ from asyncloop import (
     Metrics,
     Phase,
     ProgressPrinter,
+    PropDict,
     Read,
     Recorder,
     TrainingPhase,
     ValidationPhase,
     fit,
+    run_step,
     test_learner,
 )
 from asyncloop.callbacks import CustomCallback
@@ -179,3 +182,38 @@ class TestEarlyStopping:
         expected = trio.run(fit, reference, 50)
         assert result.epochs == expected.epochs
         assert torch.equal(learner.model.c, reference.model.c)
+
+
+class ScriptedValidation(AbstractValidationPhase):
+    """A custom validation phase: the built-in validation step on ``{"x", "y"}`` dict batches, under its own name."""
+
+    __test__ = False
+
+    async def step(self, learner: object, batch: dict) -> object:
+        async def step_fn(handle: object, state: PropDict) -> None:
+            with torch.no_grad():
+                state.loss = (learner.model(state.xs) - state.ys).abs().mean()  # type: ignore[attr-defined]
+
+        return await run_step(step_fn, learner, self, {"xs": batch["x"], "ys": batch["y"]})  # type: ignore[arg-type]
+
+
+class AnyValidationScripted(Scripted):
+    """Scripted values for any validation phase, custom ones included."""
+
+    def update(self, learner: object, phase: Phase) -> None:
+        if isinstance(phase, AbstractValidationPhase) and not self._seen:
+            self._seen = True
+            self.epoch += 1
+
+
+class TestUnderCustomPhases:
+    def test_stops_on_a_custom_validation_phase(self) -> None:
+        """The default test_phase (AbstractValidationPhase) judges the custom validation phase fit ran."""
+        learner = test_learner(Recorder(), Metrics(AnyValidationScripted("Score", [1.0, 0.5, 0.6, 0.7, 0.8, 0.9])),
+                               EarlyStopping(2, monitor="Score"), n_batches=2)
+        batches = [{"x": xs, "y": ys} for xs, ys in learner.data["training"]]
+        learner.data = {"training": learner.data["training"], "validation": batches}
+        result = trio.run(lambda: fit(learner, 10, phases=(TrainingPhase(), ScriptedValidation())))
+        assert result.stopped and isinstance(result.reason, EarlyStopped)
+        assert result.epochs == 4
+        assert learner.cbstate.history[ScriptedValidation()].epochs == 4

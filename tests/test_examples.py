@@ -27,7 +27,7 @@ def run_python(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[s
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
+        env={**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(ROOT)},  # this tree's asyncloop
     )
     output = f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
     assert proc.returncode == 0, f"{args[0]} exited with {proc.returncode}\n{output}"
@@ -73,6 +73,25 @@ class TestExamples:
         assert [int(e) for e, _ in report] == [1, 2, 3, 4]
         assert any(int(steps) < 64 for _, steps in report)  # CancelEpochException cut an epoch short
         assert "custom_callback: 4 epochs" in proc.stdout
+
+    def test_dict_batches(self, tmp_path: Path) -> None:
+        """The dict-batch example trains a two-input model under fit with custom phases; the kept checkpoint is
+        named by the custom validation phase's accuracy."""
+        proc = run_python(["examples/dict_batches.py", "--quick"], tmp_path)
+        match = re.search(r"^4 epochs, validation accuracy (\d\.\d+)$", proc.stdout, flags=re.M)
+        assert match, proc.stdout[-2000:]
+        assert float(match.group(1)) >= 0.8
+        kept = re.search(r"^kept: \['checkpoint_epoch_00\d_accuracy_(0\.\d+)\.pt'\]$", proc.stdout, flags=re.M)
+        assert kept, proc.stdout[-2000:]
+        assert "DictValidation" in proc.stdout  # the metrics table
+
+    def test_gan(self, tmp_path: Path) -> None:
+        """The GAN example's two-optimizer phase moves the generated mean towards the real one under fit."""
+        proc = run_python(["examples/gan.py", "--quick"], tmp_path)
+        match = re.search(r"^6 epochs; generated mean (-?\d+\.\d+)", proc.stdout, flags=re.M)
+        assert match, proc.stdout[-2000:]
+        assert abs(float(match.group(1)) - 3.0) < 1.0
+        assert re.search(r"^kept: \[('checkpoint_epoch_\d{3}_loss_\d\.\d+\.pt'(, )?)+\]$", proc.stdout, flags=re.M)
 
 
 class TestDocs:

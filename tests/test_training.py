@@ -13,6 +13,7 @@ import trio.testing
 
 from asyncloop import (
     AbstractTrainingPhase,
+    AbstractValidationPhase,
     BackwardBegin,
     Callback,
     CancelEpochException,
@@ -722,3 +723,268 @@ class TestRunStepRunEpoch:
         state = trio.run(run_step, step_fn, learner, CustomPhase())
         assert state == PropDict(a=1)
         assert event_log.events == [("StepBegin", "CustomPhase")]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fit(phases=...), limits and cadence
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class DictTraining(AbstractTrainingPhase):
+    """A custom training phase fed dict batches ``{"x": ..., "y": ...}``, with its own backward and update."""
+
+    __test__ = False
+
+    async def step(self, learner: Learner, batch: Any) -> PropDict:
+        async def step_fn(handle: Any, state: PropDict) -> None:
+            state.preds = learner.model(state.xs)
+            await handle(LossBegin())
+            state.loss = (state.preds - state.ys).abs().mean()
+            await handle(BackwardBegin())
+            learner.optimizer.zero_grad()
+            state.loss.backward()
+            state.loss = state.loss.detach()
+            learner.optimizer.step()
+
+        return await run_step(step_fn, learner, self, {"xs": batch["x"], "ys": batch["y"]})
+
+
+class DictValidation(AbstractValidationPhase):
+    """A custom validation phase fed dict batches."""
+
+    __test__ = False
+
+    async def step(self, learner: Learner, batch: Any) -> PropDict:
+        async def step_fn(handle: Any, state: PropDict) -> None:
+            with torch.no_grad():
+                state.preds = learner.model(state.xs)
+                state.loss = (state.preds - state.ys).abs().mean()
+
+        return await run_step(step_fn, learner, self, {"xs": batch["x"], "ys": batch["y"]})
+
+
+def dict_learner(*callbacks: Callback, n_batches: int = 4, **kw: Any) -> Learner:
+    """test_learner with its batches as dicts ``{"x": xs, "y": ys}``."""
+    learner = test_learner(*callbacks, n_batches=n_batches, **kw)
+    batches = [{"x": xs, "y": ys} for xs, ys in learner.data["training"]]
+    learner.data = PropDict(training=batches, validation=batches)
+    return learner
+
+
+class CountSteps(Callback):
+    """Counts steps and epochs per phase class name, and FitEnd."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, int] = {}
+        self.epochs: dict[str, int] = {}
+        self.fit_end = 0
+
+    @on(StepEnd)
+    def step_end(self, event: Any, phase: Phase, learner: Any) -> None:
+        self.steps[type(phase).__name__] = self.steps.get(type(phase).__name__, 0) + 1
+
+    @on(EpochEnd)
+    def epoch_end(self, event: Any, phase: Phase, learner: Any) -> None:
+        self.epochs[type(phase).__name__] = self.epochs.get(type(phase).__name__, 0) + 1
+
+    @on(FitEnd)
+    def end(self, event: Any, phase: Phase, learner: Any) -> None:
+        self.fit_end += 1
+
+
+class TestFitPhases:
+    def test_custom_phases_run_with_callbacks(self) -> None:
+        """fit(phases=...) runs a custom training and validation phase on dict batches, with every callback."""
+        torch.manual_seed(0)
+        count = CountSteps()
+        learner = dict_learner(count, Recorder())
+        before = learner.model.c.item()
+        result = trio.run(lambda: fit(learner, 2, phases=(DictTraining(), DictValidation())))
+        assert (result.epochs, result.steps, result.stopped) == (2, 8, False)
+        assert count.steps == {"DictTraining": 8, "DictValidation": 8}
+        assert count.epochs == {"DictTraining": 2, "DictValidation": 2} and count.fit_end == 1
+        assert learner.cbstate.history[DictTraining()].epochs == 2
+        assert TrainingPhase() not in learner.cbstate.history
+        assert learner.model.c.item() != before
+
+    def test_no_validation_phase(self) -> None:
+        """phases=(training, None) runs no validation epochs."""
+        count = CountSteps()
+        trio.run(lambda: fit(dict_learner(count), 2, phases=(DictTraining(), None)))
+        assert count.epochs == {"DictTraining": 2}
+
+    def test_default_phases_are_the_built_in_ones(self) -> None:
+        """Without phases=, fit runs TrainingPhase and ValidationPhase."""
+        count = CountSteps()
+        trio.run(fit, test_learner(count, n_batches=2), 1)
+        assert count.epochs == {"TrainingPhase": 1, "ValidationPhase": 1}
+
+    @pytest.mark.parametrize(
+        ("phases", "message"),
+        [
+            (
+                DictTraining(),
+                "phases must be a pair (training_phase, validation_phase), e.g. (MyTraining(), ValidationPhase()) "
+                "or (MyTraining(), None), got DictTraining()",
+            ),
+            (
+                (DictTraining, None),
+                "phases[0]: pass a phase instance: DictTraining(), not DictTraining",
+            ),
+            (
+                (DictTraining(), ValidationPhase),
+                "phases[1]: pass a phase instance: ValidationPhase(), not ValidationPhase",
+            ),
+            (
+                (ValidationPhase(), TrainingPhase()),
+                "phases[0] must be the training phase, an instance of a AbstractTrainingPhase subclass, got "
+                "ValidationPhase()",
+            ),
+            (
+                (TrainingPhase(), TrainingPhase()),
+                "phases[1] must be the validation phase, an instance of a AbstractValidationPhase subclass or None, "
+                "got TrainingPhase()",
+            ),
+            (
+                (None, ValidationPhase()),
+                "phases[0] must be the training phase, an instance of a AbstractTrainingPhase subclass, got None",
+            ),
+        ],
+    )
+    def test_bad_phases(self, phases: Any, message: str) -> None:
+        """A phases= that is not a (training instance, validation instance or None) pair is a clear TypeError."""
+        with pytest.raises(TypeError, match=exact(message)):
+            trio.run(lambda: fit(test_learner(), 1, phases=phases))
+
+    def test_custom_phase_resume_matches_a_straight_fit(self, tmp_path: Any) -> None:
+        """2 epochs of a custom phase, then a resume for 2, end exactly where 4 epochs straight would."""
+        from asyncloop import Checkpointer, Metrics
+
+        phases = (DictTraining(), DictValidation())
+        torch.manual_seed(1)
+        straight = dict_learner(Recorder(), Metrics())
+        trio.run(lambda: fit(straight, 4, phases=phases))
+        torch.manual_seed(1)
+        first = dict_learner(Recorder(), Metrics(), Checkpointer(tmp_path))
+        trio.run(lambda: fit(first, 2, phases=phases))
+        torch.manual_seed(1)
+        second = dict_learner(Recorder(), Metrics(), Checkpointer(tmp_path))
+        result = trio.run(lambda: fit(second, 2, phases=phases, resume=tmp_path))
+        assert result.epochs == 2 and second.cbstate.history[DictTraining()].epochs == 4
+        assert second.model.c.item() == straight.model.c.item()
+
+
+class TestLimitsAndCadence:
+    def test_max_steps_ends_the_epoch_cleanly(self) -> None:
+        """max_steps stops mid-epoch: that epoch ends and validates, FitEnd fires, the result says max_steps."""
+        count = CountSteps()
+        result = trio.run(lambda: fit(test_learner(count, Recorder(), n_batches=4), 5, max_steps=6))
+        assert (result.epochs, result.steps, result.stopped, result.limit) == (2, 6, False, "max_steps")
+        assert count.steps["TrainingPhase"] == 6 and count.fit_end == 1
+        assert count.epochs == {"TrainingPhase": 2, "ValidationPhase": 2}
+
+    def test_max_steps_not_reached(self) -> None:
+        """A max_steps the fit does not reach changes nothing: limit stays None."""
+        result = trio.run(lambda: fit(test_learner(n_batches=2), 2, max_steps=100))
+        assert (result.epochs, result.steps, result.limit) == (2, 4, None)
+
+    def test_batch_limits(self) -> None:
+        """limit_train_batches and limit_val_batches cut every epoch; progress bars see the cut length."""
+        count = CountSteps()
+        lengths: list[int] = []
+        seen = CustomCallback(lambda learner: lengths.append(len(learner.epoch_data)), EpochBegin,
+                              access={"epoch_data": Read()})
+        trio.run(lambda: fit(test_learner(count, seen, n_batches=5), 2, limit_train_batches=2, limit_val_batches=3))
+        assert count.steps == {"TrainingPhase": 4, "ValidationPhase": 6}
+        assert lengths == [2, 3, 2, 3]
+
+    def test_batch_limit_over_an_iterator(self) -> None:
+        """A limit over data without a len still cuts the epoch (a generator-like iterable)."""
+
+        class Stream:
+            def __init__(self, batches: list[Any]) -> None:
+                self.batches = batches
+
+            def __iter__(self) -> Any:
+                return iter(self.batches)
+
+        learner = test_learner(n_batches=5)
+        batches = learner.data["training"]
+        result = trio.run(lambda: fit(learner, 1, (Stream(batches), None), limit_train_batches=3))
+        assert result.steps == 3
+
+    def test_val_every_n_epochs(self) -> None:
+        """val_every_n_epochs=2 validates after training epochs 2 and 4 (counted across fits)."""
+        count = CountSteps()
+        learner = test_learner(count, Recorder(), n_batches=1)
+        trio.run(lambda: fit(learner, 3, val_every_n_epochs=2))
+        assert count.epochs == {"TrainingPhase": 3, "ValidationPhase": 1}
+        trio.run(lambda: fit(learner, 1, val_every_n_epochs=2))  # total epoch 4
+        assert count.epochs == {"TrainingPhase": 4, "ValidationPhase": 2}
+
+    def test_val_every_n_steps(self, event_log: Any) -> None:
+        """val_every_n_steps=3 runs a validation epoch inside the training epoch after steps 3 and 6, and none at
+        the epochs' ends; the training epoch's data is back for its callbacks afterwards."""
+        lengths: list[int] = []
+        seen = CustomCallback(lambda learner: lengths.append(len(learner.epoch_data)), EpochEnd, TrainingPhase,
+                              access={"epoch_data": Read()})
+        learner = test_learner(event_log, seen, Recorder(), n_batches=4)
+        learner.data = PropDict(training=learner.data.training, validation=learner.data.validation[:1])
+        trio.run(lambda: fit(learner, 2, val_every_n_steps=3))
+        epochs = [e for e in event_log.events if e[0] in ("EpochBegin", "EpochEnd")]
+        assert epochs == [("EpochBegin", T), ("EpochBegin", V), ("EpochEnd", V), ("EpochEnd", T),
+                          ("EpochBegin", T), ("EpochBegin", V), ("EpochEnd", V), ("EpochEnd", T)]
+        steps = [e[1] for e in event_log.events if e[0] == "StepEnd"]
+        assert steps == [T, T, T, V, T, T, T, V, T, T]
+        assert learner.cbstate.history[ValidationPhase()].epochs == 2
+        assert lengths == [4, 4]
+
+    def test_val_every_n_steps_needs_the_default_epoch(self) -> None:
+        """val_every_n_steps with a training phase that overrides epoch() is a clear error."""
+
+        class OwnEpoch(DictTraining):
+            async def epoch(self, learner: Learner, data: Any) -> None:
+                pass
+
+        with pytest.raises(ValueError, match=exact(
+            "val_every_n_steps validates between the steps of Phase.epoch, and OwnEpoch overrides epoch(); keep the "
+            "default epoch() (customise step() only) or use val_every_n_epochs"
+        )):
+            trio.run(lambda: fit(test_learner(), 1, phases=(OwnEpoch(), None), val_every_n_steps=2))
+
+    def test_until_epoch(self) -> None:
+        """until_epoch=n trains until n training epochs in total; nothing runs when already there."""
+        learner = test_learner(Recorder(), n_batches=1)
+        trio.run(fit, learner, 2)
+        assert trio.run(lambda: fit(learner, until_epoch=5)).epochs == 3
+        assert trio.run(lambda: fit(learner, until_epoch=4)).epochs == 0
+        assert learner.cbstate.history[TrainingPhase()].epochs == 5
+
+    def test_until_epoch_needs_a_recorder(self) -> None:
+        """until_epoch without a Recorder is a clear error."""
+        with pytest.raises(ValueError, match=exact(
+            "fit(until_epoch=) counts the epochs the Recorder records, and there is no Recorder; add Recorder() "
+            "(a default callback) or pass n_epochs"
+        )):
+            trio.run(lambda: fit(test_learner(), until_epoch=2))
+
+    @pytest.mark.parametrize(
+        ("kwargs", "error", "message"),
+        [
+            ({}, TypeError, "fit needs exactly one of n_epochs (how many more epochs) and until_epoch (train until "
+             "that many epochs in total), got n_epochs=None, until_epoch=None"),
+            ({"n_epochs": 2, "until_epoch": 3}, TypeError, "fit needs exactly one of n_epochs (how many more "
+             "epochs) and until_epoch (train until that many epochs in total), got n_epochs=2, until_epoch=3"),
+            ({"n_epochs": 1, "max_steps": -1}, ValueError, "max_steps must be None or an int >= 0, got -1"),
+            ({"n_epochs": 1, "limit_train_batches": 0.5}, ValueError, "limit_train_batches must be None or an int "
+             ">= 0, got 0.5 (a float fraction is not supported: pass a number of batches)"),
+            ({"n_epochs": 1, "limit_val_batches": "2"}, ValueError, "limit_val_batches must be None or an int >= 0, "
+             "got '2'"),
+            ({"n_epochs": 1, "val_every_n_epochs": 0}, ValueError, "val_every_n_epochs must be None or an int >= 1, "
+             "got 0"),
+        ],
+    )
+    def test_bad_limits(self, kwargs: dict[str, Any], error: type, message: str) -> None:
+        """Bad epoch counts and limits are clear errors before anything runs."""
+        with pytest.raises(error, match=exact(message)):
+            trio.run(lambda: fit(test_learner(), **kwargs))

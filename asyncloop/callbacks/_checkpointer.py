@@ -18,10 +18,10 @@ from .._checkpoint import training_state
 from .._checkpoint_files import LATEST, write_latest
 from .._durable import describe_write_error, fsync_dir, save_file
 from .._exceptions import CheckpointError
-from ..events import EpochBegin, EpochEnd, Event, FitEnd
+from ..events import EpochBegin, EpochEnd, Event, FitEnd, StepEnd
 from ..phases import AbstractTrainingPhase, Phase, TrainingPhase
 from .._access import Read
-from ._monitor import monitored_epoch_value
+from ._monitor import latest_monitored_value, monitor_missing_error
 
 
 _MODES = ("min", "max")
@@ -30,10 +30,15 @@ EXTENSION = ".pt"
 _VALUE = r"-?(?:inf|nan|[0-9]+(?:\.[0-9]+)?(?:e[+-][0-9]+)?)"  # repr(float(value))
 #: The names a Checkpointer gives its checkpoints: ``checkpoint_epoch_{epoch:03d}_{monitor}_{value}.pt``.
 CHECKPOINT_NAME = re.compile(rf"checkpoint_epoch_[0-9]{{3,}}_[a-z0-9]+(?:_[a-z0-9]+)*_{_VALUE}\.pt")
+#: Step checkpoints (``every_n_steps``): ``checkpoint_step_{steps:07d}.pt``, ``steps`` counting training steps.
+STEP_NAME = re.compile(r"checkpoint_step_[0-9]{7,}\.pt")
+#: The checkpoint ``save_last=True`` keeps: always the newest state.
+LAST = "last.pt"
 #: Its temporaries: ``.{checkpoint name}.XXXXXXXX.tmp`` and ``.latest.XXXXXXXX.tmp`` (written by ``atomic_write``
 #: with ``tempfile.mkstemp``), and the ``.asyncloop-probe-XXXXXXXX`` its folder check makes.
 TEMPORARY_NAME = re.compile(
-    rf"\.(?:{CHECKPOINT_NAME.pattern}|{LATEST})\.[a-z0-9_]{{8}}\.tmp|\.asyncloop-probe-[a-z0-9_]{{8}}"
+    rf"\.(?:{CHECKPOINT_NAME.pattern}|{STEP_NAME.pattern}|{re.escape(LAST)}|{LATEST})\.[a-z0-9_]{{8}}\.tmp"
+    r"|\.asyncloop-probe-[a-z0-9_]{8}"
 )
 #: When this process imported asyncloop: a temporary last modified before then belongs to no live writer here.
 _STARTED = time.time()
@@ -75,6 +80,7 @@ class _Job:
     path: Path
     state: dict[str, Any]
     remove: tuple[str, ...]
+    last: bool = False
 
 
 def _format_value(value: float | None) -> str:
@@ -100,6 +106,23 @@ class Checkpointer(Callback):
     always the most recent one, even when it is the worst; the default keeps all. ``monitor`` names a metric
     :class:`asyncloop.Metrics` records for ``phase`` (default: the training loss, as FluxTraining; use
     ``phase=ValidationPhase`` for validation metrics). An unknown name is an error at the first checkpoint.
+
+    Which phase's values: ``phase`` stands for its kind. The value is read under ``phase()`` itself when it
+    recorded metrics, else under the one phase of the same kind (any ``AbstractTrainingPhase`` for a training
+    class, any ``AbstractValidationPhase`` for a validation class) that ran, so ``phase=ValidationPhase`` follows
+    a custom validation phase given to ``fit(phases=...)``. It is that phase's latest recorded value: with
+    ``fit(val_every_n_epochs=n)`` an epoch without validation carries the last validation value, and epochs
+    before the first validation are not saved. A monitor no such phase recorded during the whole fit is a
+    ``ValueError`` at ``FitEnd`` naming the monitor, the phases it looked in and the metrics that exist (no
+    ``nan`` file names); without :class:`asyncloop.Metrics` it is an error at the first checkpoint.
+
+    Step checkpoints: ``every_n_steps=n`` also saves ``checkpoint_step_{steps:07d}.pt`` after every ``n``-th
+    training step (``steps`` counts training steps across fits, as the Recorder does). Only the newest step
+    checkpoint is kept (a rolling recovery point; ``keep_top_k`` ranks epoch checkpoints only). ``save_last=True``
+    also writes ``last.pt`` with every checkpoint (epoch or step): always the newest state. ``latest`` names the
+    newest checkpoint of either kind. A resume from a step checkpoint taken mid-epoch restores the state of that
+    step and starts a *new* epoch: the interrupted epoch is not counted as done, so it runs again from its first
+    batch (``fit(..., until_epoch=)`` then still ends at the same epoch number).
 
     Durability: each file is written to a temporary file in ``folder``, flushed, fsynced and renamed, and the
     folder is fsynced; only then does ``latest`` move and are pruned files deleted. A crash leaves complete files
@@ -127,6 +150,11 @@ class Checkpointer(Callback):
     detached = True
     inbox_size = 4
 
+    def __new__(cls, *args: Any, every_n_steps: int | None = None, **kwargs: Any) -> Checkpointer:
+        if every_n_steps is not None and cls is Checkpointer:
+            cls = _StepCheckpointer
+        return super().__new__(cls)
+
     def __init__(
         self,
         folder: str | os.PathLike[str],
@@ -135,6 +163,8 @@ class Checkpointer(Callback):
         monitor: str = "Loss",
         mode: str = "min",
         phase: type[Phase] = TrainingPhase,
+        every_n_steps: int | None = None,
+        save_last: bool = False,
     ) -> None:
         if keep_top_k is not None and (
             isinstance(keep_top_k, bool) or not isinstance(keep_top_k, int) or keep_top_k < 1
@@ -146,6 +176,15 @@ class Checkpointer(Callback):
             raise ValueError(f"Checkpointer: mode must be 'min' or 'max', got {mode!r}")
         if not (isinstance(phase, type) and issubclass(phase, Phase)):
             raise TypeError(f"Checkpointer: phase must be a Phase class such as ValidationPhase, got {phase!r}")
+        if every_n_steps is not None and (
+            isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1
+        ):
+            raise ValueError(f"Checkpointer: every_n_steps must be None or an int >= 1, got {every_n_steps!r}")
+        if not isinstance(save_last, bool):
+            raise TypeError(f"Checkpointer: save_last must be True or False, got {save_last!r}")
+        self.every_n_steps = every_n_steps
+        self.save_last = save_last
+        self._step_saved: str | None = None
         self.folder = Path(folder)
         _check_folder(self.folder)
         self.keep_top_k = keep_top_k
@@ -165,6 +204,8 @@ class Checkpointer(Callback):
         return self._plan(event, phase, learner, clone=copy)
 
     def _plan(self, event: Event, phase: Phase, learner: Any, clone: bool) -> _Job | None:
+        if isinstance(event, StepEnd):
+            return self._plan_step(phase, learner, clone)
         if isinstance(event, EpochEnd):
             history = learner.cbstate.get("history")
             if history is None:
@@ -176,14 +217,33 @@ class Checkpointer(Callback):
             return None
         if self._pending is None:
             return None
+        cbstate = learner.cbstate
+        if "metrics_epoch" not in cbstate:
+            raise RuntimeError(
+                f"Checkpointer names checkpoints by the monitored metric {self.monitor!r} that Metrics records, and "
+                f"there is no Metrics; add Metrics() (a default callback)"
+            )
+        value = latest_monitored_value(cbstate, type(self.phase), self.monitor, who="Checkpointer")
+        if value is None:
+            if isinstance(event, FitEnd):
+                raise monitor_missing_error(cbstate, type(self.phase), self.monitor, who="Checkpointer")
+            return None  # the monitored phase has not run yet (validation every N epochs): later epochs are saved
         epoch, self._pending = self._pending, None
-        value = monitored_epoch_value(learner.cbstate, self.phase, self.monitor, who="Checkpointer")
         name = f"checkpoint_epoch_{epoch:03d}_{self._tag}_{_format_value(value)}{EXTENSION}"
         entries = [e for e in self._saved if e[2] != name] + [(epoch, value, name)]
         kept = self._retain(entries)
         remove = tuple(e[2] for e in entries if e not in kept)
         self._saved = kept
-        return _Job(self.folder / name, training_state(learner, clone=clone), remove)
+        return _Job(self.folder / name, training_state(learner, clone=clone), remove, self.save_last)
+
+    def _plan_step(self, phase: Phase, learner: Any, clone: bool) -> _Job | None:
+        steps = learner.cbstate.history[phase].steps
+        if self.every_n_steps is None or steps % self.every_n_steps:
+            return None
+        name = f"checkpoint_step_{steps:07d}{EXTENSION}"
+        previous, self._step_saved = self._step_saved, name
+        remove = (previous,) if previous is not None and previous != name else ()
+        return _Job(self.folder / name, training_state(learner, clone=clone), remove, self.save_last)
 
     def _rank(self, entry: tuple[int, float | None, str]) -> tuple[int, float, int]:
         epoch, value, _ = entry
@@ -209,6 +269,9 @@ class Checkpointer(Callback):
         target = job.path
         try:
             save_file(job.state, job.path)
+            if job.last:
+                target = self.folder / LAST
+                save_file(job.state, target)
             target = self.folder / LATEST
             write_latest(self.folder, job.path.name)
         except (OSError, RuntimeError, CheckpointError) as exc:
@@ -224,7 +287,7 @@ class Checkpointer(Callback):
 
     def _owns(self, name: Any) -> bool:
         """Whether ``name`` is a checkpoint name of its scheme that resolves directly inside its folder."""
-        if not isinstance(name, str) or not CHECKPOINT_NAME.fullmatch(name):
+        if not isinstance(name, str) or not (CHECKPOINT_NAME.fullmatch(name) or STEP_NAME.fullmatch(name)):
             return False
         try:
             return (self.folder / name).resolve().parent == self.folder.resolve()
@@ -265,7 +328,7 @@ class Checkpointer(Callback):
         return self.folder / min(self._saved, key=self._rank)[2]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"saved": [list(e) for e in self._saved]}
+        return {"saved": [list(e) for e in self._saved], "step_saved": self._step_saved}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Take over the list of kept checkpoints from ``state`` (a resume), and delete stale temporaries.
@@ -288,12 +351,24 @@ class Checkpointer(Callback):
                 stacklevel=2,
             )
         self._saved = [e for e in entries if self._owns(e[2])]
+        step_saved = state.get("step_saved")  # absent in checkpoints of versions without every_n_steps
+        self._step_saved = step_saved if self._owns(step_saved) else None
         self._pending = None
         remove_stale_temporaries(self.folder)
 
     def __repr__(self) -> str:
         top = "" if self.keep_top_k is None else f", keep_top_k={self.keep_top_k}"
         return f"Checkpointer({str(self.folder)!r}{top})"
+
+
+class _StepCheckpointer(Checkpointer):
+    """A :class:`Checkpointer` with ``every_n_steps``: it also handles training ``StepEnd`` (a plain one does not,
+    so that it costs nothing per step)."""
+
+    @on(StepEnd, AbstractTrainingPhase)
+    def step_checkpoint(self, event: Event, phase: Phase, job: _Job | None) -> None:
+        if job is not None:
+            self._write(job)
 
 
 def _check_folder(folder: Path) -> None:
@@ -306,3 +381,7 @@ def _check_folder(folder: Path) -> None:
         raise CheckpointError(
             f"Checkpointer cannot write to {folder}: {exc.strerror or exc}; pass a folder it can create and write to"
         ) from exc
+
+
+# Checkpoints key callbacks' state by class name: a step checkpointer's state loads into a plain one and back.
+_StepCheckpointer.__name__ = _StepCheckpointer.__qualname__ = "Checkpointer"
