@@ -29,6 +29,11 @@ def _default_callbacks() -> list[type[Callback]]:
     return [ProgressPrinter, MetricsPrinter, StopOnNaNLoss, Recorder, Metrics]
 
 
+def _check_runner(runner: Any) -> None:
+    if not isinstance(runner, Runner):
+        raise TypeError(f"runner must be LinearRunner() or ActorRunner(), got {runner!r}")
+
+
 def _check_callback(cb: Any, where: str) -> Callback:
     if isinstance(cb, Callback):
         return cb
@@ -98,8 +103,7 @@ class Learner:
             raise TypeError(f"loss_fn must be a callable loss_fn(preds, targets) -> tensor, got {loss_fn!r}")
         if runner is None:
             runner = LinearRunner()
-        if not isinstance(runner, Runner):
-            raise TypeError(f"runner must be LinearRunner() or ActorRunner(), got {runner!r}")
+        _check_runner(runner)
         self._session: Session | None = None
         self._model = model
         self._params: tuple[tuple[str, torch.nn.Parameter], ...] | None = None
@@ -112,7 +116,7 @@ class Learner:
         self.step = PropDict()
         self.cbstate = PropDict()
         self.epoch_data: Any = None
-        self.runner = runner
+        self._runner = runner
         cbs = [_check_callback(cb, f"callbacks[{i}]") for i, cb in enumerate(callbacks)]
         if use_default_callbacks:
             for default in _default_callbacks():
@@ -124,8 +128,29 @@ class Learner:
         try:
             self._install(cbs, cbs)
         except BaseException:
-            runner._learner = None  # a learner that failed to build does not keep the runner
+            runner.unbind()  # a learner that failed to build does not keep the runner
             raise
+
+    @property
+    def runner(self) -> Runner:
+        """The runner; assign another (between fits) and it takes over this learner's callbacks."""
+        return self._runner
+
+    @runner.setter
+    def runner(self, runner: Runner) -> None:
+        _check_runner(runner)
+        if self._session is not None:
+            raise RuntimeError("the runner cannot be changed while fit() is running; change it between fits")
+        if runner is self._runner:
+            return
+        runner.bind(self)
+        try:
+            runner.compile(self._callbacks, self._graph)
+        except BaseException:
+            runner.unbind()
+            raise
+        self._runner.unbind()
+        self._runner = runner
 
     # -- the running session ------------------------------------------------------------------------------------
     @property

@@ -436,6 +436,25 @@ class TestReassignment:
         assert learner.cbstate.history[TrainingPhase()].steps == 3
 
 
+    def test_runner_may_change_between_fits(self) -> None:
+        """A runner assigned after construction takes over the callbacks: the next fit records as before, and the
+        old runner is free to serve another learner."""
+        from asyncloop import ActorRunner, LinearRunner
+
+        learner = test_learner(Recorder(), Metrics(), n_batches=2)
+        old = learner.runner
+        learner.runner = ActorRunner()
+        trio.run(fit, learner, 1)
+        assert learner.cbstate.metrics_epoch[TrainingPhase()].last("Loss")[0] == 1
+        assert isinstance(learner.runner, ActorRunner)
+        test_learner(runner=old)  # released: no "already belongs to another Learner"
+        with pytest.raises(TypeError, match=exact("runner must be LinearRunner() or ActorRunner(), got 3")):
+            learner.runner = 3  # type: ignore[assignment]
+        learner.runner = LinearRunner()
+        trio.run(fit, learner, 1)
+        assert learner.cbstate.history[TrainingPhase()].epochs == 2
+
+
 class TestReviewRegressions:
     def test_model_class_instead_of_instance(self) -> None:
         """Passing a model class is refused with the fix in the message."""

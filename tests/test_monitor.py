@@ -39,6 +39,18 @@ class TestMonitoredEpochValue:
         """A value from an earlier epoch (this one recorded nothing) gives None."""
         assert monitored_epoch_value(_cbstate(3, Loss=(2, 0.5)), TrainingPhase(), "Loss", who="X") is None
 
+    def test_evaluation_epochs_never_stand_in(self) -> None:
+        """validate()'s EvaluationPhase series are ignored: a custom validation phase beside them is still found,
+        and alone they match nothing."""
+        from asyncloop import AbstractValidationPhase, EvaluationPhase
+
+        class CustomValidationForMonitor(AbstractValidationPhase):
+            pass
+
+        both = _recorded(EvaluationPhase(), CustomValidationForMonitor())
+        assert matching_phase(both, ValidationPhase, who="X") == CustomValidationForMonitor()
+        assert matching_phase(_recorded(EvaluationPhase()), ValidationPhase, who="X") is None
+
     def test_nothing_recorded_is_none_and_inserts_nothing(self) -> None:
         """No metrics_epoch, or none for the phase, gives None; the lookup adds no phase to the PhaseDicts."""
         assert monitored_epoch_value(PropDict(), TrainingPhase(), "Loss", who="X") is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._evaluation import EvaluationPhase
 from ..phases import AbstractTrainingPhase, AbstractValidationPhase, Phase
 
 
@@ -61,7 +62,8 @@ def matching_phase(cbstate: Any, phase_type: type[Phase], *, who: str) -> Phase 
     """The phase that ran whose recorded metrics stand for the configured ``phase_type``.
 
     The matching rule: ``phase_type()`` itself when it recorded metrics; else the one phase that recorded
-    metrics and is an instance of ``phase_type``'s kind (:func:`kind_of`), so that ``ValidationPhase`` finds a
+    metrics and is an instance of ``phase_type``'s kind (:func:`kind_of`) -- evaluation epochs of
+    :func:`asyncloop.validate` excepted -- so that ``ValidationPhase`` finds a
     custom ``AbstractValidationPhase`` subclass run by ``fit(phases=...)`` in its place. ``None`` when no such
     phase recorded anything; a ``ValueError`` when several did (name the exact class then).
     """
@@ -70,7 +72,8 @@ def matching_phase(cbstate: Any, phase_type: type[Phase], *, who: str) -> Phase 
     if exact_phase in recorded:
         return exact_phase
     kind = kind_of(phase_type)
-    found = [phase for phase in recorded if isinstance(phase, kind)]
+    # validate()'s evaluation epochs keep series of their own; they never stand in for a fit's phase
+    found = [phase for phase in recorded if isinstance(phase, kind) and not isinstance(phase, EvaluationPhase)]
     if len(found) > 1:
         names = ", ".join(repr(p) for p in found)
         raise ValueError(

@@ -60,6 +60,10 @@ class Runner:
             )
         self._learner = learner
 
+    def unbind(self) -> None:
+        """Release the learner (it failed to build, or took another runner): the runner may serve another."""
+        self._learner = None
+
     def compile(self, callbacks: Sequence[Callback], graph: nx.DiGraph) -> None:
         """Take a new callback set (validated, with its graph). Plans are rebuilt lazily, once per event type."""
         self._infos = analyse(callbacks)
