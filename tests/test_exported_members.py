@@ -24,7 +24,7 @@ EXPORTED = [
     "StopOnNaNLoss", "StreamBackend", "StreamError", "StreamServer", "TensorBoardBackend", "Text", "Threshold", "TimeLimit",
     "TimeThrottle", "ToDevice", "ToGPU", "Traces", "TrainingPhase", "Unresolvable", "ValidationPhase", "Value",
     "Warmup", "Write", "WriteConflictError", "accesses", "accuracy", "callback_graph", "epoch", "events", "fit",
-    "load_model", "log_to", "loggables", "on", "one_cycle", "phases", "run_epoch", "run_step", "save_model",
+    "load_model", "log_to", "loggables", "on", "one_cycle", "phases", "run_epoch", "run_step", "save_model", "seed_everything",
     "set_hyperparameter", "step", "stopping", "subscribe", "test_learner", "throttle",
 ]
 
