@@ -24,8 +24,7 @@ from __future__ import annotations
 import random
 import threading
 import weakref
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -47,30 +46,64 @@ def _cuda_ready() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_initialized()
 
 
-def global_state() -> dict[str, Any]:
-    """The global RNG states: torch CPU (and every CUDA device, if CUDA is initialised), ``random``, NumPy."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+def _capture() -> dict[str, Any]:
+    """The global generators' states as they come (cheap: what a swap saves)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if _cuda_ready():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    version, internal, gauss = random.getstate()
-    state["python"] = (version, list(internal), gauss)
     if np is not None:
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
-        state["numpy"] = (str(kind), [int(k) for k in keys], int(pos), int(has_gauss), float(cached))
+        state["numpy"] = np.random.get_state()
     return state
 
 
-def set_global_state(state: Mapping[str, Any]) -> None:
-    """Install what :func:`global_state` returned (parts absent here, e.g. CUDA without a GPU, are skipped)."""
+def _install_raw(state: Mapping[str, Any]) -> None:
+    """Install what :func:`_capture` returned (parts absent here, e.g. CUDA without a GPU, are skipped)."""
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     if "python" in state:
+        random.setstate(state["python"])
+    if "numpy" in state and np is not None:
+        np.random.set_state(state["numpy"])
+
+
+def _plain(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A captured state as plain data (lists of ints, a fresh tensor): what a checkpoint holds."""
+    state: dict[str, Any] = {"torch": raw["torch"].clone()}
+    if "cuda" in raw:
+        state["cuda"] = [t.clone() for t in raw["cuda"]]
+    if "python" in raw:
+        version, internal, gauss = raw["python"]
+        state["python"] = (version, list(internal), gauss)
+    if "numpy" in raw:
+        kind, keys, pos, has_gauss, cached = raw["numpy"]
+        state["numpy"] = (str(kind), [int(k) for k in keys], int(pos), int(has_gauss), float(cached))
+    return state
+
+
+def _raw(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`_plain` (copies: the result shares nothing with ``state``)."""
+    raw: dict[str, Any] = {"torch": state["torch"].clone()}
+    if "cuda" in state:
+        raw["cuda"] = [t.clone() for t in state["cuda"]]
+    if "python" in state:
         version, internal, gauss = state["python"]
-        random.setstate((version, tuple(internal), gauss))
+        raw["python"] = (version, tuple(internal), gauss)
     if "numpy" in state and np is not None:
         kind, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+        raw["numpy"] = (kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached)
+    return raw
+
+
+def global_state() -> dict[str, Any]:
+    """The global RNG states as plain data: torch CPU (and every CUDA device, if CUDA is initialised),
+    ``random``, NumPy."""
+    return _plain(_capture())
+
+
+def set_global_state(state: Mapping[str, Any]) -> None:
+    """Install what :func:`global_state` returned (parts absent here, e.g. CUDA without a GPU, are skipped)."""
+    _install_raw(_raw(state))
 
 
 def seeded_state(seed: int) -> dict[str, Any]:
@@ -126,7 +159,7 @@ class LearnerRandomState:
         if seed is None:
             self.adopt_globals()
         else:
-            self._saved = seeded_state(seed)
+            self._saved = _raw(seeded_state(seed))
 
     def adopt_globals(self) -> None:
         """Make the global generators' current state this learner's (it becomes the owner)."""
@@ -140,26 +173,35 @@ class LearnerRandomState:
     def _save_owner() -> None:
         owner = _owner() if _owner is not None else None
         if owner is not None:
-            owner._saved = global_state()
+            owner._saved = _capture()
 
     def owns_globals(self) -> bool:
         """Whether the global generators hold this learner's state now."""
         return _owner is not None and _owner() is self
 
-    @contextmanager
-    def region(self) -> Iterator[None]:
-        """Run the body with the global generators holding this learner's state, no other region overlapping."""
-        with _LOCK:
-            if _owner is None or _owner() is not self:
+    def region(self) -> LearnerRandomState:
+        """``with state.region():`` runs its body with the global generators holding this learner's state, and no
+        other learner's region overlapping (regions nest)."""
+        return self
+
+    def __enter__(self) -> None:
+        _LOCK.acquire()
+        if _owner is None or _owner() is not self:
+            try:
                 self._install()
-            yield
+            except BaseException:
+                _LOCK.release()
+                raise
+
+    def __exit__(self, *exc: object) -> None:
+        _LOCK.release()
 
     def _install(self) -> None:
         global _owner, swaps
         self._save_owner()
         saved = self._saved
         assert saved is not None, "a learner that is not the owner has its state saved"
-        set_global_state(saved)
+        _install_raw(saved)
         if "cuda" not in saved and _cuda_ready():
             torch.cuda.manual_seed_all(self._derived_cuda_seed(saved))
         self._saved = None
@@ -181,7 +223,7 @@ class LearnerRandomState:
             if self.owns_globals():
                 return global_state()
             assert self._saved is not None
-            return _copy(self._saved)
+            return _plain(self._saved)
 
     def set(self, state: Mapping[str, Any]) -> None:
         """Replace this learner's state (and the globals' too while it owns them)."""
@@ -190,12 +232,5 @@ class LearnerRandomState:
                 set_global_state(state)
             else:
                 assert self._saved is not None
-                self._saved = {**self._saved, **_copy(state)}  # parts the state lacks (CUDA, NumPy) are kept
+                self._saved = {**self._saved, **_raw(state)}  # parts the state lacks (CUDA, NumPy) are kept
 
-
-def _copy(state: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(state)
-    out["torch"] = state["torch"].clone()
-    if "cuda" in state:
-        out["cuda"] = [t.clone() for t in state["cuda"]]
-    return out
