@@ -235,7 +235,8 @@ class Learner:
 
     # -- training state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The full training state as plain data: model, optimizer, stateful callbacks, ``cbstate``, RNG states.
+        """The full training state as plain data: model, optimizer, stateful callbacks, ``cbstate``, the learner's own
+        random state (not the global generators', which another fit may hold).
 
         Everything a fit needs to go on exactly where it stopped (at an epoch boundary); see
         :mod:`asyncloop._checkpoint`. Tensors are copies.

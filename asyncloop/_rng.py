@@ -67,32 +67,35 @@ def _install_raw(state: Mapping[str, Any]) -> None:
         np.random.set_state(state["numpy"])
 
 
+def _convert(state: Mapping[str, Any], words: Any, numpy_state: Any) -> dict[str, Any]:
+    """A copy of ``state`` with Python's words made by ``words`` and NumPy's state by ``numpy_state``."""
+    out: dict[str, Any] = {"torch": state["torch"].clone()}
+    if "cuda" in state:
+        out["cuda"] = [t.clone() for t in state["cuda"]]
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        out["python"] = (version, words(internal), gauss)
+    if "numpy" in state and np is not None:
+        out["numpy"] = numpy_state(*state["numpy"])
+    return out
+
+
 def _plain(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """A captured state as plain data (lists of ints, a fresh tensor): what a checkpoint holds."""
-    state: dict[str, Any] = {"torch": raw["torch"].clone()}
-    if "cuda" in raw:
-        state["cuda"] = [t.clone() for t in raw["cuda"]]
-    if "python" in raw:
-        version, internal, gauss = raw["python"]
-        state["python"] = (version, list(internal), gauss)
-    if "numpy" in raw:
-        kind, keys, pos, has_gauss, cached = raw["numpy"]
-        state["numpy"] = (str(kind), [int(k) for k in keys], int(pos), int(has_gauss), float(cached))
-    return state
+    """A captured state as plain data (lists of ints, fresh tensors): what a checkpoint holds."""
+    return _convert(
+        raw,
+        list,
+        lambda kind, keys, pos, has_gauss, cached: (str(kind), keys.tolist(), int(pos), int(has_gauss), float(cached)),
+    )
 
 
 def _raw(state: Mapping[str, Any]) -> dict[str, Any]:
-    """The inverse of :func:`_plain` (copies: the result shares nothing with ``state``)."""
-    raw: dict[str, Any] = {"torch": state["torch"].clone()}
-    if "cuda" in state:
-        raw["cuda"] = [t.clone() for t in state["cuda"]]
-    if "python" in state:
-        version, internal, gauss = state["python"]
-        raw["python"] = (version, tuple(internal), gauss)
-    if "numpy" in state and np is not None:
-        kind, keys, pos, has_gauss, cached = state["numpy"]
-        raw["numpy"] = (kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached)
-    return raw
+    """The inverse of :func:`_plain`, as :func:`_capture` returns it (a copy that shares nothing with ``state``)."""
+    return _convert(
+        state,
+        tuple,
+        lambda kind, keys, pos, has_gauss, cached: (kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached),
+    )
 
 
 def global_state() -> dict[str, Any]:
@@ -161,6 +164,17 @@ class LearnerRandomState:
         else:
             self._saved = _raw(seeded_state(seed))
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> LearnerRandomState:
+        """An independent copy holding this state now (never the owner: it draws nothing from this one's stream)."""
+        copy = LearnerRandomState.__new__(LearnerRandomState)
+        copy._cuda_seed = self._cuda_seed
+        with _LOCK:
+            copy._saved = _capture() if self.owns_globals() else _raw(_plain(self._saved))  # type: ignore[arg-type]
+        return copy
+
+    def __copy__(self) -> LearnerRandomState:
+        return self.__deepcopy__({})
+
     def adopt_globals(self) -> None:
         """Make the global generators' current state this learner's (it becomes the owner)."""
         global _owner
@@ -218,7 +232,13 @@ class LearnerRandomState:
         return int(torch.randint(2**62, (1,), generator=generator))
 
     def get(self) -> dict[str, Any]:
-        """This learner's state, in :func:`global_state`'s form (a copy)."""
+        """This learner's state, in :func:`global_state`'s form (a copy).
+
+        Takes the lock only while this learner owns the globals (while another learner's region runs, it does
+        not), so the caller's trio loop can read a state without waiting for another fit's step."""
+        saved = self._saved
+        if saved is not None and not self.owns_globals():
+            return _plain(saved)
         with _LOCK:
             if self.owns_globals():
                 return global_state()
@@ -226,11 +246,16 @@ class LearnerRandomState:
             return _plain(self._saved)
 
     def set(self, state: Mapping[str, Any]) -> None:
-        """Replace this learner's state (and the globals' too while it owns them)."""
+        """Replace this learner's state (and the globals' too while it owns them); parts ``state`` lacks (CUDA,
+        NumPy) are kept."""
+        raw = _raw(state)
+        saved = self._saved
+        if saved is not None and not self.owns_globals():
+            self._saved = {**saved, **raw}
+            return
         with _LOCK:
             if self.owns_globals():
-                set_global_state(state)
+                _install_raw(raw)
             else:
                 assert self._saved is not None
-                self._saved = {**self._saved, **_raw(state)}  # parts the state lacks (CUDA, NumPy) are kept
-
+                self._saved = {**self._saved, **raw}

@@ -169,6 +169,21 @@ class TestRegions:
         assert torch.equal(torch.get_rng_state(), _rng.seeded_state(9)["torch"])
 
 
+    def test_a_deep_copy_is_an_independent_state(self) -> None:
+        """A deep copy of a learner's state draws what the original would, without advancing the original."""
+        import copy
+
+        state = _rng.LearnerRandomState(3)
+        with state.region():
+            torch.rand(2)
+        twin = copy.deepcopy(state)
+        assert state.owns_globals() and not twin.owns_globals()
+        with twin.region():
+            from_twin = _draws()
+        with state.region():
+            assert _draws() == from_twin
+
+
 class TestCheckpointState:
     def test_state_dict_saves_the_learners_state_not_the_globals(self) -> None:
         """A learner that does not own the global generators saves its own random state."""
