@@ -16,7 +16,6 @@ keeps the state of those the checkpoint does not mention.
 from __future__ import annotations
 
 import os
-import random
 import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any

@@ -154,7 +154,7 @@ def seed_everything(seed: int) -> int:
 class LearnerRandomState:
     """One learner's random state, and the regions in which the global generators hold it."""
 
-    __slots__ = ("__weakref__", "_saved", "_cuda_seed")
+    __slots__ = ("__weakref__", "_cuda_seed", "_saved")
 
     def __init__(self, seed: int | None = None) -> None:
         self._saved: dict[str, Any] | None = None  # None while this is the owner: the globals hold the state

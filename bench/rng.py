@@ -76,11 +76,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    med = lambda f: statistics.median(f() for _ in range(args.repeats))  # noqa: E731
+    med = lambda f: statistics.median(f() for _ in range(args.repeats))
     print(f"region (owner): {med(lambda: _per_call(owner_regions, 100_000)):8.2f} us")
     print(f"region (swap):  {med(lambda: _per_call(swapping_regions, 20_000)):8.2f} us")
     region = _rng.LearnerRandomState.region
-    bare_region = lambda self: contextlib.nullcontext()  # noqa: E731  # the cost before this feature
+    bare_region = lambda self: contextlib.nullcontext()  # the cost before this feature
     for n_fits in (1, 2):
         times: dict[str, list[float]] = {"guarded": [], "bare": []}
         swaps = _rng.swaps
