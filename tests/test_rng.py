@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import random
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import trio
+from docs_snippets import python_blocks, run_and_check
 from matchers import exact
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -264,3 +266,9 @@ class TestConcurrentFits:
             trio.run(asyncloop.fit, learner, 2)
             weights.append(_weights(learner))
         assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
+def test_reproducibility_page_runs_and_prints_what_it_shows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/reproducibility.md's code runs, and its concurrent fit matches the solo fit it shows."""
+    page = Path(__file__).resolve().parent.parent / "docs" / "reproducibility.md"
+    run_and_check("\n".join(python_blocks(page)), str(page), tmp_path, monkeypatch)
