@@ -2,7 +2,8 @@
 
     python bench/rng.py [--steps 2000] [--repeats 5]
 
-Prints the median of ``--repeats`` runs of each measure:
+Prints the median of ``--repeats`` runs of each measure (for steps also the difference of the best runs, which
+load from other processes disturbs least):
 
 * ``region (owner)``: one region of the learner that owns the global generators (the lock only);
 * ``region (swap)``: regions of two learners alternating, so every region saves one state and installs another;
@@ -93,11 +94,12 @@ def main() -> None:
                 _rng.LearnerRandomState.region = region  # type: ignore[method-assign]
         swaps = (_rng.swaps - swaps) / args.repeats
         guarded, bare = statistics.median(times["guarded"]), statistics.median(times["bare"])
+        best = min(times["guarded"]) - min(times["bare"])
         print(
-            f"step, {n_fits} fit(s): {guarded:8.2f} us with regions, {bare:8.2f} us without "
-            f"({guarded - bare:+.2f} us/step; {swaps:.0f} swaps per run of {args.steps * n_fits} steps)"
+            f"step, {n_fits} fit(s): {guarded:8.2f} us with regions, {bare:8.2f} us without (medians; "
+            f"{guarded - bare:+.2f} us/step, best runs {best:+.2f} us/step; "
+            f"{swaps:.0f} swaps per run of {args.steps * n_fits} steps)"
         )
-
 
 if __name__ == "__main__":
     main()
