@@ -24,8 +24,8 @@ EXPORTED = [
     "StopOnNaNLoss", "StreamBackend", "StreamError", "StreamServer", "TensorBoardBackend", "Text", "Threshold", "TimeLimit",
     "TimeThrottle", "ToDevice", "ToGPU", "Traces", "TrainingPhase", "Unresolvable", "ValidationPhase", "Value",
     "Warmup", "Write", "WriteConflictError", "accesses", "accuracy", "callback_graph", "epoch", "events", "fit",
-    "load_model", "log_to", "loggables", "on", "one_cycle", "phases", "run_epoch", "run_step", "save_model", "seed_everything",
-    "set_hyperparameter", "step", "stopping", "subscribe", "test_learner", "throttle",
+    "load_model", "log_to", "loggables", "on", "one_cycle", "phases", "run_epoch", "run_step", "save_model",
+    "seed_everything", "set_hyperparameter", "step", "stopping", "subscribe", "test_learner", "throttle",
 ]
 
 #: The names of API.md's import-surface table, with the public namespace each is also importable from
