@@ -43,6 +43,7 @@ from .callbacks._todevice import ToDevice as ToDevice
 from .callbacks._todevice import ToGPU as ToGPU
 from .callbacks._traces import Traces as Traces
 from ._model_io import load_model as load_model
+from ._rng import seed_everything as seed_everything
 from ._model_io import save_model as save_model
 from .events import BackwardBegin as BackwardBegin
 from .events import BackwardEnd as BackwardEnd
@@ -247,6 +248,7 @@ __all__ = [
     "run_epoch",
     "run_step",
     "save_model",
+    "seed_everything",
     "set_hyperparameter",
     "step",
     "stopping",

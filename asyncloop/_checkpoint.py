@@ -2,8 +2,9 @@
 
 * :func:`training_state` / :func:`load_training_state` -- the whole state of a run as plain data: model and
   optimizer ``state_dict``s, the ``state_dict()`` of every stateful callback, the shared ``cbstate`` histories
-  (epoch/step counters, metrics, hyperparameters, traces; encoded by :mod:`asyncloop._plaindata`) and the RNG
-  states (torch CPU and CUDA, Python's ``random``, NumPy's global generator when NumPy is installed).
+  (epoch/step counters, metrics, hyperparameters, traces; encoded by :mod:`asyncloop._plaindata`) and the
+  learner's own random state (torch CPU and CUDA, Python's ``random``, NumPy; see :mod:`asyncloop._rng`), not
+  the global generators' (which may belong to another learner fitting at the same time).
   ``Learner.state_dict()`` and ``Learner.load_state_dict()`` call them.
 * :func:`save_checkpoint` / :func:`load_checkpoint` -- that state in a file (written atomically, loaded with
   ``torch.load(..., weights_only=True)``: loading a file never runs code from it).
@@ -15,7 +16,6 @@ keeps the state of those the checkpoint does not mention.
 from __future__ import annotations
 
 import os
-import random
 import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,7 @@ from ._checkpoint_files import read_checkpoint
 from ._durable import save_file
 from ._exceptions import CheckpointError
 from ._plaindata import SKIP, a_type, decode_cbstate, encode, is_plain, malformed
+from ._rng import global_state, set_global_state
 from ._snapshots import _clone_tree
 from .phases import TrainingPhase
 
@@ -42,37 +43,9 @@ VERSION = 1
 # --------------------------------------------------------------------------------------------------------------
 
 
-def rng_state() -> dict[str, Any]:
-    """The global RNG states: torch CPU (and every CUDA device, if CUDA is initialised), ``random``, NumPy."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    version, internal, gauss = random.getstate()
-    state["python"] = (version, list(internal), gauss)
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - numpy is optional
-        return state
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state["numpy"] = (str(kind), [int(k) for k in keys], int(pos), int(has_gauss), float(cached))
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned (parts absent here, e.g. CUDA without a GPU, are skipped)."""
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if "python" in state:
-        version, internal, gauss = state["python"]
-        random.setstate((version, tuple(internal), gauss))
-    if "numpy" in state:
-        try:
-            import numpy as np
-        except ImportError:  # pragma: no cover
-            return
-        kind, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+#: The global generators' states (what a checkpoint holds is the *learner's* state: ``learner._random.get()``).
+rng_state = global_state
+set_rng_state = set_global_state
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -137,7 +110,7 @@ def training_state(learner: Learner, *, clone: bool = True) -> dict[str, Any]:
     train = history.get(TrainingPhase()) if isinstance(history, Mapping) else None
     state["epoch"] = train.epochs if train is not None else 0
     state["step"] = train.steps if train is not None else 0
-    state["rng"] = rng_state()
+    state["rng"] = learner._random.get()
     return state
 
 
@@ -297,7 +270,7 @@ def load_training_state(learner: Learner, state: Mapping[str, Any], *, where: st
         "optimizer": _clone_tree(learner.optimizer.state_dict()) if "optimizer" in state else None,
         "callbacks": [(cb, _clone_tree(cb.state_dict())) for key, cb in stateful if key in saved],
         "cbstate": dict(learner.cbstate),
-        "rng": rng_state(),
+        "rng": learner._random.get(),
     }
     try:
         if "model" in state:
@@ -311,7 +284,7 @@ def load_training_state(learner: Learner, state: Mapping[str, Any], *, where: st
                 fn(saved[key])
         learner.cbstate.update(cbstate)
         if "rng" in state:
-            set_rng_state(state["rng"])
+            learner._random.set(state["rng"])
     except Exception as exc:
         if before["model"] is not None:
             model.load_state_dict(before["model"])
@@ -324,7 +297,7 @@ def load_training_state(learner: Learner, state: Mapping[str, Any], *, where: st
             cb.load_state_dict(cb_state)
         learner.cbstate.clear()
         learner.cbstate.update(before["cbstate"])
-        set_rng_state(before["rng"])
+        learner._random.set(before["rng"])
         raise CheckpointError(
             f"cannot load {where} into this learner ({type(exc).__name__}: {exc}); nothing was changed; "
             f"{_MISMATCH_HINT}"

@@ -10,6 +10,7 @@ import torch
 
 from ._callback import Callback
 from ._graph import callback_graph
+from ._rng import LearnerRandomState, check_seed
 from .runners._base import Runner
 from .runners._linear import LinearRunner
 from ._containers import Gradients, PropDict
@@ -71,6 +72,11 @@ class Learner:
             MetricsPrinter, StopOnNaNLoss, Recorder, Metrics`` are appended, each unless a callback of that exact
             type was passed.
         runner: :class:`asyncloop.LinearRunner` (default) or :class:`asyncloop.ActorRunner`.
+        seed: ``None`` (default): the learner's random state is the global generators' state now (so
+            ``torch.manual_seed(0)`` before building it seeds its fits, as always). An int >= 0: its own state,
+            as ``seed_everything(seed)`` would set it, without touching the global generators. Either way its
+            fits draw only from its own state (torch CPU/CUDA, ``random``, NumPy), so two fits running at once in
+            one process give exactly the weights each gives alone; see ``docs/reproducibility.md``.
 
     Fields: ``model``, ``loss_fn``, ``optimizer``, ``data`` (PropDict), ``step`` (PropDict of the current step),
     ``cbstate`` (PropDict of shared callback state), ``callbacks`` (a copy of the list), ``epoch_data`` (the
@@ -90,7 +96,9 @@ class Learner:
         callbacks: Iterable[Callback] = (),
         use_default_callbacks: bool = True,
         runner: Runner | None = None,
+        seed: int | None = None,
     ) -> None:
+        check_seed(seed, "Learner(seed=...)")
         if isinstance(model, type):
             raise TypeError(f"model is the class {model.__name__}; pass an instance: {model.__name__}(...)")
         if not callable(model):
@@ -105,6 +113,8 @@ class Learner:
             runner = LinearRunner()
         _check_runner(runner)
         self._session: Session | None = None
+        self._seed = seed
+        self._random = LearnerRandomState(seed)
         self._model = model
         self._params: tuple[tuple[str, torch.nn.Parameter], ...] | None = None
         self._grads: Gradients | None = None
@@ -161,6 +171,11 @@ class Learner:
     def attach_session(self, session: Session | None) -> None:
         """Used by asyncloop's session when a run starts (``session``) and ends (``None``)."""
         self._session = session
+
+    @property
+    def seed(self) -> int | None:
+        """The ``seed`` the learner was built with (``None``: its random state came from the global generators)."""
+        return self._seed
 
     # -- data / model / optimizer -----------------------------------------------------------------------------------
     @property
@@ -245,7 +260,8 @@ class Learner:
 
     # -- training state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The full training state as plain data: model, optimizer, stateful callbacks, ``cbstate``, RNG states.
+        """The full training state as plain data: model, optimizer, stateful callbacks, ``cbstate``, the learner's own
+        random state (not the global generators', which another fit may hold).
 
         Everything a fit needs to go on exactly where it stopped (at an epoch boundary); see
         :mod:`asyncloop._checkpoint`. Tensors are copies.

@@ -40,6 +40,7 @@ StepBody = Callable[["Learner", "Phase", "Dispatch", PropDict], Awaitable[Any]]
 _EPOCH_BEGIN, _EPOCH_END = EpochBegin(), EpochEnd()
 _STEP_BEGIN, _STEP_END = StepBegin(), StepEnd()
 _LOSS_BEGIN, _BACKWARD_BEGIN, _BACKWARD_END = LossBegin(), BackwardBegin(), BackwardEnd()
+_END = object()  # the end of an epoch's batches
 
 
 async def run_step(learner: Learner, phase: Phase, body: StepBody, state: PropDict) -> PropDict:
@@ -50,11 +51,12 @@ async def run_step(learner: Learner, phase: Phase, body: StepBody, state: PropDi
     learner.step = state
     session.in_step += 1
     try:
-        if (pending := dispatch(_STEP_BEGIN)) is not None:
-            await pending
-        await body(learner, phase, dispatch, state)
-        if (pending := dispatch(_STEP_END)) is not None:
-            await pending
+        with learner._random.region():  # the global generators hold the learner's random state (see _rng)
+            if (pending := dispatch(_STEP_BEGIN)) is not None:
+                await pending
+            await body(learner, phase, dispatch, state)
+            if (pending := dispatch(_STEP_END)) is not None:
+                await pending
     except CancelStepException:
         pass
     finally:
@@ -80,14 +82,18 @@ async def run_epoch(learner: Learner, phase: Phase, epoch_fn: Callable[[Handle],
     session = learner.session
     assert session is not None, "an epoch runs inside a session"
     handle = session.dispatcher(phase).handle
+    region = learner._random.region
     session.in_epoch += 1
     try:
         try:
-            await handle(_EPOCH_BEGIN)
+            with region():
+                await handle(_EPOCH_BEGIN)
             await epoch_fn(handle)
-            await handle(_EPOCH_END)
+            with region():
+                await handle(_EPOCH_END)
         except CancelEpochException:
-            await handle(_EPOCH_END)
+            with region():
+                await handle(_EPOCH_END)
     finally:
         session.in_epoch -= 1
 
@@ -99,8 +105,16 @@ async def default_epoch(learner: Learner, phase: Phase, data: Iterable[Any]) -> 
     step = phase.step
     after_step = getattr(data, "after_step", None)  # fit(val_every_n_steps=) validates between steps
 
+    region = learner._random.region
+
     async def steps(handle: Handle) -> None:
-        for batch in data:
+        with region():  # a shuffling DataLoader draws its order here, once per epoch
+            batches = iter(data)
+        while True:
+            with region():
+                batch = next(batches, _END)
+            if batch is _END:
+                break
             if session.abort_requested:  # type: ignore[union-attr]
                 raise _Aborted()
             await step(learner, batch)

@@ -26,7 +26,8 @@ EXPORTED = [
     "TimeThrottle", "ToDevice", "ToGPU", "Traces", "TrainingPhase", "Unresolvable", "ValidationPhase", "Value",
     "Warmup", "Write", "WriteConflictError", "accesses", "accuracy", "callback_graph", "epoch", "events", "fit",
     "load_model", "log_to", "loggables", "lr_find", "on", "one_cycle", "phases", "predict", "run_epoch", "run_step",
-    "save_model", "set_hyperparameter", "step", "stopping", "subscribe", "test_learner", "throttle", "validate",
+    "save_model", "seed_everything", "set_hyperparameter", "step", "stopping", "subscribe", "test_learner", "throttle",
+    "validate",
 ]
 
 #: The names of API.md's import-surface table, with the public namespace each is also importable from
