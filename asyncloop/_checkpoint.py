@@ -43,7 +43,7 @@ VERSION = 1
 # --------------------------------------------------------------------------------------------------------------
 
 
-#: The global generators' states (what a checkpoint holds is the *learner's* state: ``learner._random.get()``).
+#: The global generators' states (what a checkpoint holds is the *learner's* state: ``learner.random_state.get()``).
 rng_state = global_state
 set_rng_state = set_global_state
 
@@ -110,7 +110,7 @@ def training_state(learner: Learner, *, clone: bool = True) -> dict[str, Any]:
     train = history.get(TrainingPhase()) if isinstance(history, Mapping) else None
     state["epoch"] = train.epochs if train is not None else 0
     state["step"] = train.steps if train is not None else 0
-    state["rng"] = learner._random.get()
+    state["rng"] = learner.random_state.get()
     return state
 
 
@@ -270,7 +270,7 @@ def load_training_state(learner: Learner, state: Mapping[str, Any], *, where: st
         "optimizer": _clone_tree(learner.optimizer.state_dict()) if "optimizer" in state else None,
         "callbacks": [(cb, _clone_tree(cb.state_dict())) for key, cb in stateful if key in saved],
         "cbstate": dict(learner.cbstate),
-        "rng": learner._random.get(),
+        "rng": learner.random_state.get(),
     }
     try:
         if "model" in state:
@@ -284,7 +284,7 @@ def load_training_state(learner: Learner, state: Mapping[str, Any], *, where: st
                 fn(saved[key])
         learner.cbstate.update(cbstate)
         if "rng" in state:
-            learner._random.set(state["rng"])
+            learner.random_state.set(state["rng"])
     except Exception as exc:
         if before["model"] is not None:
             model.load_state_dict(before["model"])
@@ -297,7 +297,7 @@ def load_training_state(learner: Learner, state: Mapping[str, Any], *, where: st
             cb.load_state_dict(cb_state)
         learner.cbstate.clear()
         learner.cbstate.update(before["cbstate"])
-        learner._random.set(before["rng"])
+        learner.random_state.set(before["rng"])
         raise CheckpointError(
             f"cannot load {where} into this learner ({type(exc).__name__}: {exc}); nothing was changed; "
             f"{_MISMATCH_HINT}"

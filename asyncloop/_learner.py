@@ -177,6 +177,12 @@ class Learner:
         """The ``seed`` the learner was built with (``None``: its random state came from the global generators)."""
         return self._seed
 
+    @property
+    def random_state(self) -> LearnerRandomState:
+        """This learner's own random state (torch CPU/CUDA, ``random``, NumPy): the loop runs each step inside
+        ``random_state.region()``, where the global generators hold it; checkpoints save it (docs/reproducibility.md)."""
+        return self._random
+
     # -- data / model / optimizer -----------------------------------------------------------------------------------
     @property
     def data(self) -> PropDict:

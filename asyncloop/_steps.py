@@ -51,7 +51,7 @@ async def run_step(learner: Learner, phase: Phase, body: StepBody, state: PropDi
     learner.step = state
     session.in_step += 1
     try:
-        with learner._random.region():  # the global generators hold the learner's random state (see _rng)
+        with learner.random_state.region():  # the global generators hold the learner's random state (see _rng)
             if (pending := dispatch(_STEP_BEGIN)) is not None:
                 await pending
             await body(learner, phase, dispatch, state)
@@ -82,7 +82,7 @@ async def run_epoch(learner: Learner, phase: Phase, epoch_fn: Callable[[Handle],
     session = learner.session
     assert session is not None, "an epoch runs inside a session"
     handle = session.dispatcher(phase).handle
-    region = learner._random.region
+    region = learner.random_state.region
     session.in_epoch += 1
     try:
         try:
@@ -105,7 +105,7 @@ async def default_epoch(learner: Learner, phase: Phase, data: Iterable[Any]) -> 
     step = phase.step
     after_step = getattr(data, "after_step", None)  # fit(val_every_n_steps=) validates between steps
 
-    region = learner._random.region
+    region = learner.random_state.region
 
     async def steps(handle: Handle) -> None:
         with region():  # a shuffling DataLoader draws its order here, once per epoch
