@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from ..loggables import Audio, Histogram, Image, Loggable, Text, Value
-from ._backend import LazyResource, LoggerBackend
+from ._backend import LazyResource, LoggerBackend, is_training_step
 from ._hparams import HParams
 
 
@@ -85,7 +85,7 @@ class TensorBoardBackend(LoggerBackend):
         tag = "/".join((*group, name))
         with self._writer.lock:
             writer = self._writer.use()
-            if not self._restart_checked and _is_training_step(group):
+            if not self._restart_checked and is_training_step(group):
                 self._mark_restart(writer, index)
             if isinstance(loggable, Value):
                 writer.add_scalar(tag, float(loggable.data), index)
@@ -117,11 +117,6 @@ class TensorBoardBackend(LoggerBackend):
 
     def __repr__(self) -> str:
         return f"TensorBoardBackend({self.logdir!r})"
-
-
-def _is_training_step(group: tuple[str, ...]) -> bool:
-    """Whether a point of this group is indexed by training steps (``Step/...``, except validation steps)."""
-    return bool(group) and group[0] == "Step" and not (len(group) > 1 and group[1] == "ValidationPhase")
 
 
 def _add_hparams(writer: Any, loggable: HParams, index: int) -> None:
