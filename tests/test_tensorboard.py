@@ -17,18 +17,23 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from asyncloop import (
     ActorRunner,
+    Callback,
+    Checkpointer,
     CustomCallback,
     EpochBegin,
     LinearRunner,
     LogConfig,
     LogMetrics,
     Metrics,
+    Read,
     Recorder,
+    StepEnd,
     TensorBoardBackend,
     TrainingPhase,
     ValidationPhase,
     fit,
     log_to,
+    on,
     test_learner,
 )
 from asyncloop.loggables import Audio, Histogram, Image, RuntimeEvent, Text, Value
@@ -89,6 +94,35 @@ class TestTensorBoardBackend:
         run = read_run(tmp_path)
         assert [(e.step, e.value) for e in run.Scalars("Step/TrainingPhase/Metrics/Loss")] == [
             (1, 1), (2, 2), (3, 3), (4, 40), (5, 50)]
+
+    @pytest.mark.parametrize("runner", RUNNERS)
+    async def test_resume_after_a_crash_mid_epoch_logs_each_step_once(self, tmp_path: Path, runner: Any) -> None:
+        """A fit that crashes mid-epoch and resumes from its last checkpoint shows each training step once."""
+
+        class Crash(Callback):
+            state_access = {"cbstate": {"history": Read()}}
+
+            @on(StepEnd, TrainingPhase)
+            def crash(self, event: StepEnd, phase: TrainingPhase, learner: Any) -> None:
+                if learner.cbstate.history[phase].steps == 6:
+                    raise RuntimeError("power cut")
+
+        logdir, folder = tmp_path / "tb", tmp_path / "checkpoints"
+        crashing = test_learner(Recorder(), Metrics(), Checkpointer(folder), LogMetrics(TensorBoardBackend(logdir)),
+                                Crash(), n_batches=4, runner=runner())
+        with pytest.raises(RuntimeError, match="power cut"):
+            await fit(crashing, 2)
+        await trio.sleep(1.05)  # event files sort by their second, as a later process's do
+        resumed = test_learner(Recorder(), Metrics(), Checkpointer(folder), LogMetrics(TensorBoardBackend(logdir)),
+                               n_batches=4, runner=runner())
+        await fit(resumed, 1, resume=folder)  # from the checkpoint of epoch 1 (step 4): replays steps 5 and 6
+        run = read_run(logdir)
+        assert steps_of(run, "Step/TrainingPhase/Metrics/Loss") == list(range(1, 9))
+        assert steps_of(run, "Epoch/TrainingPhase/Metrics/Loss") == [1, 2]
+        losses = resumed.cbstate.metrics_step[TrainingPhase()]
+        assert losses.indices("Loss") == list(range(1, 9))  # steps 1-4 from the checkpoint, 5-8 trained now
+        assert [e.value for e in run.Scalars("Step/TrainingPhase/Metrics/Loss")] == pytest.approx(
+            losses.values("Loss"), rel=1e-6)
 
     def test_fresh_opening_keeps_earlier_files(self, tmp_path: Path) -> None:
         """An opening that starts at step 1, or one given purge_step, adds no purge of its own."""
