@@ -19,10 +19,25 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asyncloop import EventLogBackend, log_to
+from asyncloop import (
+    Callback,
+    Checkpointer,
+    EventLogBackend,
+    LogMetrics,
+    Metrics,
+    Read,
+    Recorder,
+    StepEnd,
+    TrainingPhase,
+    fit,
+    log_to,
+    on,
+    test_learner,
+)
 from asyncloop.loggables import Audio, Histogram, Image, RuntimeEvent, Text, Value
 from asyncloop.logging import EventLogFormatError, decode_array, follow, read_events
 from asyncloop.logging import _eventlog as eventlog
@@ -148,6 +163,32 @@ class TestEventLogBackend:
         log_to(fresh, Value(6), "Loss", 6, train)
         fresh.close()
         assert [r["kind"] for r in read_events(path)][-3:] == ["open", "value", "close"]
+
+    def test_resume_after_a_crash_mid_epoch_marks_the_rewind(self, tmp_path: Path) -> None:
+        """A fit resumed after a crash mid-epoch continues its run's seq and writes a rewind at the replayed step."""
+
+        class Crash(Callback):
+            state_access = {"cbstate": {"history": Read()}}
+
+            @on(StepEnd, TrainingPhase)
+            def crash(self, event: StepEnd, phase: TrainingPhase, learner: Any) -> None:
+                if learner.cbstate.history[phase].steps == 6:
+                    raise RuntimeError("power cut")
+
+        path, folder = tmp_path / "run.alog", tmp_path / "checkpoints"
+        crashing = test_learner(Recorder(), Metrics(), Checkpointer(folder),
+                                LogMetrics(EventLogBackend(path, run="r")), Crash(), n_batches=4)
+        with pytest.raises(RuntimeError, match="power cut"):
+            trio.run(fit, crashing, 2)
+        resumed = test_learner(Recorder(), Metrics(), Checkpointer(folder), LogMetrics(EventLogBackend(path, run="r")),
+                               n_batches=4)
+        trio.run(lambda: fit(resumed, 1, resume=folder))  # from the checkpoint of epoch 1 (step 4)
+        records = list(read_events(path))
+        assert [r["seq"] for r in records] == list(range(len(records)))
+        rewinds = [i for i, r in enumerate(records) if r["kind"] == "rewind"]
+        assert len(rewinds) == 1 and records[rewinds[0]]["value"] == {"step": 5}
+        after = records[rewinds[0] + 1]
+        assert (after["group"], after["index"]) == (["Step", "TrainingPhase", "Metrics"], 5)
 
     def test_mode_w_replaces(self, tmp_path: Path) -> None:
         """mode='w' replaces an existing log on its first open."""
