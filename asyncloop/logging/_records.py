@@ -10,7 +10,8 @@ key       type           meaning
                          the log) / ``"rewind"`` (a resumed fit starts over at a training step)
 ``t``     float          wall-clock time the record was made (Unix seconds)
 ``run``   str            the backend's run name
-``seq``   int            0, 1, 2, ... per run and file (continued by every session): a gap means lost records
+``seq``   int            0, 1, 2, ... per run and file in an event log (every session continues it), per run
+                         and backend on the live stream: a gap means lost records
 ``name``  str            the loggable's name (``"Loss"``); ``"asyncloop"`` for open/close
 ``group`` list of str    e.g. ``["Step", "TrainingPhase", "Metrics"]``
 ``index`` int            the step or epoch the value belongs to
