@@ -19,10 +19,25 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asyncloop import EventLogBackend, log_to
+from asyncloop import (
+    Callback,
+    Checkpointer,
+    EventLogBackend,
+    LogMetrics,
+    Metrics,
+    Read,
+    Recorder,
+    StepEnd,
+    TrainingPhase,
+    fit,
+    log_to,
+    on,
+    test_learner,
+)
 from asyncloop.loggables import Audio, Histogram, Image, RuntimeEvent, Text, Value
 from asyncloop.logging import EventLogFormatError, decode_array, follow, read_events
 from asyncloop.logging import _eventlog as eventlog
@@ -112,6 +127,68 @@ class TestEventLogBackend:
             backend.close()
         assert [(r["kind"], r["seq"]) for r in read_events(path)] == [
             ("open", 0), ("value", 1), ("close", 2), ("open", 3), ("value", 4), ("close", 5)]
+
+    def test_seq_continues_across_backends_per_run(self, tmp_path: Path) -> None:
+        """A new backend (as in a new process) appending to a log continues its run's seq; another run counts alone."""
+        path = tmp_path / "run.alog"
+        for run in ("r", "r", "other", "r"):
+            backend = EventLogBackend(path, run=run)
+            log_to(backend, Value(1), "x", 1)
+            backend.close()
+        assert [(r["run"], r["kind"], r["seq"]) for r in read_events(path)] == [
+            ("r", "open", 0), ("r", "value", 1), ("r", "close", 2),
+            ("r", "open", 3), ("r", "value", 4), ("r", "close", 5),
+            ("other", "open", 0), ("other", "value", 1), ("other", "close", 2),
+            ("r", "open", 6), ("r", "value", 7), ("r", "close", 8)]
+
+    def test_rewind_is_marked(self, tmp_path: Path) -> None:
+        """A session whose first training-step point is at or before its run's last one writes a rewind record first."""
+        path = tmp_path / "run.alog"
+        train, val = ("Step", "TrainingPhase", "Metrics"), ("Step", "ValidationPhase", "Metrics")
+        first = EventLogBackend(path, run="r")
+        for step in range(1, 6):
+            log_to(first, Value(step), "Loss", step, train)
+        log_to(first, Value(0), "Loss", 9, val)
+        first.close()
+        resumed = EventLogBackend(path, run="r")  # a new process resuming from a checkpoint at step 3
+        log_to(resumed, Value(0), "Loss", 4, val)  # validation steps are another axis: no rewind for them
+        log_to(resumed, Value(4), "Loss", 4, train)
+        log_to(resumed, Value(5), "Loss", 5, train)
+        resumed.close()
+        records = list(read_events(path))
+        assert [(r["kind"], r["index"]) for r in records[8:]] == [
+            ("open", 0), ("value", 4), ("rewind", 4), ("value", 4), ("value", 5), ("close", 0)]
+        assert records[10]["value"] == {"step": 4} and records[10]["seq"] == 10
+        fresh = EventLogBackend(path, run="r")  # a continued fit: no rewind
+        log_to(fresh, Value(6), "Loss", 6, train)
+        fresh.close()
+        assert [r["kind"] for r in read_events(path)][-3:] == ["open", "value", "close"]
+
+    def test_resume_after_a_crash_mid_epoch_marks_the_rewind(self, tmp_path: Path) -> None:
+        """A fit resumed after a crash mid-epoch continues its run's seq and writes a rewind at the replayed step."""
+
+        class Crash(Callback):
+            state_access = {"cbstate": {"history": Read()}}
+
+            @on(StepEnd, TrainingPhase)
+            def crash(self, event: StepEnd, phase: TrainingPhase, learner: Any) -> None:
+                if learner.cbstate.history[phase].steps == 6:
+                    raise RuntimeError("power cut")
+
+        path, folder = tmp_path / "run.alog", tmp_path / "checkpoints"
+        crashing = test_learner(Recorder(), Metrics(), Checkpointer(folder),
+                                LogMetrics(EventLogBackend(path, run="r")), Crash(), n_batches=4)
+        with pytest.raises(RuntimeError, match="power cut"):
+            trio.run(fit, crashing, 2)
+        resumed = test_learner(Recorder(), Metrics(), Checkpointer(folder), LogMetrics(EventLogBackend(path, run="r")),
+                               n_batches=4)
+        trio.run(lambda: fit(resumed, 1, resume=folder))  # from the checkpoint of epoch 1 (step 4)
+        records = list(read_events(path))
+        assert [r["seq"] for r in records] == list(range(len(records)))
+        rewinds = [i for i, r in enumerate(records) if r["kind"] == "rewind"]
+        assert len(rewinds) == 1 and records[rewinds[0]]["value"] == {"step": 5}
+        after = records[rewinds[0] + 1]
+        assert (after["group"], after["index"]) == (["Step", "TrainingPhase", "Metrics"], 5)
 
     def test_mode_w_replaces(self, tmp_path: Path) -> None:
         """mode='w' replaces an existing log on its first open."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +17,23 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from asyncloop import (
     ActorRunner,
+    Callback,
+    Checkpointer,
     CustomCallback,
     EpochBegin,
     LinearRunner,
     LogConfig,
     LogMetrics,
     Metrics,
+    Read,
     Recorder,
+    StepEnd,
     TensorBoardBackend,
     TrainingPhase,
     ValidationPhase,
     fit,
     log_to,
+    on,
     test_learner,
 )
 from asyncloop.loggables import Audio, Histogram, Image, RuntimeEvent, Text, Value
@@ -71,6 +77,62 @@ class TestTensorBoardBackend:
                 assert [e.step for e in events] == histories[phase].indices("Loss")
                 assert [e.value for e in events] == pytest.approx(histories[phase].values("Loss"), rel=1e-6)
         assert [e.step for e in run.Scalars("Step/TrainingPhase/Metrics/Loss")] == list(range(1, 9))
+
+    def test_resumed_opening_purges_replayed_steps(self, tmp_path: Path) -> None:
+        """An opening whose first training-step point is past step 1 (a resume) hides the earlier files' later steps."""
+        train = ("Step", "TrainingPhase", "Metrics")
+        first = TensorBoardBackend(tmp_path)
+        for step in range(1, 7):
+            log_to(first, Value(step), "Loss", step, train)
+        first.close()
+        time.sleep(1.05)  # event files sort by their second: the resumed one comes after, as in a real resume
+        resumed = TensorBoardBackend(tmp_path)  # a new process resuming from a checkpoint at step 3
+        log_to(resumed, Value(0.5), "Loss", 2, ("Epoch", "TrainingPhase", "Metrics"))  # not a step: no purge yet
+        for step in (4, 5):
+            log_to(resumed, Value(10 * step), "Loss", step, train)
+        resumed.close()
+        run = read_run(tmp_path)
+        assert [(e.step, e.value) for e in run.Scalars("Step/TrainingPhase/Metrics/Loss")] == [
+            (1, 1), (2, 2), (3, 3), (4, 40), (5, 50)]
+
+    @pytest.mark.parametrize("runner", RUNNERS)
+    async def test_resume_after_a_crash_mid_epoch_logs_each_step_once(self, tmp_path: Path, runner: Any) -> None:
+        """A fit that crashes mid-epoch and resumes from its last checkpoint shows each training step once."""
+
+        class Crash(Callback):
+            state_access = {"cbstate": {"history": Read()}}
+
+            @on(StepEnd, TrainingPhase)
+            def crash(self, event: StepEnd, phase: TrainingPhase, learner: Any) -> None:
+                if learner.cbstate.history[phase].steps == 6:
+                    raise RuntimeError("power cut")
+
+        logdir, folder = tmp_path / "tb", tmp_path / "checkpoints"
+        crashing = test_learner(Recorder(), Metrics(), Checkpointer(folder), LogMetrics(TensorBoardBackend(logdir)),
+                                Crash(), n_batches=4, runner=runner())
+        with pytest.raises(RuntimeError, match="power cut"):
+            await fit(crashing, 2)
+        await trio.sleep(1.05)  # event files sort by their second, as a later process's do
+        resumed = test_learner(Recorder(), Metrics(), Checkpointer(folder), LogMetrics(TensorBoardBackend(logdir)),
+                               n_batches=4, runner=runner())
+        await fit(resumed, 1, resume=folder)  # from the checkpoint of epoch 1 (step 4): replays steps 5 and 6
+        run = read_run(logdir)
+        assert steps_of(run, "Step/TrainingPhase/Metrics/Loss") == list(range(1, 9))
+        assert steps_of(run, "Epoch/TrainingPhase/Metrics/Loss") == [1, 2]
+        losses = resumed.cbstate.metrics_step[TrainingPhase()]
+        assert losses.indices("Loss") == list(range(1, 9))  # steps 1-4 from the checkpoint, 5-8 trained now
+        assert [e.value for e in run.Scalars("Step/TrainingPhase/Metrics/Loss")] == pytest.approx(
+            losses.values("Loss"), rel=1e-6)
+
+    def test_fresh_opening_keeps_earlier_files(self, tmp_path: Path) -> None:
+        """An opening that starts at step 1, or one given purge_step, adds no purge of its own."""
+        train = ("Step", "TrainingPhase", "Metrics")
+        for kwargs in ({}, {}, {"purge_step": 100}):
+            backend = TensorBoardBackend(tmp_path, **kwargs)
+            for step in (1, 2):
+                log_to(backend, Value(step), "Loss", step, train)
+            backend.close()
+        assert steps_of(read_run(tmp_path), "Step/TrainingPhase/Metrics/Loss") == [1, 2, 1, 2, 1, 2]
 
     async def test_closed_when_fit_returns(self, tmp_path: Path) -> None:
         """The event file is flushed and closed by the time fit returns."""

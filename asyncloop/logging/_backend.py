@@ -141,3 +141,11 @@ def log_to(
 def default_run_name() -> str:
     """A fresh run name: local time plus a random suffix, e.g. ``"20261125-101500-3fa2c1"``."""
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def is_training_step(group: tuple[str, ...]) -> bool:
+    """Whether a point of this group is indexed by training steps (``Step/...``, except validation steps).
+
+    The backends use it to tell where a resumed fit starts: its first such point.
+    """
+    return bool(group) and group[0] == "Step" and not (len(group) > 1 and group[1] == "ValidationPhase")

@@ -46,6 +46,10 @@ class CSVBackend(LoggerBackend):
     ``pandas.read_csv(path)`` reads the file. The file and its folder are created when the first row is logged;
     an existing file is appended to if it has this header (else
     ``ValueError``); every row is flushed as it is written, so the file can be read while training runs.
+
+    A resumed fit (``fit(..., resume=...)``) appends the rows of the steps it replays again, later in the file;
+    keep the last row of each ``(run, tag, index)`` (pandas: ``df.drop_duplicates(["run", "tag", "index"],
+    keep="last")``). Give the resumed fit the same ``run=`` to continue the run.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, run: str | None = None) -> None:

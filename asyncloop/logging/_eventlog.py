@@ -38,7 +38,7 @@ from typing import IO, BinaryIO
 
 from .._exceptions import EventLogFormatError
 from ..loggables import Loggable
-from ._backend import LoggerBackend, default_run_name
+from ._backend import LoggerBackend, default_run_name, is_training_step
 from ._records import FORMAT_VERSION, control_record, is_record, make_record, open_value, pack, unpack
 
 
@@ -235,13 +235,20 @@ def follow(
             f.close()
 
 
-def _valid_end(f: IO[bytes]) -> int:
-    """Offset just past the last whole record of the log open in ``f`` (header checked by the caller)."""
+def _scan(f: IO[bytes], run: str) -> tuple[int, int, int | None]:
+    """For the log open in ``f`` (header checked by the caller): the offset just past its last whole record, the
+    next ``seq`` of ``run`` in it (0 if it has none) and the last training step ``run`` logged a point at (or None).
+    """
     f.seek(HEADER_SIZE)
-    end = HEADER_SIZE
+    end, seq, step = HEADER_SIZE, 0, None
     while (found := _next_record(f)) is not None:
-        end += found[1]
-    return end
+        record, size = found
+        end += size
+        if record["run"] == run:
+            seq = max(seq, record["seq"] + 1)
+            if record["kind"] not in ("open", "close", "rewind") and is_training_step(tuple(record["group"])):
+                step = record["index"] if step is None else max(step, record["index"])
+    return end, seq, step
 
 
 def _whole_record_at(data: bytes | memoryview, i: int) -> bool:
@@ -303,8 +310,14 @@ class EventLogBackend(LoggerBackend):
         run: the run name written in every record; default: a fresh :func:`default_run_name`.
         fsync: also ``os.fsync`` at every :meth:`flush` and :meth:`close` (survives power loss, not just a crash).
 
-    Each opening writes an ``open`` record and :meth:`close` a ``close`` record, so a log shows each fit's
-    session; ``seq`` counts every record of the run. One writer per file: two backends appending to one path
+    Each opening (the first ``log_to`` after construction or :meth:`close`, normally once per fit) writes an
+    ``open`` record and :meth:`close` a ``close`` record, so a log shows each fit's session. ``seq`` counts every
+    record of the run in this file: an opening continues from the run's last ``seq`` in the file, also in another
+    process (give the same ``run=``); another run in the same file counts from 0. A resumed fit replays the steps
+    after its checkpoint: when a session's first training-step point (a ``Step`` group other than
+    ``Step/ValidationPhase``) is at or before the last training step its run already has in the file, a
+    ``rewind`` record ``{"step": k}`` (index ``k``) comes just before it; a reader keeps, for that run, only the
+    records before the rewind whose training step is below ``k``. One writer per file: two backends appending to one path
     interleave whole records but their sessions overlap. Records are written with one unbuffered ``write`` each,
     so another process can :func:`follow` the log live.
 
@@ -329,6 +342,8 @@ class EventLogBackend(LoggerBackend):
         self._file: IO[bytes] | None = None
         self._seq = 0
         self._session_records = 0
+        self._last_step: int | None = None  # the last training step of this run in the file, when it was opened
+        self._rewind_checked = False  # whether this session's first training-step point has been seen
         self._stopped: str | None = None  # why appending stopped (a partial record could not be cut off)
         self._lock = threading.Lock()
 
@@ -337,6 +352,11 @@ class EventLogBackend(LoggerBackend):
         with self._lock:
             if self._file is None:
                 self._open()
+            if not self._rewind_checked and is_training_step(group):
+                self._rewind_checked = True
+                if self._last_step is not None and index <= self._last_step:
+                    self._write({**control_record("rewind", {"step": index}, run=self.run, seq=self._seq),
+                                 "index": index})
             self._write(make_record(loggable, name, index, group, run=self.run, seq=self._seq))
 
     def _write(self, record: dict) -> None:
@@ -387,6 +407,7 @@ class EventLogBackend(LoggerBackend):
 
     def _open(self) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        seq, last_step = 0, None
         if self._replace or not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
             with open(self.path, "wb") as f:
                 f.write(HEADER)
@@ -397,7 +418,7 @@ class EventLogBackend(LoggerBackend):
                     f.seek(0)
                     f.truncate()
                     f.write(HEADER)
-                end = _valid_end(f)
+                end, seq, last_step = _scan(f, self.run)
                 size = f.seek(0, io.SEEK_END)
                 if size > end:
                     if not _is_torn_tail(f, end, size):
@@ -410,6 +431,7 @@ class EventLogBackend(LoggerBackend):
                     f.truncate(end)
         self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed by close()
         self._session_records = 0
+        self._seq, self._last_step, self._rewind_checked = seq, last_step, False
         try:
             self._write(control_record("open", open_value(), run=self.run, seq=self._seq))
         except BaseException:  # no session without its open record: the next log_to opens afresh

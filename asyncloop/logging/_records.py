@@ -7,10 +7,11 @@ key       type           meaning
 ========  =============  ===================================================================================
 ``kind``  str            ``"value"``, ``"text"``, ``"image"``, ``"histogram"``, ``"audio"``, ``"event"``,
                          ``"hparams"`` (a loggable's ``kind``), or ``"open"`` / ``"close"`` (a writer opened or closed
-                         the log)
+                         the log) / ``"rewind"`` (a resumed fit starts over at a training step)
 ``t``     float          wall-clock time the record was made (Unix seconds)
 ``run``   str            the backend's run name
-``seq``   int            0, 1, 2, ... per run and backend: a gap means lost records
+``seq``   int            0, 1, 2, ... per run and file in an event log (every session continues it), per run
+                         and backend on the live stream: a gap means lost records
 ``name``  str            the loggable's name (``"Loss"``); ``"asyncloop"`` for open/close
 ``group`` list of str    e.g. ``["Step", "TrainingPhase", "Metrics"]``
 ``index`` int            the step or epoch the value belongs to
@@ -22,7 +23,7 @@ Values: a number (``value``), a str (``text``), ``{"dtype": "uint8", "shape": [H
 (``histogram``), ``{"dtype": "float32", "shape": [n], "data": bytes, "sample_rate"}`` (``audio``,
 little-endian), ``{"phase", "epochs", "steps", "steps_epoch"}`` (``event``, with the event's class name as
 ``name``), ``{"hparams": {str: number or str}, "metrics": {str: float} or None}`` (``hparams``; ``metrics`` is None
-at a run's start), ``{"format", "asyncloop", "pid", "host"}`` (``open``) and ``{"records"}`` (``close``).
+at a run's start), ``{"format", "asyncloop", "pid", "host"}`` (``open``), ``{"records"}`` (``close``) and ``{"step"}`` (``rewind``).
 :func:`decode_array` turns the array dicts back into NumPy arrays.
 
 The live stream adds one control record, ``{"kind": "dropped", "t": float, "count": int}``: ``count`` records
@@ -73,7 +74,7 @@ def make_record(loggable: Loggable, name: str, index: int, group: tuple[str, ...
 
 
 def control_record(kind: str, value: Any, *, run: str, seq: int) -> dict:
-    """An ``open`` or ``close`` record."""
+    """An ``open``, ``close`` or ``rewind`` record."""
     return {"kind": kind, "t": time.time(), "run": run, "seq": seq, "name": "asyncloop", "group": [], "index": 0,
             "value": value}
 

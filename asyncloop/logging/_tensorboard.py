@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from ..loggables import Audio, Histogram, Image, Loggable, Text, Value
-from ._backend import LazyResource, LoggerBackend
+from ._backend import LazyResource, LoggerBackend, is_training_step
 from ._hparams import HParams
 
 
@@ -34,6 +34,14 @@ class TensorBoardBackend(LoggerBackend):
         **writer_kwargs: passed to ``torch.utils.tensorboard.SummaryWriter`` (e.g. ``flush_secs``,
             ``purge_step``, ``filename_suffix``).
 
+    Resuming keeps the charts clean: when an opening's first training-step point (a ``Step/...`` tag other than
+    ``Step/ValidationPhase/...``) is past step 1, as after ``fit(..., resume=...)`` from a checkpoint at step
+    ``k - 1``, the backend marks a restart at step ``k`` (what ``purge_step=k`` does), and TensorBoard drops the
+    points at steps ``>= k`` of the earlier event files: the replayed steps are shown once, from the resumed run.
+    The mark works on the training-step axis (all tags at those steps, which is what ``purge_step`` does);
+    ``Epoch/...`` points and validation steps are other axes and are kept. An opening that starts at step 1, or a
+    backend given ``purge_step``, adds no mark of its own.
+
     The writer opens on the first ``log_to``, is flushed at ``FitEnd`` and closed when the run ends, also when
     it fails or is cancelled; a later fit opens a new event file in the same directory.
     """
@@ -48,18 +56,37 @@ class TensorBoardBackend(LoggerBackend):
         self.overwrite = bool(overwrite)
         self.writer_kwargs = writer_kwargs
         self._writer: LazyResource[Any] = LazyResource(self._open, flush=_flush, close=_close)
+        self._restart_checked = False  # whether this opening's first training-step point has been seen
 
     def _open(self) -> Any:
         if self.overwrite:
             for old in glob.glob(os.path.join(glob.escape(self.logdir), "events.out.tfevents.*")):
                 os.remove(old)
             self.overwrite = False
+        # A purge_step given by the user makes the writer mark the restart itself; else log_to marks it.
+        self._restart_checked = self.writer_kwargs.get("purge_step") is not None
         return self._writer_class(log_dir=self.logdir, **self.writer_kwargs)
+
+    def _mark_restart(self, writer: Any, step: int) -> None:
+        """Mark a resumed opening: TensorBoard then drops the points at steps >= ``step`` that it loaded before.
+
+        This is what ``SummaryWriter(purge_step=step)`` writes when it opens; the step is known only now, at this
+        opening's first training-step point. An opening that starts at step 1 (a new run) marks nothing.
+        """
+        self._restart_checked = True
+        if step <= 1:
+            return
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+        file_writer = writer._get_file_writer()
+        file_writer.add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
 
     def log_to(self, loggable: Loggable, name: str, index: int, group: tuple[str, ...] = ()) -> None:
         tag = "/".join((*group, name))
         with self._writer.lock:
             writer = self._writer.use()
+            if not self._restart_checked and is_training_step(group):
+                self._mark_restart(writer, index)
             if isinstance(loggable, Value):
                 writer.add_scalar(tag, float(loggable.data), index)
             elif isinstance(loggable, Text):
