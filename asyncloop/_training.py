@@ -176,6 +176,7 @@ async def fit(
     *,
     phases: tuple[AbstractTrainingPhase, AbstractValidationPhase | None] | None = None,
     resume: Any = None,
+    resume_strict: bool = True,
     until_epoch: int | None = None,
     max_steps: int | None = None,
     limit_train_batches: int | None = None,
@@ -199,7 +200,9 @@ async def fit(
     is restored first, as :meth:`Learner.load_checkpoint`, then ``n_epochs`` *more* epochs run: 2 epochs, then a
     resume for 2, end exactly where 4 epochs straight would. ``until_epoch=15`` instead of ``n_epochs`` means
     "until 15 training epochs in total" (counted by the Recorder, across fits and resumes; nothing runs when the
-    learner is already there). Pass exactly one of the two.
+    learner is already there). Pass exactly one of the two. ``resume_strict=False`` loads a checkpoint whose
+    optimizer class or stateful callbacks differ from the learner's, warning per mismatch (as
+    ``learner.load_checkpoint(path, strict=False)``).
 
     Limits and cadence (Lightning's names): ``max_steps`` ends the fit after that many training batches in this
     call (the epoch it falls in ends there cleanly, validates as the cadence says, then ``FitEnd``; the result has
@@ -247,7 +250,7 @@ async def fit(
         )
     t0 = time.perf_counter()
     if resume is not None:
-        await run_in_thread(learner.load_checkpoint, resume, name="asyncloop-resume")
+        await run_in_thread(learner.load_checkpoint, resume, resume_strict, name="asyncloop-resume")
     result = await in_session(learner, _fit, learner, plan, batches)
     # After the drain: detached actors' time and events are complete; copies, so a later fit leaves them alone.
     statistics = tuple(copy.copy(s) for s in learner.runner.statistics())
