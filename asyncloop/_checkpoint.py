@@ -261,8 +261,8 @@ def load_training_state(
     """Restore ``learner`` from :func:`training_state` (``Learner.load_state_dict()``).
 
     Model and optimizer ``load_state_dict`` (tensors move to where the parameters are), every stateful
-    callback's ``load_state_dict`` (matched by class name and occurrence; callbacks absent from the state keep
-    theirs), the saved ``cbstate`` entries (replaced), and the RNG states.
+    callback's ``load_state_dict`` (matched by class name and occurrence; with ``strict=False``, callbacks absent
+    from the state keep theirs), the saved ``cbstate`` entries (replaced), and the RNG states.
 
     All or nothing: a state that does not fit the learner (other model weights or shapes, another optimizer
     layout, a callback that rejects its state) raises :class:`CheckpointError` naming ``where`` and what does
