@@ -9,8 +9,10 @@
 * :func:`save_checkpoint` / :func:`load_checkpoint` -- that state in a file (written atomically, loaded with
   ``torch.load(..., weights_only=True)``: loading a file never runs code from it).
 
-Pitfall: loading is all or nothing, but only for what the state covers: a learner built with other callbacks
-keeps the state of those the checkpoint does not mention.
+Loading is all or nothing, and strict by default: a checkpoint whose optimizer class differs from the learner's,
+that holds the state of a callback the learner lacks, or that lacks the state of one of the learner's stateful
+callbacks is refused with a :class:`CheckpointError` naming each mismatch; ``strict=False`` loads the rest and
+warns once per mismatch.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ def training_state(learner: Learner, *, clone: bool = True) -> dict[str, Any]:
     ):
         opt = learner.optimizer.state_dict()
         state["optimizer"] = _clone_tree(opt) if clone else opt
+        state["optimizer_class"] = type(learner.optimizer).__qualname__
     callbacks = learner._callbacks
     cb_states: dict[str, Any] = {}
     for i, cb in enumerate(callbacks):
@@ -168,6 +171,8 @@ def _check_state(state: Any, where: str) -> dict[str, Any]:
     for key in ("epoch", "step"):
         if key in state and type(state[key]) is not int:
             raise malformed(where, f"its {key} is {state[key]!r}, not an int")
+    if "optimizer_class" in state and type(state["optimizer_class"]) is not str:
+        raise malformed(where, f"its optimizer_class is {a_type(state['optimizer_class'])}, not a str")
     weights = state.get("model")
     if isinstance(weights, Mapping):
         for name, value in weights.items():
@@ -225,33 +230,77 @@ def _optimizer_mismatch(optimizer: torch.optim.Optimizer, saved: Any) -> str | N
     return None
 
 
-def load_training_state(learner: Learner, state: Mapping[str, Any], *, where: str = "the state") -> None:
+def _compatibility(learner: Learner, state: Mapping[str, Any]) -> tuple[list[str], bool]:
+    """What in ``state`` does not match the learner's optimizer class and stateful callbacks (one sentence each),
+    and whether the optimizer state can be loaded (its class matches, or the state does not name it)."""
+    problems: list[str] = []
+    optimizer_ok = True
+    saved_class = state.get("optimizer_class")
+    if "optimizer" in state and saved_class is not None:
+        own = type(learner.optimizer).__qualname__
+        if own != saved_class:
+            problems.append(f"its optimizer is {saved_class}, the learner's is {own}")
+            optimizer_ok = False
+    callbacks = learner._callbacks
+    saved = state.get("callbacks", {})
+    keys = [callback_key(callbacks, i) for i in range(len(callbacks))]
+    with_state = {key for key, cb in zip(keys, callbacks) if getattr(cb, "state_dict", None) is not None}
+    for key in saved:
+        if key not in with_state:
+            problems.append(f"it holds the state of {key}, which this learner lacks")
+    for key, cb in zip(keys, callbacks):
+        stateful = getattr(cb, "load_state_dict", None) is not None and getattr(cb, "state_dict", None) is not None
+        if stateful and key not in saved:
+            problems.append(f"it holds no state for the learner's {key}")
+    return problems, optimizer_ok
+
+
+def load_training_state(
+    learner: Learner, state: Mapping[str, Any], *, where: str = "the state", strict: bool = True
+) -> None:
     """Restore ``learner`` from :func:`training_state` (``Learner.load_state_dict()``).
 
     Model and optimizer ``load_state_dict`` (tensors move to where the parameters are), every stateful
-    callback's ``load_state_dict`` (matched by class name and occurrence; callbacks absent from the state keep
-    theirs), the saved ``cbstate`` entries (replaced), and the RNG states.
+    callback's ``load_state_dict`` (matched by class name and occurrence; with ``strict=False``, callbacks absent
+    from the state keep theirs), the saved ``cbstate`` entries (replaced), and the RNG states.
 
     All or nothing: a state that does not fit the learner (other model weights or shapes, another optimizer
     layout, a callback that rejects its state) raises :class:`CheckpointError` naming ``where`` and what does
     not match, and leaves the learner as it was. So does a malformed state (a file that loads with
     ``weights_only=True`` can hold anything: a version that is a string, a cbstate that is a list, a History
     without its fields, RNG states of the wrong shape...), checked before anything is changed.
+
+    ``strict`` (the default) also refuses a state whose optimizer class differs from the learner's, that holds
+    the state of a callback the learner lacks, or that lacks the state of one of the learner's stateful callbacks,
+    naming each mismatch. ``strict=False`` warns once per mismatch and loads the rest: another optimizer class
+    keeps the learner's optimizer state, a callback without saved state keeps its own.
     """
     cbstate = _check_state(state, where)
     if learner.session is not None:
         raise RuntimeError(
             "cannot load a training state while fit() is running; load it before fit, or use fit(..., resume=path)"
         )
+    had_optimizer = learner._optimizer
+    problems, optimizer_ok = _compatibility(learner, state)
+    if problems and strict:
+        learner._optimizer = had_optimizer
+        raise CheckpointError(
+            f"cannot load {where} into this learner: {'; '.join(problems)}; nothing was changed; "
+            f"{_MISMATCH_HINT}, or pass strict=False to load the rest"
+        )
+    for problem in problems:
+        kept = " (the learner keeps its optimizer state)" if problem.startswith("its optimizer is") else ""
+        warnings.warn(f"loading {where} with strict=False: {problem}{kept}", stacklevel=3)
     model = learner.model
     if "model" in state:
         if not isinstance(model, torch.nn.Module):
             raise CheckpointError(f"{where} has model weights, but learner.model is not a torch.nn.Module")
         problem = _model_mismatch(model, state["model"])
         if problem is not None:
+            learner._optimizer = had_optimizer
             raise CheckpointError(f"cannot load {where} into this learner: {problem}; {_MISMATCH_HINT}")
-    had_optimizer = learner._optimizer
-    if "optimizer" in state:
+    load_optimizer = "optimizer" in state and optimizer_ok
+    if load_optimizer:
         problem = _optimizer_mismatch(learner.optimizer, state["optimizer"])
         if problem is not None:
             learner._optimizer = had_optimizer
@@ -267,7 +316,7 @@ def load_training_state(learner: Learner, state: Mapping[str, Any], *, where: st
     ]
     before = {
         "model": _clone_tree(model.state_dict()) if "model" in state else None,
-        "optimizer": _clone_tree(learner.optimizer.state_dict()) if "optimizer" in state else None,
+        "optimizer": _clone_tree(learner.optimizer.state_dict()) if load_optimizer else None,
         "callbacks": [(cb, _clone_tree(cb.state_dict())) for key, cb in stateful if key in saved],
         "cbstate": dict(learner.cbstate),
         "rng": learner.random_state.get(),
@@ -275,7 +324,7 @@ def load_training_state(learner: Learner, state: Mapping[str, Any], *, where: st
     try:
         if "model" in state:
             model.load_state_dict(state["model"])
-        if "optimizer" in state:
+        if load_optimizer:
             learner.optimizer.load_state_dict(state["optimizer"])
         for i, cb in enumerate(callbacks):
             key = callback_key(callbacks, i)
@@ -314,6 +363,7 @@ def save_checkpoint(learner: Learner, path: str | os.PathLike[str]) -> None:
     save_file(training_state(learner, clone=False), path)
 
 
-def load_checkpoint(learner: Learner, path: str | os.PathLike[str]) -> None:
-    """Restore ``learner`` from a checkpoint file (or a Checkpointer folder: its latest checkpoint)."""
-    load_training_state(learner, read_checkpoint(path), where=str(path))
+def load_checkpoint(learner: Learner, path: str | os.PathLike[str], *, strict: bool = True) -> None:
+    """Restore ``learner`` from a checkpoint file (or a Checkpointer folder: its latest checkpoint); ``strict`` as
+    for :func:`load_training_state`."""
+    load_training_state(learner, read_checkpoint(path), where=str(path), strict=strict)

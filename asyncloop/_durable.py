@@ -1,7 +1,8 @@
 """Files on disk: atomic, durable writes and safe loading.
 
 * :func:`atomic_write` -- temporary file in the same folder, flush, fsync, rename, fsync the folder: a crash
-  leaves the old file or the new one, never a torn one (but a crash, e.g. SIGKILL, mid-write leaves the hidden
+  leaves the old file or the new one, never a torn one; the file gets the permissions ``open`` would give it
+  (``0o666`` less the umask), not the temporary file's ``0o600`` (but a crash, e.g. SIGKILL, mid-write leaves the hidden
   temporary ``.{name}.XXXXXXXX.tmp``; :class:`asyncloop.Checkpointer` removes its own stale ones).
 * :func:`save_file` / :func:`load_file` -- plain data (dicts, lists, tuples, numbers, strings, tensors) through
   ``torch.save`` / ``torch.load(..., weights_only=True)``: loading a file never runs code from it. A failed write
@@ -49,15 +50,33 @@ def fsync_dir(folder: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system tells (Linux's ``/proc/self/status``); else
+    set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:
     """Write ``path`` atomically: ``write(file)`` into a temporary file next to it, fsync, rename, fsync the folder.
 
-    On any error the temporary file is removed and ``path`` is untouched.
+    The file's permissions are ``0o666`` less the umask, as for a file made by ``open`` (the temporary file is
+    ``0o600`` until then). On any error the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), 0o666 & ~current_umask())
             write(f)
             f.flush()
             _fsync(f.fileno())

@@ -285,15 +285,18 @@ class Learner:
 
         load_training_state(self, state)
 
-    def load_checkpoint(self, path: Any) -> None:
+    def load_checkpoint(self, path: Any, strict: bool = True) -> None:
         """Restore the training state from a checkpoint file, or from a Checkpointer folder (its latest checkpoint).
 
         Loads safely (no code is unpickled). ``await fit(learner, n, resume=path)`` does this and then trains ``n``
         more epochs. A corrupted file raises :class:`asyncloop._checkpoint.CheckpointError` and changes nothing.
+        With ``strict`` (the default) so does a checkpoint whose optimizer class differs from this learner's, that
+        holds the state of a callback this learner lacks, or that lacks the state of one of its stateful callbacks
+        (the error names each mismatch); ``strict=False`` loads the rest and warns once per mismatch.
         """
         from ._checkpoint import load_checkpoint
 
-        load_checkpoint(self, path)
+        load_checkpoint(self, path, strict=strict)
 
     # -- callbacks -------------------------------------------------------------------------------------------
     @property

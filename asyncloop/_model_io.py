@@ -20,7 +20,9 @@ MODEL_FORMAT = "asyncloop.model"
 def save_model(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
     """Save the weights of ``model`` (its ``state_dict``, on the CPU) to ``path``, atomically.
 
-    Only tensors are saved, never code: rebuild the model and call :func:`load_model` to load them.
+    Only tensors are saved, never code: rebuild the model and call :func:`load_model` to load them. The file holds
+    ``{"format": "asyncloop.model", "version": 1, "model": state_dict}``; with torch alone,
+    ``model.load_state_dict(torch.load(path, weights_only=True)["model"])`` loads it.
 
     Example::
 

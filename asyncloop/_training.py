@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -176,6 +177,7 @@ async def fit(
     *,
     phases: tuple[AbstractTrainingPhase, AbstractValidationPhase | None] | None = None,
     resume: Any = None,
+    resume_strict: bool = True,
     until_epoch: int | None = None,
     max_steps: int | None = None,
     limit_train_batches: int | None = None,
@@ -185,7 +187,10 @@ async def fit(
 ) -> FitResult:
     """Train ``learner`` for ``n_epochs`` epochs of training, each followed by a validation epoch.
 
-    ``data`` overrides ``learner.data`` for this call (a pair or a mapping, as for :class:`Learner`). Without
+    ``data`` overrides ``learner.data`` for this call (a pair or a mapping, as for :class:`Learner`). Each epoch
+    iterates the training data afresh, so it should be re-iterable (a list, a ``DataLoader``); a one-shot iterator
+    (a generator) is used up by the first epoch, and the first training epoch it leaves empty warns (an endless
+    generator with ``limit_train_batches`` is fine). Without
     validation data the validation epochs are skipped. Fires ``FitBegin`` first and ``FitEnd`` last (also after a
     ``CancelFittingException``, which ends the fit cleanly: the result has ``stopped=True``).
 
@@ -199,7 +204,9 @@ async def fit(
     is restored first, as :meth:`Learner.load_checkpoint`, then ``n_epochs`` *more* epochs run: 2 epochs, then a
     resume for 2, end exactly where 4 epochs straight would. ``until_epoch=15`` instead of ``n_epochs`` means
     "until 15 training epochs in total" (counted by the Recorder, across fits and resumes; nothing runs when the
-    learner is already there). Pass exactly one of the two.
+    learner is already there). Pass exactly one of the two. ``resume_strict=False`` loads a checkpoint whose
+    optimizer class or stateful callbacks differ from the learner's, warning per mismatch (as
+    ``learner.load_checkpoint(path, strict=False)``).
 
     Limits and cadence (Lightning's names): ``max_steps`` ends the fit after that many training batches in this
     call (the epoch it falls in ends there cleanly, validates as the cadence says, then ``FitEnd``; the result has
@@ -247,7 +254,7 @@ async def fit(
         )
     t0 = time.perf_counter()
     if resume is not None:
-        await run_in_thread(learner.load_checkpoint, resume, name="asyncloop-resume")
+        await run_in_thread(learner.load_checkpoint, resume, resume_strict, name="asyncloop-resume")
     result = await in_session(learner, _fit, learner, plan, batches)
     # After the drain: detached actors' time and events are complete; copies, so a later fit leaves them alone.
     statistics = tuple(copy.copy(s) for s in learner.runner.statistics())
@@ -281,6 +288,7 @@ async def _fit(learner: Learner, plan: _Plan, batches: PropDict) -> FitResult:
     reason: CancelFittingException | None = None
     limit: str | None = None
     done = steps = 0
+    exhausted = False  # warned that the training data is a used-up one-shot iterator
     try:
         await handle(_FIT_BEGIN)
         for _ in range(n_epochs):  # type: ignore[arg-type]
@@ -296,6 +304,9 @@ async def _fit(learner: Learner, plan: _Plan, batches: PropDict) -> FitResult:
             finally:
                 steps += train.count
             done += 1
+            if train.count == 0 and per_epoch != 0 and not exhausted and isinstance(batches["training"], Iterator):
+                exhausted = True
+                warnings.warn(_exhausted_message(type(batches["training"]).__name__, done), stacklevel=1)
             if (
                 validation is not None
                 and plan.val_every_n_steps is None
@@ -315,6 +326,15 @@ async def _fit(learner: Learner, plan: _Plan, batches: PropDict) -> FitResult:
     if reason is None and isinstance(late, CancelFittingException):
         reason = late
     return FitResult(done, reason is not None, reason, steps=steps, limit=None if reason is not None else limit)
+
+
+def _exhausted_message(kind: str, epoch: int) -> str:
+    """The warning for a training epoch that got no batch from a one-shot iterator."""
+    return (
+        f"training epoch {epoch} of this fit got no batches: the training data is a one-shot iterator ({kind}), "
+        f"used up by an earlier epoch or fit, so every later epoch is empty; pass a list, a DataLoader or another "
+        f"re-iterable (a class whose __iter__ starts over), or make a fresh generator for each fit"
+    )
 
 
 def _steps_done(learner: Learner, phase: Phase) -> int:

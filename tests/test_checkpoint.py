@@ -14,7 +14,17 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asyncloop import Metrics, Recorder, Scheduler, TrainingPhase, ValidationPhase, fit, run_epoch, test_learner
+from asyncloop import (
+    EarlyStopping,
+    Metrics,
+    Recorder,
+    Scheduler,
+    TrainingPhase,
+    ValidationPhase,
+    fit,
+    run_epoch,
+    test_learner,
+)
 from asyncloop._checkpoint import callback_key, load_checkpoint, save_checkpoint, training_state
 from asyncloop._exceptions import CheckpointError
 from asyncloop.state import History
@@ -28,7 +38,8 @@ class TestTrainingState:
         learner = trained()
         state = learner.state_dict()
         assert plain(state)
-        assert set(state) == {"format", "version", "model", "optimizer", "callbacks", "cbstate", "epoch", "step", "rng"}
+        keys = {"format", "version", "model", "optimizer", "optimizer_class", "callbacks", "cbstate", "epoch", "step"}
+        assert set(state) == keys | {"rng"}
         assert (state["epoch"], state["step"]) == (2, 8)
         assert state["callbacks"] == {"Recorder": {}, "Scheduler": {"t": 9}}
         assert set(state["cbstate"]) == {"history", "metrics_step", "metrics_epoch", "hyperparams"}
@@ -348,3 +359,61 @@ class TestMutatedStates:
             learner.load_state_dict(mutated)
         except CheckpointError:
             assert same_tree(learner.state_dict(), before)
+
+
+class TestCompatibility:
+    @staticmethod
+    def _other(tmp_path: Path) -> tuple[Any, Path]:
+        """A checkpoint of ``trained()`` (Adam, Scheduler) and a learner with SGD, no Scheduler, an EarlyStopping."""
+        path = tmp_path / "ckpt.pt"
+        save_checkpoint(trained(), path)
+        learner = test_learner(
+            Recorder(), Metrics(), EarlyStopping(3), n_batches=4, optimizer=lambda p: torch.optim.SGD(p, lr=0.1)
+        )
+        return learner, path
+
+    def test_mismatches_are_refused_by_name(self, tmp_path: Path) -> None:
+        """Another optimizer class, a callback the learner lacks and one the checkpoint lacks are each named."""
+        learner, path = self._other(tmp_path)
+        before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+        message = (
+            f"cannot load {path} into this learner: its optimizer is Adam, the learner's is SGD; it holds the state "
+            f"of Scheduler, which this learner lacks; it holds no state for the learner's EarlyStopping; nothing was "
+            f"changed; build the learner with the same model, optimizer and callbacks as when the checkpoint was "
+            f"written, or pass strict=False to load the rest"
+        )
+        with pytest.raises(CheckpointError, match=exact(message)):
+            learner.load_checkpoint(path)
+        assert same_tree(learner.model.state_dict(), before)
+
+    def test_not_strict_warns_per_mismatch_and_loads_the_rest(self, tmp_path: Path) -> None:
+        """strict=False warns once per mismatch, loads the weights and keeps the learner's optimizer state."""
+        learner, path = self._other(tmp_path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            learner.load_checkpoint(path, strict=False)
+        assert [str(w.message) for w in caught] == [
+            f"loading {path} with strict=False: its optimizer is Adam, the learner's is SGD (the learner keeps its "
+            f"optimizer state)",
+            f"loading {path} with strict=False: it holds the state of Scheduler, which this learner lacks",
+            f"loading {path} with strict=False: it holds no state for the learner's EarlyStopping",
+        ]
+        assert same_tree(learner.model.state_dict(), load_checkpoint_weights(path))
+        assert isinstance(learner.optimizer, torch.optim.SGD) and learner.optimizer.param_groups[0]["lr"] == 0.1
+        trio.run(fit, learner, 1)
+
+    def test_fit_resume_strict(self, tmp_path: Path) -> None:
+        """fit(resume=...) is strict; resume_strict=False resumes with warnings."""
+        learner, path = self._other(tmp_path)
+        with pytest.raises(CheckpointError, match="its optimizer is Adam, the learner's is SGD"):
+            trio.run(lambda: fit(learner, 1, resume=path))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = trio.run(lambda: fit(learner, 1, resume=path, resume_strict=False))
+        assert len([w for w in caught if "with strict=False" in str(w.message)]) == 3
+        assert result.epochs == 1
+
+
+def load_checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The model weights of the checkpoint at ``path``."""
+    return torch.load(path, weights_only=True)["model"]

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import torch
 
-from asyncloop import load_model
+from asyncloop import load_model, save_model
 from asyncloop._checkpoint import save_checkpoint
-from asyncloop._checkpoint_files import read_checkpoint
-from asyncloop._durable import atomic_write, load_file
+from asyncloop._checkpoint_files import read_checkpoint, write_latest
+from asyncloop._durable import atomic_write, current_umask, load_file
 from asyncloop._exceptions import CheckpointError
 from matchers import exact
 from training_states import bounded, trained
@@ -195,3 +195,24 @@ def test_tensors_in_a_protocol_torch_cannot_read_are_not_code(tmp_path: Path) ->
         match=exact(f"cannot load {path}: the file is truncated or corrupted; load an earlier checkpoint instead"),
     ):
         read_checkpoint(path)
+
+
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="no POSIX permissions")
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+@pytest.mark.parametrize("writer", ["checkpoint", "latest", "save_model"])
+def test_files_respect_the_umask(tmp_path: Path, umask: int, writer: str) -> None:
+    """Checkpoints, the latest pointer and save_model files get 0o666 less the umask, as open() would give."""
+    old = os.umask(umask)
+    try:
+        if writer == "checkpoint":
+            save_checkpoint(trained(), tmp_path / "f")
+        elif writer == "latest":
+            write_latest(tmp_path, "f")
+        else:
+            save_model(torch.nn.Linear(2, 1), tmp_path / "f")
+        assert current_umask() == umask
+    finally:
+        os.umask(old)
+    name = "latest" if writer == "latest" else "f"
+    assert oct((tmp_path / name).stat().st_mode & 0o777) == oct(0o666 & ~umask)
+    assert os.listdir(tmp_path) == [name]

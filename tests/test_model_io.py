@@ -55,3 +55,14 @@ class TestSaveLoadModel:
             ),
         ):
             load_model(path, torch.nn.Linear(3, 2))
+
+
+def test_the_documented_format_loads_with_torch_alone(tmp_path: Path) -> None:
+    """A save_model file is {"format", "version", "model": state_dict}; torch.load + load_state_dict loads it."""
+    torch.manual_seed(0)
+    source, target = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    save_model(source, tmp_path / "m.pt")
+    raw = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert raw.keys() == {"format", "version", "model"} and raw["format"] == "asyncloop.model"
+    target.load_state_dict(raw["model"])
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))

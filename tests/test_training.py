@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import warnings
 from typing import Any
 
 import pytest
@@ -988,3 +989,38 @@ class TestLimitsAndCadence:
         """Bad epoch counts and limits are clear errors before anything runs."""
         with pytest.raises(error, match=exact(message)):
             trio.run(lambda: fit(test_learner(), **kwargs))
+
+
+class TestOneShotTrainingData:
+    @staticmethod
+    def _batches(learner: Any) -> list[Any]:
+        return list(learner.data.training)
+
+    def test_a_used_up_generator_warns_once(self) -> None:
+        """A generator as training data warns at the first epoch it leaves empty, naming the fix."""
+        learner = test_learner(n_batches=4)
+        batches = self._batches(learner)
+        message = (
+            "training epoch 2 of this fit got no batches: the training data is a one-shot iterator (generator), used "
+            "up by an earlier epoch or fit, so every later epoch is empty; pass a list, a DataLoader or another "
+            "re-iterable (a class whose __iter__ starts over), or make a fresh generator for each fit"
+        )
+        with pytest.warns(UserWarning, match=exact(message)) as caught:
+            result = trio.run(lambda: fit(learner, 3, data=((b for b in batches), None)))
+        assert len([w for w in caught if "one-shot" in str(w.message)]) == 1
+        assert (result.epochs, result.steps) == (3, 4)
+
+    def test_reiterable_or_endless_data_does_not_warn(self) -> None:
+        """A list, or an endless generator cut by limit_train_batches, fills every epoch and warns nothing."""
+        learner = test_learner(n_batches=4)
+        batches = self._batches(learner)
+
+        def endless() -> Any:
+            while True:
+                yield from batches
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            trio.run(lambda: fit(learner, 2, data=(batches, None)))
+            result = trio.run(lambda: fit(learner, 3, data=(endless(), None), limit_train_batches=2))
+        assert result.steps == 6
