@@ -71,6 +71,7 @@ from ._exceptions import DetachedWriterError as DetachedWriterError
 from ._exceptions import FitException as FitException
 from ._exceptions import ProtectedError as ProtectedError
 from ._exceptions import SanityCheckException as SanityCheckException
+from ._exceptions import MissingStateError as MissingStateError
 from ._exceptions import WriteConflictError as WriteConflictError
 from ._graph import callback_graph as callback_graph
 from .hyperparameters import HyperParameter as HyperParameter
@@ -192,6 +193,7 @@ __all__ = [
     "Metric",
     "Metrics",
     "MetricsPrinter",
+    "MissingStateError",
     "MixedPrecision",
     "Never",
     "NoConflict",

@@ -19,6 +19,7 @@ not handle. Handlers may be ``async def``.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -35,6 +36,18 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 _ON_ATTR = "__asyncloop_on__"
+
+#: Attribute names the base class reserves for its methods: assigning one on an instance is an AttributeError.
+RESERVED_ATTRIBUTES = frozenset({"inner", "handler", "handles", "init", "teardown", "resolve_conflict", "snapshot"})
+
+#: Hook names of other frameworks (Lightning, Keras, fastai, Ignite-style); a method so named without @on warns.
+_FOREIGN_HOOKS = frozenset({
+    "on_train_batch_end", "on_train_batch_start", "on_train_epoch_end", "on_train_epoch_start",
+    "on_validation_batch_end", "on_validation_epoch_end", "on_validation_epoch_start", "on_fit_start",
+    "on_fit_end", "on_train_start", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_batch_begin",
+    "on_batch_end", "on_train_begin", "before_fit", "after_fit", "before_epoch", "after_epoch", "before_batch",
+    "after_batch", "after_loss", "before_backward", "after_backward", "after_step", "before_step",
+})
 
 
 def on(event: type[Event], phase: type[Phase] = Phase) -> Callable[[F], F]:
@@ -122,6 +135,10 @@ class Callback:
     * ``state_access`` -- nested dict of :class:`asyncloop.Read` / :class:`asyncloop.Write` leaves naming the
       learner state handlers may touch; declare the least you need. Default: nothing.
     * ``run_after`` -- callback types that, when present, run before this one.
+    * ``optional_reads`` -- ``cbstate`` keys this callback reads although no callback need write them: state the
+      user sets before ``fit`` (``learner.cbstate.key = ...``), or state the handlers cope without. Any other
+      ``cbstate`` read that no callback of the set writes is a :class:`asyncloop.MissingStateError` when the
+      learner is built.
     * ``detached`` -- under :class:`asyncloop.ActorRunner`, handle events on a snapshot without making the loop
       wait (read-only callbacks only). ``inbox_size`` and ``blocking`` tune the actor; see docs/actors.md.
 
@@ -129,12 +146,17 @@ class Callback:
     protected view of the live learner (inline) or a protected copy of the declared state (detached actors), so
     handlers never need to know which runner calls them.
 
+    ``self.name = ...`` (the display name) and any other attribute may be set in ``__init__``, except the names
+    the base class reserves for its methods: ``inner``, ``handler``, ``handles``, ``init``, ``teardown``,
+    ``resolve_conflict`` and ``snapshot`` (assigning one is an ``AttributeError``; override them in the class).
+
     Pitfalls: ``init`` must be idempotent (it runs whenever the callback is (re)added); handlers of detached
     callbacks see a snapshot taken when the event fired, never live state.
     """
 
     state_access: ClassVar[Mapping[str, Any]] = {}
     run_after: ClassVar[tuple[type, ...]] = ()
+    optional_reads: ClassVar[tuple[str, ...]] = ()
     detached: ClassVar[bool] = False
     inbox_size: ClassVar[int | None] = None
     blocking: ClassVar[bool] = True
@@ -149,6 +171,20 @@ class Callback:
             for name, attr in vars(klass).items():
                 for key in getattr(attr, _ON_ATTR, ()):
                     registry[key] = name
+        for name, attr in vars(cls).items():
+            if getattr(attr, _ON_ATTR, ()):
+                _check_handler_signature(cls, name, attr)
+        foreign = sorted(
+            name for name, attr in vars(cls).items()
+            if name in _FOREIGN_HOOKS and callable(attr) and not getattr(attr, _ON_ATTR, ())
+        )
+        if foreign:
+            warnings.warn(
+                f"{cls.__name__} defines {', '.join(foreign)}, which asyncloop never calls (a hook name from "
+                f"another framework); register handlers with @on(Event, Phase), e.g. "
+                f"@on(StepEnd, TrainingPhase) def {foreign[0]}(self, event, phase, learner)",
+                UserWarning, stacklevel=2,
+            )
         cls._registry = registry
         cls._handler_cache = {}
         own = vars(cls).get("snapshot")
@@ -210,8 +246,23 @@ class Callback:
 
     @property
     def name(self) -> str:
-        """Display name used in error messages and statistics."""
-        return type(self).__name__
+        """Display name used in error messages and statistics: the class name unless set (``self.name = ...``)."""
+        return getattr(self, "__dict__", {}).get("_callback_name") or type(self).__name__
+
+    @name.setter
+    def name(self, value: str) -> None:
+        if not isinstance(value, str) or not value:
+            raise TypeError(f"{type(self).__name__}.name must be a non-empty str, got {value!r}")
+        self.__dict__["_callback_name"] = value
+
+    def __setattr__(self, attr: str, value: Any) -> None:
+        if attr in RESERVED_ATTRIBUTES:
+            raise AttributeError(
+                f"{type(self).__name__} sets self.{attr}, but Callback reserves {attr!r} for its method of that "
+                f"name; rename the attribute (e.g. self._{attr} or self.{attr}_), or override the method in the "
+                f"class. Reserved: {', '.join(sorted(RESERVED_ATTRIBUTES))}"
+            )
+        object.__setattr__(self, attr, value)
 
     # -- dispatch --------------------------------------------------------------------------------------------
     @classmethod
@@ -234,6 +285,22 @@ class Callback:
 
     def __repr__(self) -> str:
         return f"{self.name}()"
+
+
+def _check_handler_signature(cls: type, name: str, fn: Any) -> None:
+    if not inspect.isfunction(fn):
+        return
+    sig = inspect.signature(fn)
+    try:
+        sig.bind(None, None, None, None)
+    except TypeError:
+        empty = inspect.Parameter.empty
+        bare = sig.replace(parameters=[p.replace(annotation=empty) for p in sig.parameters.values()],
+                           return_annotation=empty)
+        raise TypeError(
+            f"{cls.__name__}.{name} is registered with @on but takes {bare}; a handler takes "
+            f"(self, event, phase, learner): define {name}(self, event, phase, learner)"
+        ) from None
 
 
 def _takes_copy(fn: Callable[..., Any]) -> bool:

@@ -17,7 +17,8 @@ All of them are importable from the top level (``asyncloop.CheckpointError``). H
         ├── CallbackGraphError        the callback set cannot be ordered (raised by Learner(...))
         │   ├── WriteConflictError    two callbacks write the same state and no resolution says how
         │   ├── CallbackCycleError    the ordering constraints form a cycle
-        │   └── DetachedWriterError   a detached callback declares Write() access
+        │   ├── DetachedWriterError   a detached callback declares Write() access
+    │   └── MissingStateError     a callback reads cbstate state that no callback writes
         └── EventLogFormatError       a file is not an asyncloop event log (or a newer or corrupt one)
 """
 
@@ -77,6 +78,11 @@ class CallbackCycleError(CallbackGraphError):
 
 class DetachedWriterError(CallbackGraphError):
     """A callback with ``detached = True`` declares ``Write()`` access; only read-only callbacks may be detached."""
+
+
+class MissingStateError(CallbackGraphError):
+    """A callback reads a ``cbstate`` key that no callback of the set writes (e.g. ``Metrics`` without
+    ``Recorder``); state the user sets before ``fit`` goes in the reader's ``optional_reads``."""
 
 
 class EarlyStopped(CancelFittingException):

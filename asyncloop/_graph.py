@@ -10,20 +10,23 @@ Edges ``a -> b`` ("a runs before b") come from three sources, in this order of a
 3. writer before reader: when ``a`` writes a path ``b`` reads, ``a -> b`` -- unless a resolution says
    ``RunFirst(b)``, or (1)/(2) already order ``b`` before ``a``.
 
-A cycle is an error naming the cycle and why each edge exists. Unconstrained callbacks run in reverse
+A read of a ``cbstate`` key that no callback of the set writes is a :class:`MissingStateError` (unless the
+reader lists the key in ``optional_reads``, or the key is already in the learner's ``cbstate``). A cycle is an
+error naming the cycle and why each edge exists. Unconstrained callbacks run in reverse
 registration order (FluxTraining's depth-first topological sort, which later callbacks rely on).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
 
 from ._callback import Callback, ConflictResolution, NotDefined, RunFirst, Unresolvable
-from ._exceptions import CallbackCycleError, DetachedWriterError, WriteConflictError
+from ._exceptions import CallbackCycleError, DetachedWriterError, MissingStateError, WriteConflictError
 from ._access import Read, Write, accesses, validate_state_access
 
 
@@ -89,8 +92,51 @@ def analyse(callbacks: Sequence[Callback]) -> list[CallbackInfo]:
                 f"Set detached = False, or split it into a writer and a detached reader.",
                 cb,
             )
+        optional = cb.optional_reads
+        if not isinstance(optional, tuple) or not all(isinstance(k, str) for k in optional):
+            raise TypeError(f"{cb.name}.optional_reads must be a tuple of cbstate keys (str), got {optional!r}")
         infos.append(CallbackInfo(i, cb, access, tuple(accesses(access, Read())), writes))
     return infos
+
+
+#: What to add for the ``cbstate`` keys the library's callbacks write (named in MissingStateError's message).
+_WRITER_HINTS = {
+    "history": "Recorder()",
+    "metrics_step": "Metrics()",
+    "metrics_epoch": "Metrics()",
+    "hyperparams": "a Scheduler (e.g. Scheduler({LearningRate: schedule}))",
+    "trace_history": "Traces(...)",
+}
+
+
+def _check_readers(infos: list[CallbackInfo], provided: Collection[str]) -> None:
+    writes = [p for info in infos for p in info.writes]
+    for info in infos:
+        for path in info.reads:
+            if len(path) < 2 or path[0] != "cbstate" or path[1] in provided:
+                continue
+            if path[1] in info.callback.optional_reads or any(_overlap(path, w) for w in writes):
+                continue
+            name, key = info.callback.name, path[1]
+            hint = _WRITER_HINTS.get(key, "a callback that declares Write() access to it")
+            raise MissingStateError(
+                f"{name} reads cbstate.{key}, which no callback writes: add {hint}. If you set "
+                f"learner.cbstate.{key} yourself before fit, list it in {type(info.callback.inner).__name__}"
+                f".optional_reads.",
+                info.callback,
+            )
+
+
+def warn_idle(callbacks: Sequence[Callback], stacklevel: int = 2) -> None:
+    """Warn for each callback whose class registers no handler (it would never run)."""
+    for cb in callbacks:
+        cls = type(cb.inner)
+        if not cls.handles() and cls.handler is Callback.handler:
+            warnings.warn(
+                f"{cb.name} registers no handler, so it never runs; decorate its methods with @on(Event, Phase), "
+                f"e.g. @on(StepEnd, TrainingPhase) def handle(self, event, phase, learner)",
+                UserWarning, stacklevel=stacklevel + 1,
+            )
 
 
 def _conflict_message(a: CallbackInfo, b: CallbackInfo, pa: tuple[str, ...], pb: tuple[str, ...]) -> str:
@@ -100,13 +146,16 @@ def _conflict_message(a: CallbackInfo, b: CallbackInfo, pa: tuple[str, ...], pb:
     )
 
 
-def callback_graph(callbacks: Sequence[Callback]) -> nx.DiGraph:
+def callback_graph(callbacks: Sequence[Callback], *, provided: Collection[str] = ()) -> nx.DiGraph:
     """Build the ordering graph of ``callbacks``: nodes are indices, an edge ``i -> j`` means i runs first.
 
     Each edge carries a ``reason`` attribute. Raises :class:`WriteConflictError` for unresolved write/write
-    conflicts and :class:`CallbackCycleError` for cycles, both naming the callbacks, paths and the fix.
+    conflicts, :class:`CallbackCycleError` for cycles and :class:`MissingStateError` for a read of a ``cbstate``
+    key no callback writes (``provided``: keys already set, e.g. the learner's ``cbstate``), all naming the
+    callbacks, paths and the fix.
     """
     infos = analyse(callbacks)
+    _check_readers(infos, provided)
     graph = nx.DiGraph()
     graph.add_nodes_from(range(len(infos)))
     explicit = nx.DiGraph()

@@ -9,7 +9,7 @@ import networkx as nx
 import torch
 
 from ._callback import Callback
-from ._graph import callback_graph
+from ._graph import callback_graph, warn_idle
 from ._rng import LearnerRandomState, check_seed
 from .runners._base import Runner
 from .runners._linear import LinearRunner
@@ -312,9 +312,10 @@ class Learner:
     def _install(self, callbacks: Sequence[Callback], new: Sequence[Callback]) -> None:
         if self._session is not None:
             raise RuntimeError("callbacks cannot be changed while fit() is running; change them between fits")
-        graph = callback_graph(callbacks)
+        graph = callback_graph(callbacks, provided=tuple(self.cbstate))
         self.runner.compile(callbacks, graph)
         self._callbacks, self._graph = list(callbacks), graph
+        warn_idle(new, stacklevel=3)
         for cb in new:
             cb.init(self)
 

@@ -401,3 +401,75 @@ class TestCallbackBase:
         """A Callback subclass (not instance) passed to a Learner is rejected with the fix."""
         with pytest.raises(TypeError, match=exact("callbacks[0] is the class Recorder; pass an instance: Recorder()")):
             Learner(torch.nn.Linear(1, 1), torch.nn.functional.mse_loss, callbacks=[Recorder])  # type: ignore
+
+
+class TestHandlerChecks:
+    """Issue #12, item 2: handler signatures are checked when the class is defined; idle callbacks warn."""
+
+    def test_wrong_signature_is_an_error(self) -> None:
+        """A handler without (self, event, phase, learner) is a TypeError naming the expected signature."""
+        with pytest.raises(TypeError, match=exact(
+                "Show.show is registered with @on but takes (self, learner); a handler takes "
+                "(self, event, phase, learner): define show(self, event, phase, learner)")):
+
+            class Show(Callback):
+                @on(StepEnd)
+                def show(self, learner: Any) -> None:
+                    pass
+
+    def test_foreign_hook_names_warn(self) -> None:
+        """Methods named like another framework's hooks, without @on, warn with the asyncloop way."""
+        with pytest.warns(UserWarning, match=exact(
+                "LightningStyle defines after_batch, on_train_batch_end, which asyncloop never calls (a hook name "
+                "from another framework); register handlers with @on(Event, Phase), e.g. "
+                "@on(StepEnd, TrainingPhase) def after_batch(self, event, phase, learner)")):
+
+            class LightningStyle(Callback):
+                def on_train_batch_end(self, *args: Any) -> None:
+                    pass
+
+                def after_batch(self) -> None:
+                    pass
+
+    def test_no_handler_warns_when_added(self) -> None:
+        """A callback that registers no handler at all warns when added to a learner."""
+
+        class Idle(Callback):
+            pass
+
+        with pytest.warns(UserWarning, match=exact(
+                "Idle registers no handler, so it never runs; decorate its methods with @on(Event, Phase), e.g. "
+                "@on(StepEnd, TrainingPhase) def handle(self, event, phase, learner)")):
+            test_learner(Idle())
+
+
+class TestAttributes:
+    """Issue #12, item 4: subclasses may set self.name; the reserved names are a clear error."""
+
+    def test_name_can_be_set_in_init(self) -> None:
+        """self.name = ... in __init__ sets the display name (used by repr and error messages)."""
+
+        class Named(Callback):
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+        cb = Named("printer-1")
+        assert (cb.name, repr(cb), Named.__name__) == ("printer-1", "printer-1()", "Named")
+
+    def test_reserved_name_is_a_clear_error(self) -> None:
+        """Assigning a name the base class reserves for a method is an AttributeError listing the reserved names."""
+
+        class Clash(Callback):
+            def __init__(self) -> None:
+                self.handler = print
+
+        with pytest.raises(AttributeError, match=exact(
+                "Clash sets self.handler, but Callback reserves 'handler' for its method of that name; rename the "
+                "attribute (e.g. self._handler or self.handler_), or override the method in the class. Reserved: "
+                "handler, handles, init, inner, resolve_conflict, snapshot, teardown")):
+            Clash()
+
+    def test_name_must_be_a_str(self) -> None:
+        """A non-string name is a TypeError."""
+        with pytest.raises(TypeError, match=exact("Callback.name must be a non-empty str, got 3")):
+            Callback().name = 3  # type: ignore[assignment]

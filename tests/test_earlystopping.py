@@ -16,6 +16,7 @@ from asyncloop import (
     FitEnd,
     LinearRunner,
     Metrics,
+    MissingStateError,
     Phase,
     ProgressPrinter,
     PropDict,
@@ -120,13 +121,15 @@ class TestEarlyStopping:
         )
 
     def test_needs_metrics(self) -> None:
-        """Without Metrics there is nothing to judge: a clear error at the first epoch."""
-        learner = test_learner(Recorder(), EarlyStopping(2))
-        with pytest.raises(RuntimeError) as info:
-            trio.run(fit, learner, 1)
+        """Without Metrics there is nothing to judge: a clear error when the learner is built (issue #12).
+
+        (It used to be a RuntimeError at the first epoch; the callback graph now refuses the set.)
+        """
+        with pytest.raises(MissingStateError) as info:
+            test_learner(Recorder(), EarlyStopping(2))
         assert str(info.value) == (
-            "EarlyStopping judges the epoch values Metrics records, counted by the Recorder; add Metrics() and "
-            "Recorder() (both default callbacks)"
+            "EarlyStopping reads cbstate.metrics_epoch, which no callback writes: add Metrics(). If you set "
+            "learner.cbstate.metrics_epoch yourself before fit, list it in EarlyStopping.optional_reads."
         )
 
     def test_validation_only_metric_is_skipped_in_training(self) -> None:

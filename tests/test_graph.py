@@ -16,16 +16,20 @@ from asyncloop import (
     Learner,
     Metrics,
     MetricsPrinter,
+    MissingStateError,
     NoConflict,
     ProgressPrinter,
     Read,
     Recorder,
     RunFirst,
+    StepEnd,
     StopOnNaNLoss,
+    TrainingPhase,
     Unresolvable,
     Write,
     WriteConflictError,
     callback_graph,
+    on,
     test_learner,
 )
 from asyncloop._graph import analyse, linear_order
@@ -486,3 +490,58 @@ class TestLinearOrder:
         assert [names[i] for i in linear_order(learner.graph)] == [
             "Recorder", "Metrics", "StopOnNaNLoss", "ProgressPrinter", "MetricsPrinter"
         ]
+
+
+class ReadsBudget(Callback):
+    """Reads a cbstate key no library callback writes."""
+
+    state_access = {"cbstate": {"budget": Read()}}
+
+    @on(StepEnd, TrainingPhase)
+    def show(self, event: Any, phase: Any, learner: Any) -> None:
+        pass
+
+
+class ReadsBudgetSetByUser(ReadsBudget):
+    """The same reader, declaring that the user sets cbstate.budget before fit."""
+
+    optional_reads = ("budget",)
+
+
+class TestMissingState:
+    """Issue #12, item 1: a read of cbstate state that no callback writes fails when the learner is built."""
+
+    def test_metrics_without_recorder(self) -> None:
+        """Metrics alone (use_default_callbacks=False) is an error naming Recorder, not an AttributeError mid-fit."""
+        with pytest.raises(MissingStateError, match=exact(
+                "Metrics reads cbstate.history, which no callback writes: add Recorder(). If you set "
+                "learner.cbstate.history yourself before fit, list it in Metrics.optional_reads.")) as info:
+            Learner(torch.nn.Linear(1, 1), torch.nn.functional.mse_loss, callbacks=[Metrics()],
+                    use_default_callbacks=False)
+        assert isinstance(info.value.callbacks[0], Metrics)
+
+    def test_custom_reader_of_an_unwritten_key(self) -> None:
+        """A custom reader of a key nobody writes gets the generic fix and the escape hatch."""
+        with pytest.raises(MissingStateError, match=exact(
+                "ReadsBudget reads cbstate.budget, which no callback writes: add a callback that declares Write() "
+                "access to it. If you set learner.cbstate.budget yourself before fit, list it in "
+                "ReadsBudget.optional_reads.")):
+            callback_graph([ReadsBudget()])
+
+    def test_optional_reads_is_the_escape_hatch(self) -> None:
+        """A key listed in optional_reads needs no writer; the user sets it before fit."""
+        learner = test_learner(ReadsBudgetSetByUser())
+        learner.cbstate.budget = 3
+        assert learner.callbacks[0].name == "ReadsBudgetSetByUser"
+
+    def test_state_already_in_cbstate_counts(self) -> None:
+        """A key the user set in learner.cbstate before adding the reader needs no writer."""
+        learner = test_learner()
+        learner.cbstate.budget = 3
+        learner.add_callback(ReadsBudget())
+        assert [cb.name for cb in learner.callbacks] == ["ReadsBudget"]
+
+    def test_default_callbacks_and_library_readers_build(self) -> None:
+        """The default set, and ProgressPrinter (which copes without Metrics) with Recorder alone, build."""
+        Learner(torch.nn.Linear(1, 1), torch.nn.functional.mse_loss)
+        callback_graph([Recorder(), ProgressPrinter()])

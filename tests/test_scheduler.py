@@ -176,5 +176,5 @@ class TestScheduler:
 
     def test_with_to_device_order(self) -> None:
         """With a ToDevice, the write conflict on the optimizer is resolved: ToDevice runs first."""
-        learner = test_learner(Scheduler({LearningRate: constant(0.1)}), ToDevice("cpu"))
+        learner = test_learner(Scheduler({LearningRate: constant(0.1)}), ToDevice("cpu"), Recorder())
         assert learner.graph.has_edge(1, 0)

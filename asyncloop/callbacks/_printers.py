@@ -161,6 +161,7 @@ class ProgressPrinter(Callback):
     """
 
     state_access = {"cbstate": {"history": Read(), "metrics_epoch": Read()}, "epoch_data": Read()}
+    optional_reads = ("metrics_epoch",)  # without Metrics the bar shows no loss
     run_after = (Recorder, Metrics)
     detached = True
 

@@ -190,6 +190,7 @@ class LogMetrics(_SeriesLogger):
     """
 
     state_access = {"cbstate": {"history": Read(), "metrics_step": Read(), "metrics_epoch": Read()}}
+    optional_reads = ("metrics_step", "metrics_epoch")  # without Metrics there is nothing to log
     run_after = (Recorder, Metrics)
     _sources = ((StepEnd, "metrics_step"), (EpochEnd, "metrics_epoch"))
 
@@ -232,6 +233,7 @@ class LogHyperParams(_Logger):
     """
 
     state_access = {"cbstate": {"history": Read(), "hyperparams": Read()}}
+    optional_reads = ("hyperparams",)  # without a Scheduler it warns once (NOTHING_TO_LOG) and logs nothing
 
     run_after = (Recorder, Scheduler)
 
@@ -308,6 +310,7 @@ class LogConfig(_Logger):
     """
 
     state_access = {"optimizer": Read(), "cbstate": {"history": Read(), "metrics_epoch": Read()}}
+    optional_reads = ("metrics_epoch",)  # without Metrics it logs the config alone
     run_after = (Recorder, Metrics, Scheduler)
 
     def __init__(self, config: Mapping[str, Any], *backends: LoggerBackend, optimizer: bool = True) -> None:
