@@ -20,7 +20,7 @@ from asyncloop import (
     Write,
     test_learner,
 )
-from asyncloop._access import FIELD_TABLE, LEARNER_FIELDS, validate_state_access
+from asyncloop._access import LEARNER_FIELDS, validate_state_access
 from asyncloop._containers import PhaseDict
 from asyncloop._views import Protected
 from matchers import exact
