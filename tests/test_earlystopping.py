@@ -44,7 +44,7 @@ class TestEarlyStopping:
         result = trio.run(fit, learner, 100)
         assert result.stopped and result.epochs < 100
         assert isinstance(result.reason, EarlyStopped)
-        assert str(result.reason) == "Stop triggered by NumberSinceBest(1) stopping criterion. "
+        assert str(result.reason) == "Stop triggered by NumberSinceBest(1) stopping criterion."
 
     def test_print_and_repr(self) -> None:
         """Seed #21: printing EarlyStopping(1) and EarlyStopping(NumberLimit(2)) works."""
@@ -98,7 +98,7 @@ class TestEarlyStopping:
         assert result.stopped and result.epochs == 0
         assert learner.cbstate.history[TrainingPhase()].epochs == 1
         assert learner.cbstate.history[ValidationPhase()].epochs == 0
-        assert str(result.reason) == "Stopping early as `NaN`, `Inf` or `-Inf` encountered. "
+        assert str(result.reason) == "Stopping early as `NaN`, `Inf` or `-Inf` encountered."
 
     def test_fit_end_fires_after_the_stop(self) -> None:
         """The stop ends the fit cleanly: FitEnd still fires."""
