@@ -88,6 +88,7 @@ from .loggables import Value as Value
 from .logging import CSVBackend as CSVBackend
 from .logging import EventLogBackend as EventLogBackend
 from .logging import LogConfig as LogConfig
+from .logging import LogEvents as LogEvents
 from .logging import LogHistograms as LogHistograms
 from .logging import LogHyperParams as LogHyperParams
 from .logging import LogMetrics as LogMetrics
@@ -182,6 +183,7 @@ __all__ = [
     "LearningRate",
     "LinearRunner",
     "LogConfig",
+    "LogEvents",
     "LogHistograms",
     "LogHyperParams",
     "LogMetrics",

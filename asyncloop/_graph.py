@@ -194,6 +194,14 @@ def callback_graph(callbacks: Sequence[Callback], *, provided: Collection[str] =
                     a.callback, b.callback,
                 )
             elif isinstance(answer, NotDefined) and not ordered(a.index, b.index):
+                if _is_metrics(a.callback) and _is_metrics(b.callback):
+                    raise WriteConflictError(
+                        _conflict_message(a, b, *pair)
+                        + "Only one Metrics callback can record metrics: merge them into one Metrics(...) holding "
+                        "all the metrics, e.g. Metrics(accuracy, f1) instead of Metrics(accuracy) and Metrics(f1). "
+                        "With the default callbacks, passing your Metrics(...) replaces the default one.",
+                        a.callback, b.callback,
+                    )
                 raise WriteConflictError(
                     _conflict_message(a, b, *pair)
                     + f"To resolve this, implement resolve_conflict on {a.callback.name} or "
@@ -263,3 +271,9 @@ def linear_order(graph: nx.DiGraph) -> list[int]:
             visit(node)
     order.reverse()
     return order
+
+
+def _is_metrics(cb: Any) -> bool:
+    from .callbacks._metrics import Metrics
+
+    return isinstance(cb.inner, Metrics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,64 @@ def _check_runner(runner: Any) -> None:
         raise TypeError(f"runner must be LinearRunner() or ActorRunner(), got {runner!r}")
 
 
+def _check_loss_fn(loss_fn: Any) -> None:
+    try:
+        signature = inspect.signature(loss_fn)
+    except (TypeError, ValueError):
+        return  # builtins and some C callables have no signature: nothing to check
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        raise TypeError(
+            f"loss_fn must take two arguments, loss_fn(preds, targets), but {loss_fn!r} has the signature "
+            f"{signature}; wrap it: loss_fn=lambda preds, targets: ..."
+        ) from None
+
+
+def _check_callbacks_arg(callbacks: Any) -> None:
+    if isinstance(callbacks, Callback):
+        raise TypeError(
+            f"callbacks must be a list of callbacks, got the single callback {callbacks!r}; "
+            f"pass a list: callbacks=[{callbacks!r}]"
+        )
+    if isinstance(callbacks, type) and issubclass(callbacks, Callback):
+        raise TypeError(
+            f"callbacks must be a list of callback instances, got the class {callbacks.__name__}; "
+            f"pass callbacks=[{callbacks.__name__}()]"
+        )
+    if not isinstance(callbacks, Iterable) or isinstance(callbacks, (str, bytes, Mapping)):
+        raise TypeError(f"callbacks must be a list of callbacks, got {callbacks!r}")
+
+
+def _writes_metrics(cb: Any) -> bool:
+    from ._access import Write
+
+    access = getattr(cb, "state_access", {}).get("cbstate")
+    if access == Write():
+        return True
+    return isinstance(access, Mapping) and access.get("metrics_epoch") == Write()
+
+
+def _check_monitors(callbacks: Sequence[Callback]) -> None:
+    """A monitor no ``Metrics`` records is an error as soon as the callbacks are set (when the callbacks that
+    write ``cbstate.metrics_epoch`` are all ``Metrics``, whose metric names are known)."""
+    from .callbacks._checkpointer import Checkpointer
+    from .callbacks._earlystopping import EarlyStopping
+    from .callbacks._metrics import Metrics
+
+    inners = [cb.inner for cb in callbacks]
+    metrics = [cb for cb in inners if isinstance(cb, Metrics)]
+    if not metrics or any(_writes_metrics(cb) for cb in inners if not isinstance(cb, Metrics)):
+        return
+    names = list(dict.fromkeys(m.name for cb in metrics for m in cb.metrics))
+    for cb in inners:
+        if isinstance(cb, (Checkpointer, EarlyStopping)) and cb.monitor not in names:
+            raise ValueError(
+                f"{type(cb).__name__} monitors {cb.monitor!r}, which no Metrics records (recorded: "
+                f"{', '.join(map(repr, names))}); pass monitor= one of those, or add the metric to Metrics(...)"
+            )
+
+
 def _check_callback(cb: Any, where: str) -> Callback:
     if isinstance(cb, Callback):
         return cb
@@ -43,7 +102,30 @@ def _check_callback(cb: Any, where: str) -> Callback:
     raise TypeError(f"{where} is {cb!r}, not a Callback; callbacks must subclass asyncloop.Callback")
 
 
+def _data_keys() -> list[str]:
+    """The ``data_key`` of every phase class defined so far (``training``, ``validation`` and custom ones)."""
+    from .phases import Phase
+
+    keys: list[str] = []
+    todo = [Phase]
+    while todo:
+        cls = todo.pop(0)
+        todo.extend(cls.__subclasses__())
+        key = getattr(cls, "data_key", None)
+        if isinstance(key, str) and key not in keys:
+            keys.append(key)
+    return keys
+
+
 def as_data(data: Any) -> PropDict:
+    if isinstance(data, Mapping):
+        allowed = _data_keys()
+        unknown = [k for k in data if k not in allowed]
+        if unknown:
+            raise ValueError(
+                f"data has unknown key(s) {', '.join(map(repr, unknown))}; use 'training' and 'validation' (the "
+                f"data_key of TrainingPhase and ValidationPhase), or the data_key of a Phase class you defined"
+            )
     if isinstance(data, PropDict):
         return data
     if isinstance(data, Mapping):
@@ -63,12 +145,15 @@ class Learner:
 
     Args:
         model: a ``torch.nn.Module`` (any callable works for custom phases, but only modules get an optimizer).
-        loss_fn: ``loss_fn(preds, targets) -> scalar tensor``.
+        loss_fn: ``loss_fn(preds, targets) -> scalar tensor``; one that cannot take two arguments is a
+            ``TypeError`` here.
         data: ``()``, a pair ``(train_batches, valid_batches)`` or a mapping with keys ``training`` and
-            ``validation``; each iterable yields ``(xs, ys)`` batches.
+            ``validation`` (or a custom phase's ``data_key``; other keys are a ``ValueError``); each iterable
+            yields ``(xs, ys)`` batches.
         optimizer: a ``torch.optim.Optimizer``, or a factory ``params -> Optimizer`` (rebuilt when the model is
             reassigned); ``None`` means ``torch.optim.Adam``.
-        callbacks: callback instances. With ``use_default_callbacks`` the defaults ``ProgressPrinter,
+        callbacks: a list of callback instances (a single callback is a ``TypeError``). An ``EarlyStopping``
+            or ``Checkpointer`` monitoring a metric no ``Metrics`` records is a ``ValueError``. With ``use_default_callbacks`` the defaults ``ProgressPrinter,
             MetricsPrinter, StopOnNaNLoss, Recorder, Metrics`` are appended, each unless a callback of that exact
             type was passed.
         runner: :class:`asyncloop.LinearRunner` (default) or :class:`asyncloop.ActorRunner`.
@@ -109,6 +194,8 @@ class Learner:
             )
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be a callable loss_fn(preds, targets) -> tensor, got {loss_fn!r}")
+        _check_loss_fn(loss_fn)
+        _check_callbacks_arg(callbacks)
         if runner is None:
             runner = LinearRunner()
         _check_runner(runner)
@@ -312,6 +399,7 @@ class Learner:
     def _install(self, callbacks: Sequence[Callback], new: Sequence[Callback]) -> None:
         if self._session is not None:
             raise RuntimeError("callbacks cannot be changed while fit() is running; change them between fits")
+        _check_monitors(callbacks)
         graph = callback_graph(callbacks, provided=tuple(self.cbstate))
         self.runner.compile(callbacks, graph)
         self._callbacks, self._graph = list(callbacks), graph

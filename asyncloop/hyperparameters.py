@@ -21,6 +21,10 @@ shapes below are small immutable callables (they compare equal and print their p
 :class:`sequence` and :class:`per_epoch`::
 
     warmup_then_cosine = sequence((linear(0.0, 1e-3, 100), 100), (cosine(1e-3, 1e-5, 900), 900))
+
+FluxTraining's docs (ParameterSchedulers.jl) also use cosine annealing with warm restarts
+(:class:`cosine_restarts`), step decay at a list of milestones (:class:`multistep`) and sine or triangular
+cycles (:class:`sine`, :class:`triangular`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ __all__ = [
     "linear",
     "cosine",
     "step_decay",
+    "multistep",
+    "cosine_restarts",
+    "sine",
+    "triangular",
     "exponential",
     "polynomial",
     "sequence",
@@ -250,6 +258,119 @@ class step_decay:
 
     def __call__(self, t: int) -> float:
         return self.start * self.gamma ** (max(t - 1, 0) // self.step_size)
+
+
+def _check_number(who: str, name: str, x: Any) -> None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        raise ValueError(f"{who}: {name} must be a finite number, got {x!r}")
+
+
+@dataclass(frozen=True, init=False)
+class multistep:
+    """Step decay at a list of milestones: ``start * gamma ** k``, ``k`` the number of milestones ``m`` with
+    ``t > m`` (so the value drops after ``m`` steps, as ``torch.optim.lr_scheduler.MultiStepLR``).
+
+    ``milestones`` is a non-empty, strictly increasing sequence of ints >= 1; ``multistep(1.0, 0.1, [30, 80])``
+    is ``1.0`` for steps 1..30, ``0.1`` for 31..80, ``0.01`` after.
+    """
+
+    start: float
+    gamma: float
+    milestones: tuple[int, ...]
+
+    def __init__(self, start: float, gamma: float, milestones: Any) -> None:
+        _check_number("multistep", "start", start)
+        _check_number("multistep", "gamma", gamma)
+        try:
+            ms = tuple(milestones)
+        except TypeError:
+            raise TypeError(f"multistep: milestones must be a list of step counts such as [30, 80], got {milestones!r}")
+        if not ms:
+            raise ValueError("multistep: milestones must not be empty, e.g. [30, 80]")
+        for m in ms:
+            _check_steps("multistep: each milestone", m)
+        if any(b <= a for a, b in zip(ms, ms[1:])):
+            raise ValueError(f"multistep: milestones must be strictly increasing, got {list(ms)!r}")
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "gamma", gamma)
+        object.__setattr__(self, "milestones", ms)
+
+    def __call__(self, t: int) -> float:
+        return self.start * self.gamma ** sum(1 for m in self.milestones if t > m)
+
+
+@dataclass(frozen=True)
+class cosine_restarts:
+    """Cosine annealing with warm restarts (SGDR; ParameterSchedulers' ``CosAnneal(restart=true)``).
+
+    Each cycle anneals from ``start`` at its first step towards ``end`` and restarts at ``start``: the first cycle
+    has ``period`` steps, each next one ``mult`` times as many (an int >= 1, as PyTorch's
+    ``CosineAnnealingWarmRestarts(T_0=period, T_mult=mult)``). Within a cycle of ``n`` steps, step ``i = 0 ..
+    n - 1`` is ``end + (start - end) * (1 + cos(pi * i / n)) / 2``.
+    """
+
+    start: float
+    end: float
+    period: int
+    mult: int = 1
+
+    def __post_init__(self) -> None:
+        _check_number("cosine_restarts", "start", self.start)
+        _check_number("cosine_restarts", "end", self.end)
+        _check_steps("cosine_restarts: period", self.period)
+        _check_steps("cosine_restarts: mult", self.mult)
+
+    def __call__(self, t: int) -> float:
+        i, n = max(t - 1, 0), self.period
+        while i >= n:
+            i -= n
+            n *= self.mult
+        return self.end + (self.start - self.end) * (1 + math.cos(math.pi * i / n)) / 2
+
+
+@dataclass(frozen=True)
+class _Cycle:
+    low: float
+    high: float
+    period: int
+    decay: float = 1.0
+
+    def __post_init__(self) -> None:
+        who = type(self).__name__
+        _check_number(who, "low", self.low)
+        _check_number(who, "high", self.high)
+        _check_steps(f"{who}: period", self.period)
+        _check_number(who, "decay", self.decay)
+        if self.decay <= 0:
+            raise ValueError(f"{who}: decay must be > 0 (1.0 keeps the amplitude), got {self.decay!r}")
+
+    def _wave(self, frac: float) -> float:
+        raise NotImplementedError
+
+    def __call__(self, t: int) -> float:
+        cycle, i = divmod(max(t - 1, 0), self.period)
+        amplitude = (self.high - self.low) * self.decay**cycle
+        return self.low + amplitude * self._wave(i / self.period)
+
+
+@dataclass(frozen=True)
+class sine(_Cycle):
+    """Sine cycles between ``low`` and ``high`` (ParameterSchedulers' ``Sin``): ``low`` at ``t = 1``, ``high``
+    half a ``period`` later, ``low`` again at ``t = period + 1``: ``low + (high - low) * |sin(pi * (t - 1) /
+    period)|``. ``decay`` multiplies the amplitude every cycle (``0.5`` is ``SinDecay2``)."""
+
+    def _wave(self, frac: float) -> float:
+        return abs(math.sin(math.pi * frac))
+
+
+@dataclass(frozen=True)
+class triangular(_Cycle):
+    """Triangular cycles (cyclical learning rates; ParameterSchedulers' ``Triangle``): a straight line from
+    ``low`` at ``t = 1`` up to ``high`` half a ``period`` later and back to ``low`` at ``t = period + 1``.
+    ``decay`` multiplies the amplitude every cycle (``0.5`` is CLR's ``triangular2``)."""
+
+    def _wave(self, frac: float) -> float:
+        return 1 - abs(2 * frac - 1)
 
 
 @dataclass(frozen=True)

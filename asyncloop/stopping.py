@@ -96,7 +96,7 @@ class StoppingCriterion:
 
     def message(self, state: Any) -> str:
         """Why the criterion stopped."""
-        return f"Stop triggered by {self!r} stopping criterion. "
+        return f"Stop triggered by {self!r} stopping criterion."
 
     def __or__(self, other: StoppingCriterion) -> StoppingCriterion:
         return Disjunction(self, other)
@@ -132,7 +132,7 @@ class InvalidValue(StoppingCriterion):
         return bool(state)
 
     def message(self, state: Any) -> str:
-        return "Stopping early as `NaN`, `Inf` or `-Inf` encountered. "
+        return "Stopping early as `NaN`, `Inf` or `-Inf` encountered."
 
     def __repr__(self) -> str:
         return "InvalidValue()"
@@ -447,7 +447,7 @@ class Disjunction(StoppingCriterion):
 
     def message(self, state: Any) -> str:
         parts = [c.message(state[k]) for k, c in (("a", self.a), ("b", self.b)) if c.done(state[k])]
-        return "".join(parts)
+        return " ".join(parts)
 
     def __repr__(self) -> str:
         return f"Disjunction({', '.join(map(repr, self._leaves()))})"

@@ -169,6 +169,19 @@ class TestBadInput:
         finally:
             tmp_path.chmod(0o700)
 
+    @pytest.mark.parametrize(
+        ("monitor", "mode"),
+        [("Accuracy", "max"), ("BinaryF1Score", "max"), ("Precision", "max"), ("Recall", "max"), ("AUROC", "max"),
+         ("Loss", "min"), ("MSE", "min"), ("DiceLoss", "min"), ("AccuracyError", "min")],
+    )
+    def test_mode_is_inferred_from_monitor(self, tmp_path: Path, monitor: str, mode: str) -> None:
+        """mode=None (the default) is max for metrics known to grow, min for anything else or any loss/error."""
+        assert Checkpointer(tmp_path, monitor=monitor).mode == mode
+
+    def test_explicit_mode_wins(self, tmp_path: Path) -> None:
+        """An explicit mode is kept even against the inferred direction."""
+        assert Checkpointer(tmp_path, monitor="Accuracy", mode="min").mode == "min"
+
     def test_bad_arguments(self, tmp_path: Path) -> None:
         """keep_top_k, mode, monitor and phase are checked."""
         with pytest.raises(ValueError, match=exact("Checkpointer: keep_top_k must be None or an int >= 1, got 0")):
@@ -196,12 +209,25 @@ class TestBadInput:
 
     @pytest.mark.parametrize("runner", RUNNERS)
     def test_unknown_monitor(self, tmp_path: Path, runner: type) -> None:
-        """An unknown monitor is an error at the first checkpoint, naming the recorded metrics; nothing is written."""
-        learner = test_learner(Checkpointer(tmp_path, monitor="Acc"), Recorder(), Metrics(), runner=runner())
+        """A monitor no Metrics records is an error when the Learner is built (was: at the first checkpoint)."""
+        with pytest.raises(ValueError) as info:
+            test_learner(Checkpointer(tmp_path, monitor="Acc"), Recorder(), Metrics(), runner=runner())
+        assert str(info.value) == (
+            "Checkpointer monitors 'Acc', which no Metrics records (recorded: 'Loss'); "
+            "pass monitor= one of those, or add the metric to Metrics(...)"
+        )
+        assert checkpoints(tmp_path) == []
+
+    def test_monitor_of_another_phase_fails_at_first_checkpoint(self, tmp_path: Path) -> None:
+        """A metric Metrics records only for validation is still an error at the first training checkpoint."""
+        learner = test_learner(
+            Checkpointer(tmp_path, monitor="Score"), Recorder(),
+            Metrics(Scripted("Score", [1.0, 1.0])),
+        )
         with pytest.raises(ValueError) as info:
             trio.run(fit, learner, 2)
         assert str(info.value) == (
-            "Checkpointer monitors 'Acc', which Metrics did not record for TrainingPhase() (recorded: 'Loss'); "
+            "Checkpointer monitors 'Score', which Metrics did not record for TrainingPhase() (recorded: 'Loss'); "
             "pass monitor= one of those, or add the metric to Metrics(...)"
         )
         assert checkpoints(tmp_path) == []

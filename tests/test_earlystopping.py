@@ -45,7 +45,7 @@ class TestEarlyStopping:
         result = trio.run(fit, learner, 100)
         assert result.stopped and result.epochs < 100
         assert isinstance(result.reason, EarlyStopped)
-        assert str(result.reason) == "Stop triggered by NumberSinceBest(1) stopping criterion. "
+        assert str(result.reason) == "Stop triggered by NumberSinceBest(1) stopping criterion."
 
     def test_print_and_repr(self) -> None:
         """Seed #21: printing EarlyStopping(1) and EarlyStopping(NumberLimit(2)) works."""
@@ -99,7 +99,7 @@ class TestEarlyStopping:
         assert result.stopped and result.epochs == 0
         assert learner.cbstate.history[TrainingPhase()].epochs == 1
         assert learner.cbstate.history[ValidationPhase()].epochs == 0
-        assert str(result.reason) == "Stopping early as `NaN`, `Inf` or `-Inf` encountered. "
+        assert str(result.reason) == "Stopping early as `NaN`, `Inf` or `-Inf` encountered."
 
     def test_fit_end_fires_after_the_stop(self) -> None:
         """The stop ends the fit cleanly: FitEnd still fires."""
@@ -111,12 +111,11 @@ class TestEarlyStopping:
         assert (result.stopped, result.epochs, ends) == (True, 1, [1])
 
     def test_unknown_monitor(self) -> None:
-        """A monitor Metrics does not record is an error at the first validation EpochEnd, naming the known ones."""
-        learner = test_learner(Recorder(), Metrics(), EarlyStopping(2, monitor="Acc"))
+        """A monitor no Metrics records is an error when the Learner is built, naming the known ones."""
         with pytest.raises(ValueError) as info:
-            trio.run(fit, learner, 1)
+            test_learner(Recorder(), Metrics(), EarlyStopping(2, monitor="Acc"))
         assert str(info.value) == (
-            "EarlyStopping monitors 'Acc', which Metrics did not record for ValidationPhase() (recorded: 'Loss'); "
+            "EarlyStopping monitors 'Acc', which no Metrics records (recorded: 'Loss'); "
             "pass monitor= one of those, or add the metric to Metrics(...)"
         )
 
@@ -136,6 +135,13 @@ class TestEarlyStopping:
         """A metric only recorded in validation is no error in training epochs."""
         learner = test_learner(Recorder(), Metrics(Scripted("Score", [1.0, 1.0])), EarlyStopping(1, monitor="Score"))
         assert trio.run(fit, learner, 2).stopped
+
+    def test_mode_is_inferred_from_monitor(self) -> None:
+        """mode=None (the default) infers max for an accuracy, min for a loss; an explicit mode wins."""
+        assert EarlyStopping(3, monitor="Accuracy").mode == "max"
+        assert EarlyStopping(3).mode == "min"
+        assert EarlyStopping(3, monitor="Accuracy", mode="min").mode == "min"
+        assert repr(EarlyStopping(3)) == "EarlyStopping(NumberSinceBest(3))"
 
     def test_bad_arguments(self) -> None:
         """Bad criteria, modes and phases are rejected with a message saying what to pass."""

@@ -17,8 +17,8 @@ EXPORTED = [
     "EarlyStopped", "EarlyStopping", "EpochBegin", "EpochEnd", "EvaluationPhase", "Event", "EventLogBackend", "EventLogFormatError", "FitBegin", "FitEnd", "FitException",
     "FitResult", "FrequencyThrottle", "GL", "GarbageCollect", "GradientAccumulation", "GradientClipping",
     "Histogram", "History", "HyperParameter", "Image", "InvalidValue", "LRFinderResult", "Learner", "LearningRate",
-    "LinearRunner", "LogConfig", "LogHistograms", "LogHyperParams", "LogMetrics", "LogTraces", "LogVisualization",
-    "LoggerBackend", "Loss",
+    "LinearRunner", "LogConfig", "LogEvents", "LogHistograms", "LogHyperParams", "LogMetrics", "LogTraces",
+    "LogVisualization", "LoggerBackend", "Loss",
     "LossBegin", "Metric", "Metrics", "MetricsPrinter", "MissingStateError", "MixedPrecision",
     "Never", "NoConflict", "NotDefined",
     "NumberLimit", "NumberSinceBest", "PQ", "Patience", "Phase", "ProgressPrinter", "PropDict", "ProtectedError",
@@ -75,7 +75,7 @@ API_PROVIDED = {
     # logging
     **dict.fromkeys(
         ["LoggerBackend", "log_to", "TensorBoardBackend", "LogMetrics", "LogHyperParams", "LogHistograms",
-         "LogVisualization", "LogTraces"],
+         "LogVisualization", "LogTraces", "LogEvents"],
         "asyncloop.logging",
     ),
     # hyperparameters

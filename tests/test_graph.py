@@ -131,6 +131,22 @@ class TestWriteWriteConflicts:
             callback_graph([a, b])
         assert info.value.callbacks == (a, b)
 
+    def test_two_metrics_are_told_to_merge(self) -> None:
+        """Two Metrics callbacks get a conflict message saying to merge them into one Metrics(...)."""
+        a, b = Metrics(), Metrics()
+        with pytest.raises(
+            WriteConflictError,
+            match=exact(
+                "Write conflict detected between Metrics and Metrics!\n\n"
+                "- Metrics writes to cbstate.metrics_step\n- Metrics writes to cbstate.metrics_step\n\n"
+                "Only one Metrics callback can record metrics: merge them into one Metrics(...) holding all the "
+                "metrics, e.g. Metrics(accuracy, f1) instead of Metrics(accuracy) and Metrics(f1). With the default "
+                "callbacks, passing your Metrics(...) replaces the default one."
+            ),
+        ) as info:
+            callback_graph([Recorder(), a, b])
+        assert info.value.callbacks == (a, b)
+
     def test_prefix_paths_conflict(self) -> None:
         """A write to a path and a write to one of its sub-paths conflict; the message shows both paths."""
         a = writer("Whole", path={"step": Write()})

@@ -13,13 +13,17 @@ from asyncloop.hyperparameters import (
     WeightDecay,
     constant,
     cosine,
+    cosine_restarts,
     exponential,
     linear,
     merge_access,
+    multistep,
     per_epoch,
     polynomial,
     sequence,
+    sine,
     step_decay,
+    triangular,
 )
 from matchers import exact
 
@@ -151,6 +155,52 @@ class TestSchedules:
         assert [s(t) for t in range(1, 6)] == [1.0, 1.0, 0.5, 0.5, 0.25]
         e = exponential(2.0, 0.5)
         assert [e(t) for t in (1, 2, 3)] == [2.0, 1.0, 0.5]
+
+    def test_cosine_restarts(self) -> None:
+        """cosine_restarts anneals over each cycle and restarts at start; mult grows each next cycle."""
+        s = cosine_restarts(1.0, 0.0, 4)
+        assert [round(s(t), 3) for t in range(1, 10)] == [1.0, 0.854, 0.5, 0.146, 1.0, 0.854, 0.5, 0.146, 1.0]
+        g = cosine_restarts(1.0, 0.0, 2, mult=2)
+        assert [round(g(t), 3) for t in range(1, 8)] == [1.0, 0.5, 1.0, 0.854, 0.5, 0.146, 1.0]
+
+    def test_multistep(self) -> None:
+        """multistep multiplies by gamma after each milestone; a list and a tuple are the same schedule."""
+        s = multistep(1.0, 0.5, [2, 4])
+        assert [s(t) for t in range(1, 7)] == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+        assert s == multistep(1.0, 0.5, (2, 4))
+        assert repr(s) == "multistep(start=1.0, gamma=0.5, milestones=(2, 4))"
+
+    def test_sine_and_triangular_cycles(self) -> None:
+        """sine and triangular cycle from low up to high and back over period steps; decay shrinks each cycle."""
+        s = sine(0.0, 1.0, 4)
+        assert [round(s(t), 3) for t in range(1, 10)] == [0.0, 0.707, 1.0, 0.707, 0.0, 0.707, 1.0, 0.707, 0.0]
+        tri = triangular(0.1, 1.1, 4)
+        assert [round(tri(t), 3) for t in range(1, 6)] == [0.1, 0.6, 1.1, 0.6, 0.1]
+        tri2 = triangular(0.0, 1.0, 4, decay=0.5)
+        assert [tri2(t) for t in range(1, 10)] == [0.0, 0.5, 1.0, 0.5, 0.0, 0.25, 0.5, 0.25, 0.0]
+
+    def test_new_shapes_validate(self) -> None:
+        """Bad periods, milestones and decays of the new shapes are errors saying what to pass."""
+        with pytest.raises(ValueError, match=exact("cosine_restarts: period must be an int >= 1, got 0")):
+            cosine_restarts(1.0, 0.0, 0)
+        with pytest.raises(ValueError, match=exact("cosine_restarts: mult must be an int >= 1, got 1.5")):
+            cosine_restarts(1.0, 0.0, 2, mult=1.5)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=exact("multistep: milestones must be strictly increasing, got [4, 2]")):
+            multistep(1.0, 0.1, [4, 2])
+        with pytest.raises(ValueError, match=exact("multistep: milestones must not be empty, e.g. [30, 80]")):
+            multistep(1.0, 0.1, [])
+        with pytest.raises(ValueError, match=exact("multistep: each milestone must be an int >= 1, got 0")):
+            multistep(1.0, 0.1, [0, 3])
+        with pytest.raises(
+            TypeError, match=exact("multistep: milestones must be a list of step counts such as [30, 80], got 30")
+        ):
+            multistep(1.0, 0.1, 30)
+        with pytest.raises(ValueError, match=exact("sine: period must be an int >= 1, got 0")):
+            sine(0.0, 1.0, 0)
+        with pytest.raises(ValueError, match=exact("triangular: decay must be > 0 (1.0 keeps the amplitude), got 0")):
+            triangular(0.0, 1.0, 4, decay=0)
+        with pytest.raises(ValueError, match=exact("triangular: high must be a finite number, got nan")):
+            triangular(0.0, math.nan, 4)
 
     def test_polynomial_is_parameter_schedulers_poly(self) -> None:
         """polynomial(λ, 0, 10) is Poly(λ, p=1, max_iter=10): λ(1 - (t-1)/10)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
 import pytest
@@ -10,7 +11,9 @@ import trio
 
 from asyncloop import (
     Callback,
+    Checkpointer,
     CustomCallback,
+    EarlyStopping,
     Learner,
     LinearRunner,
     Metrics,
@@ -23,6 +26,7 @@ from asyncloop import (
     TrainingPhase,
     accuracy,
     fit,
+    Write,
     test_learner,
 )
 from matchers import exact
@@ -175,6 +179,96 @@ class TestData:
             ),
         ):
             Learner(torch.nn.Linear(1, 1), mse, data=data)
+
+    def test_unknown_mapping_keys(self) -> None:
+        """A data mapping key that is no phase's data_key is an error naming the allowed keys."""
+        with pytest.raises(
+            ValueError,
+            match=exact(
+                "data has unknown key(s) 'train', 'val'; use 'training' and 'validation' (the data_key of "
+                "TrainingPhase and ValidationPhase), or the data_key of a Phase class you defined"
+            ),
+        ):
+            Learner(torch.nn.Linear(1, 1), mse, data={"train": [1], "val": [2]})
+
+    def test_custom_phase_data_key(self) -> None:
+        """A custom phase's data_key is an allowed mapping key once the phase class exists."""
+
+        class Holdout(TrainingPhase):
+            data_key = "holdout_for_test_learner"
+
+        learner = Learner(torch.nn.Linear(1, 1), mse, data={"holdout_for_test_learner": [1]})
+        assert learner.data == PropDict(holdout_for_test_learner=[1])
+
+
+class TestArguments:
+    def test_single_callback_is_not_a_list(self) -> None:
+        """A single callback passed as callbacks= is an error showing the list to pass."""
+        with pytest.raises(
+            TypeError,
+            match=exact(
+                "callbacks must be a list of callbacks, got the single callback EarlyStopping(NumberSinceBest(3)); "
+                "pass a list: callbacks=[EarlyStopping(NumberSinceBest(3))]"
+            ),
+        ):
+            Learner(torch.nn.Linear(1, 1), mse, callbacks=EarlyStopping(3))  # type: ignore[arg-type]
+
+    def test_callback_class_is_not_a_list(self) -> None:
+        """A callback class passed as callbacks= is an error showing the list of instances to pass."""
+        with pytest.raises(
+            TypeError,
+            match=exact("callbacks must be a list of callback instances, got the class Recorder; "
+                        "pass callbacks=[Recorder()]"),
+        ):
+            Learner(torch.nn.Linear(1, 1), mse, callbacks=Recorder)  # type: ignore[arg-type]
+
+    def test_one_argument_loss_fn(self) -> None:
+        """A loss_fn that cannot take (preds, targets) is an error at construction, not at the first step."""
+
+        def loss(preds: torch.Tensor) -> torch.Tensor:
+            return preds.sum()
+
+        with pytest.raises(TypeError) as info:
+            Learner(torch.nn.Linear(1, 1), loss)  # type: ignore[arg-type]
+        assert str(info.value) == (
+            f"loss_fn must take two arguments, loss_fn(preds, targets), but {loss!r} has the signature "
+            "(preds: 'torch.Tensor') -> 'torch.Tensor'; wrap it: loss_fn=lambda preds, targets: ..."
+        )
+
+    def test_loss_modules_and_builtins_pass(self) -> None:
+        """Loss modules, functions with defaults or *args, and callables without a signature are accepted."""
+        for loss in (torch.nn.MSELoss(), torch.nn.functional.mse_loss, lambda *args: args[0].sum(), max):
+            Learner(torch.nn.Linear(1, 1), loss)
+
+    def test_monitor_no_metrics_records(self) -> None:
+        """EarlyStopping and Checkpointer monitoring a metric no Metrics records fail when the learner is built."""
+        with pytest.raises(
+            ValueError,
+            match=exact(
+                "EarlyStopping monitors 'Accuracy', which no Metrics records (recorded: 'Loss'); "
+                "pass monitor= one of those, or add the metric to Metrics(...)"
+            ),
+        ):
+            Learner(torch.nn.Linear(1, 1), mse, callbacks=[EarlyStopping(3, monitor="Accuracy")])
+        learner = Learner(torch.nn.Linear(1, 1), mse, callbacks=[Metrics(accuracy)])
+        learner.add_callback(EarlyStopping(3, monitor="Accuracy"))  # recorded: fine
+        with pytest.raises(ValueError, match="^Checkpointer monitors 'F1'"):
+            learner.add_callback(Checkpointer(tempfile.mkdtemp(), monitor="F1"))
+        assert not any(isinstance(cb, Checkpointer) for cb in learner.callbacks)
+
+    def test_monitor_unknowable_without_metrics_or_with_custom_writer(self) -> None:
+        """Without Metrics the unwritten metrics_epoch is the error (MissingStateError); with another writer of
+        metrics_epoch the monitor cannot be known at build time and is checked during the fit."""
+
+        class MyMetrics(Callback):
+            state_access = {"cbstate": {"metrics_epoch": Write()}}
+            run_after = (Metrics,)
+
+        from asyncloop import MissingStateError
+
+        with pytest.raises(MissingStateError, match=r"^EarlyStopping reads cbstate.metrics_epoch, which no callback"):
+            Learner(torch.nn.Linear(1, 1), mse, callbacks=[EarlyStopping(3, monitor="X")], use_default_callbacks=False)
+        Learner(torch.nn.Linear(1, 1), mse, callbacks=[MyMetrics(), EarlyStopping(3, monitor="X")])
 
 
 class TestOptimizer:

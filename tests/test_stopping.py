@@ -52,7 +52,7 @@ class TestNever:
 
     def test_message(self) -> None:
         """The default message names the criterion, as EarlyStopping.jl's."""
-        assert Never().message(None) == "Stop triggered by Never() stopping criterion. "
+        assert Never().message(None) == "Stop triggered by Never() stopping criterion."
 
 
 class TestInvalidValue:
@@ -68,7 +68,7 @@ class TestInvalidValue:
 
     def test_message(self) -> None:
         """The message is EarlyStopping.jl's."""
-        assert InvalidValue().message(True) == "Stopping early as `NaN`, `Inf` or `-Inf` encountered. "
+        assert InvalidValue().message(True) == "Stopping early as `NaN`, `Inf` or `-Inf` encountered."
 
 
 class TestTimeLimit:
@@ -249,7 +249,7 @@ class TestWarmup:
         assert s == (3, (5.0, 0))  # fresh: 1.0 from the warm-up is forgotten
         s = c.update(6.0, s)
         assert c.done(s)
-        assert c.message(s) == "Stop triggered by NumberSinceBest(1) stopping criterion. "
+        assert c.message(s) == "Stop triggered by NumberSinceBest(1) stopping criterion."
 
     def test_bad_arguments(self) -> None:
         """n must be positive; the criterion must be a criterion."""
@@ -267,7 +267,7 @@ class TestDisjunction:
         assert run(c, [1.0, 0.4]) == [False, True]
         s = c.update(0.1, c.update(0.2, c.update(0.3, None)))
         assert c.message(s) == (
-            "Stop triggered by NumberLimit(3) stopping criterion. Stop triggered by Threshold(0.5) stopping criterion. "
+            "Stop triggered by NumberLimit(3) stopping criterion. Stop triggered by Threshold(0.5) stopping criterion."
         )
 
     def test_plus_and_constructor(self) -> None:

@@ -25,6 +25,26 @@ from ._monitor import latest_monitored_value, monitor_missing_error
 
 
 _MODES = ("min", "max")
+
+#: Metric names (lower-case substrings) known to grow as the model gets better: ``mode=None`` infers ``"max"``.
+GROWING_METRICS = (
+    "accuracy", "acc", "f1", "fbeta", "precision", "recall", "auc", "auroc", "average_precision", "iou",
+    "jaccard", "dice", "r2", "specificity", "sensitivity",
+)
+
+
+def infer_mode(monitor: str, mode: str | None, who: str) -> str:
+    """``mode`` itself when given; for ``None``, ``"max"`` if ``monitor`` names a metric known to grow
+    (:data:`GROWING_METRICS`: accuracy, f1, precision, recall, auc, ...) else ``"min"``. A name containing
+    ``loss`` or ``error`` is always ``"min"`` (``DiceLoss``)."""
+    if mode is None:
+        lowered = monitor.lower()
+        if "loss" in lowered or "error" in lowered:
+            return "min"
+        return "max" if any(word in lowered for word in GROWING_METRICS) else "min"
+    if mode not in _MODES:
+        raise ValueError(f"{who}: mode must be 'min' or 'max', got {mode!r}")
+    return mode
 EXTENSION = ".pt"
 
 _VALUE = r"-?(?:inf|nan|[0-9]+(?:\.[0-9]+)?(?:e[+-][0-9]+)?)"  # repr(float(value))
@@ -102,7 +122,10 @@ class Checkpointer(Callback):
     when the epoch is over, validation included: at the next training ``EpochBegin``, or at ``FitEnd`` after the
     last epoch (also when early stopping ended the fit).
 
-    ``keep_top_k=k`` keeps only the ``k`` best checkpoints by ``monitor`` (``mode="min"``: lowest is best) and
+    ``keep_top_k=k`` keeps only the ``k`` best checkpoints by ``monitor`` (``mode="min"``: lowest is best;
+    ``mode="max"``: highest; the default ``mode=None`` infers ``"max"`` for metrics known to grow, whose name
+    contains accuracy, acc, f1, fbeta, precision, recall, auc, iou, jaccard, dice, r2, specificity or
+    sensitivity, and ``"min"`` for anything else and for any name containing loss or error) and
     always the most recent one, even when it is the worst; the default keeps all. ``monitor`` names a metric
     :class:`asyncloop.Metrics` records for ``phase`` (default: the training loss, as FluxTraining; use
     ``phase=ValidationPhase`` for validation metrics). An unknown name is an error at the first checkpoint.
@@ -161,7 +184,7 @@ class Checkpointer(Callback):
         keep_top_k: int | None = None,
         *,
         monitor: str = "Loss",
-        mode: str = "min",
+        mode: str | None = None,
         phase: type[Phase] = TrainingPhase,
         every_n_steps: int | None = None,
         save_last: bool = False,
@@ -172,8 +195,7 @@ class Checkpointer(Callback):
             raise ValueError(f"Checkpointer: keep_top_k must be None or an int >= 1, got {keep_top_k!r}")
         if not isinstance(monitor, str) or not re.search(r"[A-Za-z0-9]", monitor):
             raise TypeError(f"Checkpointer: monitor must be a metric name such as 'Loss', got {monitor!r}")
-        if mode not in _MODES:
-            raise ValueError(f"Checkpointer: mode must be 'min' or 'max', got {mode!r}")
+        mode = infer_mode(monitor, mode, "Checkpointer")
         if not (isinstance(phase, type) and issubclass(phase, Phase)):
             raise TypeError(f"Checkpointer: phase must be a Phase class such as ValidationPhase, got {phase!r}")
         if every_n_steps is not None and (

@@ -13,11 +13,10 @@ from .._access import Read
 from ..stopping import Disjunction as _Disjunction
 from ..stopping import EarlyStopped, NumberSinceBest, StoppingCriterion
 from ._metrics import Metrics
+from ._checkpointer import infer_mode
 from ._monitor import monitored_epoch_value
 from ._recorder import Recorder
 
-
-_MODES = ("min", "max")
 
 
 def _as_criterion(c: Any) -> StoppingCriterion:
@@ -44,7 +43,9 @@ class EarlyStopping(Callback):
     fed to the criterion: from a ``test_phase`` epoch (validation) as an out-of-sample value, from a
     ``train_phase`` epoch (training) as a training value, which only :class:`~asyncloop.stopping.PQ`,
     ``InvalidValue``, ``TimeLimit`` and ``Warmup`` use. With ``mode="max"`` the value is negated first, so
-    "lower is better" holds for every criterion. When the criterion is done, it raises
+    "lower is better" holds for every criterion. The default ``mode=None`` is inferred from ``monitor`` as for
+    :class:`asyncloop.Checkpointer`: ``"max"`` for metrics known to grow (accuracy, f1, precision, recall, auc,
+    ...), ``"min"`` otherwise. When the criterion is done, it raises
     :class:`asyncloop.stopping.EarlyStopped` (a ``CancelFittingException``): ``fit`` fires ``FitEnd`` and
     returns ``FitResult(stopped=True, reason=...)``, the reason's message naming the criterion.
 
@@ -71,7 +72,7 @@ class EarlyStopping(Callback):
         self,
         *criteria: Any,
         monitor: str = "Loss",
-        mode: str = "min",
+        mode: str | None = None,
         test_phase: type[Phase] = AbstractValidationPhase,
         train_phase: type[Phase] = AbstractTrainingPhase,
     ) -> None:
@@ -79,8 +80,7 @@ class EarlyStopping(Callback):
             raise TypeError("EarlyStopping needs a criterion, e.g. EarlyStopping(3) or EarlyStopping(Patience(5))")
         if not isinstance(monitor, str) or not monitor:
             raise TypeError(f"EarlyStopping: monitor must be a metric name such as 'Loss', got {monitor!r}")
-        if mode not in _MODES:
-            raise ValueError(f"EarlyStopping: mode must be 'min' or 'max', got {mode!r}")
+        mode = infer_mode(monitor, mode, "EarlyStopping")
         self.test_phase = _phase_type(test_phase, "test_phase")
         self.train_phase = _phase_type(train_phase, "train_phase")
         if issubclass(self.test_phase, self.train_phase) or issubclass(self.train_phase, self.test_phase):
