@@ -92,6 +92,8 @@ class Session:
         self.control: BaseException | None = None
         self.in_epoch = 0
         self.in_step = 0
+        #: The phase whose ``EpochEnd`` is being (or was last) dispatched; ``None`` from each ``EpochBegin`` on.
+        self.ending_epoch: Phase | None = None
         self.nursery: trio.Nursery | None = None
         self._dispatchers: dict[type, Dispatcher] = {}
 

@@ -84,14 +84,17 @@ async def run_epoch(learner: Learner, phase: Phase, epoch_fn: Callable[[Handle],
     handle = session.dispatcher(phase).handle
     region = learner.random_state.region
     session.in_epoch += 1
+    session.ending_epoch = None
     try:
         try:
             with region():
                 await handle(_EPOCH_BEGIN)
             await epoch_fn(handle)
+            session.ending_epoch = phase
             with region():
                 await handle(_EPOCH_END)
         except CancelEpochException:
+            session.ending_epoch = phase
             with region():
                 await handle(_EPOCH_END)
     finally:

@@ -46,7 +46,8 @@ _FIT_PHASE = FitPhase()
 class FitResult:
     """What :func:`fit` returns.
 
-    * ``epochs``: training epochs completed by this call;
+    * ``epochs``: training epochs completed by this call -- an epoch is complete once its ``EpochEnd`` fired, also
+      when a handler of that ``EpochEnd`` stopped the fit (so it agrees with ``Recorder``);
     * ``stopped``: ``True`` when a ``CancelFittingException`` ended the fit early, and ``reason`` is that
       exception (e.g. from ``EarlyStopping`` or ``StopOnNaNLoss``: tell them apart by type or message);
     * ``statistics``: per-callback costs (see :class:`asyncloop.runners.ActorStatistics`);
@@ -301,6 +302,10 @@ async def _fit(learner: Learner, plan: _Plan, batches: PropDict) -> FitResult:
                 train.after_step = _validate_every(learner, plan, validation, batches, steps_before + steps, train)
             try:
                 await training.epoch(learner, train)
+            except CancelFittingException:
+                if learner.session.ending_epoch is training:  # type: ignore[union-attr]
+                    done += 1  # a handler of its EpochEnd stopped the fit: the epoch itself completed
+                raise
             finally:
                 steps += train.count
             done += 1

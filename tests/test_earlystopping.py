@@ -96,7 +96,7 @@ class TestEarlyStopping:
         """The training loss reaches update_training: InvalidValue stops on a NaN training loss at its EpochEnd."""
         learner = test_learner(Recorder(), Metrics(), EarlyStopping(InvalidValue()), coeff=math.nan)
         result = trio.run(fit, learner, 3)
-        assert result.stopped and result.epochs == 0
+        assert result.stopped and result.epochs == 1  # the stop came from the epoch's EpochEnd: it completed
         assert learner.cbstate.history[TrainingPhase()].epochs == 1
         assert learner.cbstate.history[ValidationPhase()].epochs == 0
         assert str(result.reason) == "Stopping early as `NaN`, `Inf` or `-Inf` encountered."

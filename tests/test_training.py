@@ -444,6 +444,23 @@ class TestCancelEpoch:
 
 
 class TestCancelFitting:
+    @pytest.mark.parametrize(("event", "expected"), [(EpochEnd, 1), (EpochBegin, 1)])
+    def test_result_epochs_agree_with_the_recorder(self, event: type, expected: int) -> None:
+        """A stop from the training EpochEnd counts that epoch as completed (as Recorder does); a stop at the next
+        EpochBegin does not count the epoch it prevented."""
+        calls = {"n": 0}
+
+        def stop(learner: Any) -> None:
+            calls["n"] += 1
+            if (event is EpochEnd and calls["n"] == 1) or (event is EpochBegin and calls["n"] == 2):
+                raise CancelFittingException("enough")
+
+        reads_history = {"cbstate": {"history": Read()}}  # so it runs after Recorder, as EarlyStopping does
+        learner = test_learner(Recorder(), CustomCallback(stop, event, TrainingPhase, access=reads_history), n_batches=2)
+        result = trio.run(fit, learner, 3)
+        assert result.stopped
+        assert result.epochs == expected == learner.cbstate.history[TrainingPhase()].epochs
+
     def test_stops_fit_cleanly(self, event_log: Any) -> None:
         """CancelFittingException stops the fit: FitEnd still fires and the result says stopped, with the reason."""
         exc = CancelFittingException("enough")
