@@ -242,8 +242,6 @@ class Callback:
             return _view(snapshot_tree(learner, access), access, "Learner")  # Protected(...) without its __init__
         return _view(learner, access, "Learner")
 
-    snapshot._live_is_view = True  # type: ignore[attr-defined]  # runners pass their cached view instead
-
     @property
     def name(self) -> str:
         """Display name used in error messages and statistics: the class name unless set (``self.name = ...``)."""

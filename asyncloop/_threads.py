@@ -48,6 +48,11 @@ class Reply(Generic[T]):
         except trio.RunFinishedError:  # pragma: no cover - the receiver's loop is gone
             pass
 
+    @property
+    def received(self) -> bool:
+        """Whether the result was sent (a receiver that gave up after its grace finds it still missing)."""
+        return self._result is not None
+
     async def outcome(self, *, grace: float = math.inf) -> outcome.Outcome:
         """Wait for the result and return it as an ``Outcome`` (no unwrapping); see the class for ``grace``."""
         try:
@@ -127,7 +132,7 @@ class ActorThread:
         try:
             return await reply.receive(grace=grace)
         except BaseException:
-            if reply._result is None:
+            if not reply.received:
                 self.abandoned = True
             raise
 

@@ -74,7 +74,7 @@ class Runner:
         self._views = [Protected(self._learner, info.access, "Learner") for info in self._infos]
         # The capture hook's live result for callbacks that shape it; the others get the cached view as is.
         self._hooks = [
-            None if getattr(type(info.callback).snapshot, "_live_is_view", False) else info.callback.snapshot
+            None if type(info.callback).snapshot is Callback.snapshot else info.callback.snapshot
             for info in self._infos
         ]
         self._handlers: list[dict[tuple[type[Event], type[Phase]], Handler | None]] = [{} for _ in self._infos]
