@@ -1,6 +1,8 @@
 """Run the python blocks of a docs page and check what they print (shared by the docs tests).
 
 Every ``print(...)`` in a page is followed by ``# expected`` comment lines; ``...`` in them matches anything.
+A block that cannot run here (another library's code, a command needing two processes) is preceded by a line
+``<!-- not run: REASON -->``: it is left out, and tests/test_docs_site.py checks no other block is.
 """
 
 from __future__ import annotations
@@ -15,9 +17,23 @@ from pathlib import Path
 import pytest
 
 
+#: The comment that marks the next python block as not run, followed by the reason and ``-->``.
+NOT_RUN = "<!-- not run:"
+
+
+def marked_not_run(text: str, start: int) -> bool:
+    """Whether the last non-blank line before offset ``start`` of ``text`` is a not-run marker."""
+    return text[:start].rstrip("\n").rsplit("\n", 1)[-1].startswith(NOT_RUN)
+
+
 def python_blocks(page: Path) -> list[str]:
-    """The page's fenced ``python`` blocks, in order."""
-    return re.findall(r"^```python\n(.*?)^```", page.read_text(), flags=re.S | re.M)
+    """The page's fenced ``python`` blocks, in order, except those marked not run."""
+    text = page.read_text()
+    return [
+        m.group(1)
+        for m in re.finditer(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+        if not marked_not_run(text, m.start())
+    ]
 
 
 def expected_prints(code: str) -> list[str]:
