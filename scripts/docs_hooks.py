@@ -172,3 +172,4 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     if GRAPH_MARKER.search(markdown):
         markdown = _draw_graphs(markdown, page.file.src_uri)
     return markdown
+

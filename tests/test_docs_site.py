@@ -82,10 +82,13 @@ class TestBuild:
                    and not any(a.endswith(f".{name}") for a in anchors)]
         assert not missing, f"not in the API reference (add `::: asyncloop.NAME` to a page of docs/api/): {missing}"
 
-    def test_docstrings_render_without_sphinx_roles(self, site: Path) -> None:
-        """Sphinx roles in docstrings (:class:`X`) become links or code, never raw ``:class:`` text."""
+    def test_docstrings_render_without_rest_markup(self, site: Path) -> None:
+        """Sphinx roles in docstrings (:class:`X`) become links or code, and ``Example::`` blocks become highlighted
+        code after a plain colon: no raw reST markup on the API pages."""
         html = "".join(p.read_text() for p in (site / "api").rglob("*.html"))
         assert not re.search(r":(class|func|meth|attr|exc|mod):", html)
+        assert "::</p>" not in html
+        assert '<p>Example:</p>\n<div class="highlight"><pre><span></span><code><span class="n">learner</span>' in html
         assert 'href="../training/#asyncloop.Learner"' in (site / "api" / "callbacks" / "index.html").read_text()
 
     def test_concepts_draws_the_callback_graph_from_code(self, site: Path) -> None:
