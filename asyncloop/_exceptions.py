@@ -18,7 +18,7 @@ All of them are importable from the top level (``asyncloop.CheckpointError``). H
         │   ├── WriteConflictError    two callbacks write the same state and no resolution says how
         │   ├── CallbackCycleError    the ordering constraints form a cycle
         │   ├── DetachedWriterError   a detached callback declares Write() access
-    │   └── MissingStateError     a callback reads cbstate state that no callback writes
+        │   └── MissingStateError     a callback reads cbstate state that no callback writes
         └── EventLogFormatError       a file is not an asyncloop event log (or a newer or corrupt one)
 """
 

@@ -8,6 +8,10 @@
 # Strict: a broken link or anchor, a page missing from the nav in mkdocs.yml, or an unresolved API reference
 # fails the build (tests/test_docs_site.py runs the same build in CI).
 set -euo pipefail
+case "${1-}" in
+    build | serve | "") ;;
+    *) echo "usage: bash scripts/docs.sh [build|serve] [mkdocs options]" >&2; exit 2 ;;
+esac
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 export NO_MKDOCS_2_WARNING=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -15,6 +19,5 @@ mkdocs=.venv/bin/mkdocs
 case "${1-}" in
     build) shift; exec "$mkdocs" build --strict "$@" ;;
     serve) shift; exec "$mkdocs" serve --strict "$@" ;;
-    "") "$mkdocs" build --strict; exec "$mkdocs" serve --strict ;;
-    *) echo "usage: bash scripts/docs.sh [build|serve] [mkdocs options]" >&2; exit 2 ;;
+    *) "$mkdocs" build --strict; exec "$mkdocs" serve --strict ;;
 esac

@@ -127,7 +127,9 @@ class TestBuild:
 
 
 class TestSnippets:
-    @pytest.mark.parametrize("page", [p for p in PAGES if page_id(p) not in RUN_ELSEWHERE], ids=page_id)
+    @pytest.mark.parametrize(
+        "page", [p for p in PAGES if page_id(p) not in RUN_ELSEWHERE and python_blocks(p)], ids=page_id
+    )
     def test_page_runs_and_prints_what_it_shows(
         self, page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -155,6 +157,14 @@ class TestSnippets:
                 f"docs/{page_id(page)}:{line}: {match.group(0)!r} is not run by the tests; write ```python, or "
                 f"put `{NOT_RUN} REASON -->` on the line before it"
             )
+
+
+def test_docs_script_rejects_an_unknown_command() -> None:
+    """scripts/docs.sh answers an unknown command with its usage and status 2, before any set-up."""
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "docs.sh"), "publish"], capture_output=True, text=True,
+                          timeout=30)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == "usage: bash scripts/docs.sh [build|serve] [mkdocs options]\n"
 
 
 def test_getting_started_shows_the_quickstart() -> None:
