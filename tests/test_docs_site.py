@@ -174,3 +174,35 @@ def test_getting_started_shows_the_quickstart() -> None:
     text = (DOCS / "getting-started.md").read_text()
     blocks = re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
     assert quickstart_code() in blocks
+
+
+def test_mermaid_draws_a_callback_graph() -> None:
+    """The build hook draws a callback graph as a Mermaid flowchart: a node per callback, an edge per ordering
+    labelled with the state handed over or the constraint, detached callbacks dashed."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import docs_hooks
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+
+    class Reader(asyncloop.Callback):
+        state_access = {"cbstate": {"metrics_epoch": asyncloop.Read()}}
+
+        @asyncloop.on(asyncloop.EpochEnd)
+        def read(self, event, phase, learner):
+            pass
+
+    callbacks = [asyncloop.Recorder(), asyncloop.Metrics(), asyncloop.ProgressPrinter(), Reader()]
+    assert docs_hooks.mermaid(callbacks, asyncloop.callback_graph(callbacks)) == "\n".join([
+        "flowchart LR",
+        '    n0["Recorder"]',
+        '    n1["Metrics"]',
+        '    n2["ProgressPrinter"]',
+        '    n3["Reader"]',
+        "    n0 -->|run_after| n1",
+        "    n0 -->|run_after| n2",
+        "    n1 -->|run_after| n2",
+        "    n1 -->|cbstate.metrics_epoch| n3",
+        "    classDef detached stroke-dasharray: 5 5",
+        "    class n2 detached",
+    ])
