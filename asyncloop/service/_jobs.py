@@ -168,7 +168,7 @@ def make_data(spec: JobSpec) -> tuple[list, list, int, int]:
         n_classes = SYNTHETIC_CLASSES
         n_train = spec.samples
         n = n_train + max(spec.samples // 4, 1)
-        centers = 1.5 * torch.randn(n_classes, SYNTHETIC_FEATURES, generator=generator)
+        centers = 0.5 * torch.randn(n_classes, SYNTHETIC_FEATURES, generator=generator)  # overlapping classes
         ys = torch.randint(n_classes, (n,), generator=generator)
         xs = centers[ys] + torch.randn(n, SYNTHETIC_FEATURES, generator=generator)
     size = spec.batch_size

@@ -103,8 +103,9 @@ function draw(view) {
     ctx.fillText("waiting for the first step…", L, H / 2);
     return;
   }
-  let xmax = Math.max(1, ...points.map((p) => p[0]));
-  if (view.job.progress.steps_total) xmax = Math.max(xmax, view.job.progress.steps_total);
+  // the x axis grows with the run (a long job's curve would be a sliver on its full length), by whole epochs
+  const seen = Math.max(1, ...points.map((p) => p[0]));
+  const xmax = Math.min(Math.ceil(seen / perEpoch) * perEpoch, view.job.progress.steps_total || Infinity) || seen;
   let ymin = Math.min(...points.map((p) => p[1])), ymax = Math.max(...points.map((p) => p[1]));
   if (ymax - ymin < 1e-9) { ymax += 0.5; ymin -= 0.5; }
   const x = (v) => L + (W - L - R) * v / xmax;
@@ -115,7 +116,7 @@ function draw(view) {
   ctx.fillText(fmt(ymax, 3), L - 4, T + 8);
   ctx.fillText(fmt(ymin, 3), L - 4, H - B);
   ctx.textAlign = "center";
-  ctx.fillText(`training step (of ${xmax})`, (L + W - R) / 2, H - 6);
+  ctx.fillText(`training step (axis to ${xmax})`, (L + W - R) / 2, H - 6);
   ctx.strokeStyle = "#1565c0";
   ctx.lineWidth = 1.2;
   ctx.beginPath();
