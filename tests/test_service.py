@@ -434,3 +434,24 @@ class TestCommandLine:
         assert re.search(r"^job-2 cancelled at step \d+ \(asked at step \d+\); its event log: .+events\.alog$",
                          out, re.M), out
         assert out.rstrip().endswith("jobs: job-1 completed, job-2 cancelled")
+
+
+class TestDocs:
+    PAGE = ROOT / "docs" / "services.md"
+
+    def test_page_runs_and_prints_what_it_shows(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """docs/services.md's python block (a program embedding the service and using its API) runs as shown."""
+        from docs_snippets import python_blocks, run_and_check
+
+        blocks = python_blocks(self.PAGE)
+        assert len(blocks) == 1
+        run_and_check(blocks[0], str(self.PAGE), tmp_path, monkeypatch)
+
+    def test_client_excerpt_is_the_example(self) -> None:
+        """The client code the page shows is, verbatim, the code of examples/service/client.py (which runs above)."""
+        excerpts = re.findall(r"^```py\n(.*?)^```", self.PAGE.read_text(), flags=re.S | re.M)
+        client = (ROOT / "examples" / "service" / "client.py").read_text()
+        assert excerpts
+        for excerpt in excerpts:
+            for definition in excerpt.split("\n\n\n"):  # the page leaves out what lies between
+                assert definition.strip() in client, definition
