@@ -226,8 +226,8 @@ def _add_serve_command(commands: Any) -> None:
     serve.add_argument("--max-queued", type=_count, default=16, metavar="N",
                        help="jobs that may wait (default 16); more are refused with 429")
     serve.add_argument("--stream-port", type=lambda t: 0 if t == "0" else _port(t), default=None, metavar="P",
-                       help="also publish every job on asyncloop's live stream on this port (for "
-                            "`asyncloop log subscribe`; token from $%s)" % TOKEN_ENV)
+                       help=f"also publish every job on asyncloop's live stream on this port (for "
+                            f"`asyncloop log subscribe`; token from ${TOKEN_ENV})")
     serve.set_defaults(run=_serve)
 
 

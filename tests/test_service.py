@@ -358,6 +358,38 @@ class TestQueue:
             assert list(log)[-1]["kind"] == "close"
         assert_checkpoints_whole(job.checkpoints)
 
+    async def test_a_failing_job_fails_alone(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """An error in a job (here: building its data) marks that job failed with the error; the service and the
+        next job go on."""
+        import asyncloop.service._jobs as jobs
+
+        real = jobs.make_data
+        monkeypatch.setattr(jobs, "make_data", lambda spec: (_ for _ in ()).throw(OSError("disk on fire")))
+        async with running_service(tmp_path) as (client, _):
+            job = await submit(client, **SMALL)
+            job = await wait_for(client, job["id"], final)
+            assert (job["state"], job["error"]) == ("failed", "OSError: disk on fire")
+            monkeypatch.setattr(jobs, "make_data", real)
+            job = await submit(client, **SMALL)
+            assert (await wait_for(client, job["id"], final))["state"] == "completed"
+            assert (await client.get("/api/health")).json()["jobs"]["failed"] == 1
+
+    async def test_jobs_are_also_published_on_a_stream_server(self, tmp_path: Path) -> None:
+        """Given a StreamServer, every job's records also go to asyncloop's live stream, run name = job id."""
+        from asyncloop import StreamServer, subscribe
+
+        async with StreamServer() as server, TrainingService(tmp_path, stream=server) as service:
+            async with subscribe("127.0.0.1", server.port) as records:
+                await server.wait_for_subscribers(1)
+                job = service.submit(JobSpec(**SMALL))
+                with trio.fail_after(60):
+                    async for record in records:
+                        if record["kind"] == "event" and record["name"] == "FitEnd":
+                            break
+                assert record["run"] == job.id
+            await job.done.wait()
+            assert job.state == "completed"
+
     def test_bad_options(self, tmp_path: Path) -> None:
         """Limits must be positive ints."""
         with pytest.raises(ValueError, match=r"^max_running must be a positive int, got 0$"):
@@ -392,16 +424,27 @@ def _python(args: list[str], **kwargs: Any) -> subprocess.Popen[str]:
 
 
 class TestCommandLine:
-    def test_asyncloop_serve_runs_until_sigint(self, tmp_path: Path) -> None:
-        """`asyncloop serve --port 0` prints its URL, answers, and exits 0 on SIGINT after cancelling its job."""
-        proc = _python(["-m", "asyncloop", "serve", "--port", "0", "--dir", str(tmp_path)])
+    @pytest.mark.parametrize(
+        ("command", "banner"),
+        [
+            (["-m", "asyncloop", "serve"], r"asyncloop service on (http://127\.0\.0\.1:\d+) \(jobs under (.*)\)"),
+            (["examples/service/serve.py"], r"asyncloop service on (http://127\.0\.0\.1:\d+) \(jobs under (.*)\); "
+                                            r"Ctrl-C to stop"),
+        ],
+        ids=["asyncloop serve", "examples/service/serve.py"],
+    )
+    def test_serve_runs_until_sigint(self, command: list[str], banner: str, tmp_path: Path) -> None:
+        """`asyncloop serve --port 0` and the embedding example print their URL, answer, and exit 0 on SIGINT after
+        cancelling the running job (its event log closed)."""
+        proc = _python([*command, "--port", "0", "--dir", str(tmp_path)])
         try:
             assert proc.stdout is not None
             line = proc.stdout.readline()
-            match = re.match(r"asyncloop service on (http://127\.0\.0\.1:\d+) \(jobs under (.*)\)$", line.strip())
+            match = re.fullmatch(banner, line.strip())
             assert match, line
-            assert match.group(2) == str(tmp_path)
-            assert proc.stdout.readline() == "Ctrl-C to stop\n"
+            assert os.path.abspath(match.group(2)) == str(tmp_path)
+            if command[0] == "-m":
+                assert proc.stdout.readline() == "Ctrl-C to stop\n"
             with httpx.Client(base_url=match.group(1)) as client:
                 assert client.get("/api/health").json()["status"] == "ok"
                 job = client.post("/api/jobs", json=ENDLESS).json()["job"]
@@ -415,7 +458,7 @@ class TestCommandLine:
             proc.kill()
             proc.wait()
         assert proc.returncode == 0, out
-        assert out == "stopping: cancelling the running jobs\n"
+        assert out == ("stopping: cancelling the running jobs\n" if command[0] == "-m" else "")
         with read_events(tmp_path / job["id"] / "events.alog") as log:
             assert list(log)[-1]["kind"] == "close"
 
@@ -428,11 +471,11 @@ class TestCommandLine:
                 cwd=ROOT, env=env, capture_stdout=True, capture_stderr=True, check=False)
             out = proc.stdout.decode()
             assert proc.returncode == 0, out + proc.stderr.decode()
-        assert re.search(r"^job-1: epoch   2 ValidationPhase Accuracy 0\.\d+$", out, re.M), out
+        assert re.search(r"^job-1: epoch   2 ValidationPhase Accuracy 0\.\d+$", out, re.MULTILINE), out
         assert re.search(r"^job-1 completed: 2 epochs in [\d.]+s, validation accuracy 0\.\d+; checkpoint .+\.pt$",
-                         out, re.M), out
+                         out, re.MULTILINE), out
         assert re.search(r"^job-2 cancelled at step \d+ \(asked at step \d+\); its event log: .+events\.alog$",
-                         out, re.M), out
+                         out, re.MULTILINE), out
         assert out.rstrip().endswith("jobs: job-1 completed, job-2 cancelled")
 
 
@@ -449,7 +492,7 @@ class TestDocs:
 
     def test_client_excerpt_is_the_example(self) -> None:
         """The client code the page shows is, verbatim, the code of examples/service/client.py (which runs above)."""
-        excerpts = re.findall(r"^```py\n(.*?)^```", self.PAGE.read_text(), flags=re.S | re.M)
+        excerpts = re.findall(r"^```py\n(.*?)^```", self.PAGE.read_text(), flags=re.DOTALL | re.MULTILINE)
         client = (ROOT / "examples" / "service" / "client.py").read_text()
         assert excerpts
         for excerpt in excerpts:

@@ -34,11 +34,11 @@ from ._spec import parse_spec as parse_spec
 
 __all__ = [
     "FINAL_STATES",
+    "STATES",
     "Job",
     "JobFeed",
     "JobFinished",
     "JobSpec",
-    "STATES",
     "ServiceFull",
     "SpecError",
     "TrainingService",
@@ -47,3 +47,14 @@ __all__ = [
     "run_service",
     "serve",
 ]
+
+
+def _claim_public_names() -> None:
+    """Report ``asyncloop.service`` as the module of its public classes and functions (as ``asyncloop`` does)."""
+    for name in __all__:
+        obj = globals()[name]
+        if isinstance(obj, type) or callable(obj) and hasattr(obj, "__code__"):
+            obj.__module__ = __name__
+
+
+_claim_public_names()

@@ -21,13 +21,15 @@ from typing import Any
 import torch
 import trio
 
+from .. import _rng
+from .._callback import Callback, on
+from .._exceptions import CancelFittingException
+from .._learner import Learner
 from .._training import fit
 from ..callbacks._checkpointer import Checkpointer
 from ..callbacks._metrics import Metrics, accuracy
 from ..callbacks._recorder import Recorder
 from ..callbacks._stoponnan import StopOnNaNLoss
-from .._callback import Callback, on
-from .._exceptions import CancelFittingException
 from ..events import EpochBegin, EpochEnd, FitBegin, FitEnd, StepBegin
 from ..loggables import Loggable
 from ..logging._backend import LoggerBackend
@@ -38,8 +40,6 @@ from ..logging._stream_backend import StreamBackend
 from ..logging._stream_server import StreamServer
 from ..phases import Phase, TrainingPhase, ValidationPhase
 from ..runners import ActorRunner, LinearRunner
-from .. import _rng
-from .._learner import Learner
 from ._spec import JobSpec
 
 log = logging.getLogger("asyncloop.service")
@@ -316,7 +316,7 @@ class TrainingService:
         self._nursery.start_soon(trio.to_thread.run_sync, _warm_up)
         return self
 
-    async def __aexit__(self, *exc: Any) -> bool | None:
+    async def __aexit__(self, *exc: object) -> bool | None:
         for job in self._jobs.values():
             job.scope.cancel()
         try:

@@ -33,5 +33,5 @@ if __name__ == "__main__":
     parser.add_argument("--max-running", type=int, default=2, help="jobs that train at the same time")
     try:
         trio.run(main, parser.parse_args())
-    except KeyboardInterrupt:
-        pass  # the running jobs were cancelled; their event logs are closed
+    except* KeyboardInterrupt:  # Ctrl-C: the running jobs were cancelled; their event logs are closed
+        pass
