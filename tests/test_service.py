@@ -462,6 +462,24 @@ class TestCommandLine:
         with read_events(tmp_path / job["id"] / "events.alog") as log:
             assert list(log)[-1]["kind"] == "close"
 
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (["--port", "http"], "argument --port: expected a port number in 1..65535, got 'http'"),
+            (["--max-running", "0"], "argument --max-running: expected a whole number >= 1, got '0'"),
+            (["--stream-port", "70000"], "argument --stream-port: expected a port number in 1..65535, got '70000'"),
+        ],
+    )
+    def test_serve_rejects_bad_arguments(self, args: list[str], message: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+        """A bad option of `asyncloop serve` is a usage error (status 2) naming the option and what it takes."""
+        from asyncloop._cli import main
+
+        with pytest.raises(SystemExit) as info:
+            main(["serve", *args])
+        assert info.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"asyncloop serve: error: {message}"
+
     async def test_client_example(self, tmp_path: Path) -> None:
         """examples/service/client.py --quick, run against a service: one job completes, the other is cancelled."""
         async with running_service(tmp_path) as (client, _):
