@@ -27,7 +27,7 @@ import trio
 
 from asyncloop._checkpoint_files import read_checkpoint
 from asyncloop.logging import read_events
-from asyncloop.service import JobSpec, SpecError, TrainingService, parse_spec, serve
+from asyncloop.service import JobSpec, TrainingService, parse_spec, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"samples": 128, "batch_size": 32, "epochs": 3}  # 4 training steps per epoch
@@ -321,8 +321,8 @@ class TestSpec:
         ],
     )
     def test_rejects(self, body: Any, message: str, field: str | None) -> None:
-        """A spec that cannot run is a SpecError naming the field and what to send instead."""
-        with pytest.raises(SpecError, match=f"^{re.escape(message)}$") as info:
+        """A spec that cannot run is a ValueError naming the field and what to send instead."""
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$") as info:
             parse_spec(body)
         assert info.value.field == field
 

@@ -5,7 +5,7 @@
 * :class:`TrainingService`: jobs (a :class:`JobSpec` each), run as ordinary trio tasks of one nursery;
 * :func:`create_app`: the quart-trio ASGI app (routes in :mod:`asyncloop.service._app`);
 * :func:`serve`: hypercorn serving that app inside the current trio loop;
-* :func:`parse_spec`: the strict validation of a submitted spec (:class:`SpecError`).
+* :func:`parse_spec`: the strict validation of a submitted spec (a ``ValueError`` whose ``field`` names the key).
 
 Needs the ``service`` extra (``pip install asyncloop[service]``: hypercorn and quart-trio). See docs/services.md.
 """
@@ -24,12 +24,9 @@ from ._jobs import FINAL_STATES as FINAL_STATES
 from ._jobs import STATES as STATES
 from ._jobs import Job as Job
 from ._jobs import JobFeed as JobFeed
-from ._jobs import JobFinished as JobFinished
-from ._jobs import ServiceFull as ServiceFull
 from ._jobs import TrainingService as TrainingService
 from ._run import run_service as run_service
 from ._spec import JobSpec as JobSpec
-from ._spec import SpecError as SpecError
 from ._spec import parse_spec as parse_spec
 
 __all__ = [
@@ -37,10 +34,7 @@ __all__ = [
     "STATES",
     "Job",
     "JobFeed",
-    "JobFinished",
     "JobSpec",
-    "ServiceFull",
-    "SpecError",
     "TrainingService",
     "create_app",
     "parse_spec",

@@ -28,8 +28,8 @@ from quart import Response, request, send_from_directory
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from ._jobs import Job, JobFinished, ServiceFull, TrainingService
-from ._spec import SpecError, parse_spec
+from ._jobs import Job, TrainingService, _JobFinished, _ServiceFull
+from ._spec import _SpecError, parse_spec
 
 STATIC = Path(__file__).with_name("static")
 #: The largest request body the service reads (a job spec is a few hundred bytes).
@@ -38,7 +38,7 @@ MAX_BODY = 64 * 1024
 KEEPALIVE_SECONDS = 15.0
 
 
-class ApiError(Exception):
+class _ApiError(Exception):
     def __init__(self, status: int, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.status, self.message, self.extra = status, message, extra
@@ -75,11 +75,11 @@ def _decode(body: bytes) -> Any:
     try:
         return json.loads(body.decode("utf-8"), parse_constant=_strict_constant)
     except UnicodeDecodeError:
-        raise ApiError(400, "the request body is not UTF-8 text; send the job spec as JSON") from None
+        raise _ApiError(400, "the request body is not UTF-8 text; send the job spec as JSON") from None
     except RecursionError:
-        raise ApiError(400, "the request body is nested too deeply; a job spec is one flat JSON object") from None
+        raise _ApiError(400, "the request body is nested too deeply; a job spec is one flat JSON object") from None
     except ValueError as exc:
-        raise ApiError(400, f"the request body is not valid JSON ({exc}); send a job spec such as "
+        raise _ApiError(400, f"the request body is not valid JSON ({exc}); send a job spec such as "
                             f'{{"epochs": 3, "lr": 0.01}}') from None
 
 
@@ -92,7 +92,7 @@ def _start_position(job: Job) -> int:
     """Where an event stream starts: the ``Last-Event-ID`` header (a reconnecting ``EventSource``), or ``?since=``."""
     raw = request.headers.get("Last-Event-ID") or request.args.get("since") or "0"
     if not raw.isdigit() or len(raw) > 12:
-        raise ApiError(400, f"since must be a record count (a whole number >= 0), got {raw!r}")
+        raise _ApiError(400, f"since must be a record count (a whole number >= 0), got {raw!r}")
     return min(int(raw), len(job.feed.records))
 
 
@@ -122,13 +122,12 @@ def create_app(service: TrainingService) -> QuartTrio:
     """The ASGI app (quart-trio) answering the routes above for ``service``."""
     app = QuartTrio(__name__, static_folder=str(STATIC), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
-    app.json.sort_keys = False  # type: ignore[attr-defined]
 
     def job_of(job_id: str) -> Job:
         try:
             return service.get(job_id)
         except KeyError:
-            raise ApiError(404, f"no job {job_id!r}; GET /api/jobs lists the jobs") from None
+            raise _ApiError(404, f"no job {job_id!r}; GET /api/jobs lists the jobs") from None
 
     def route(rule: str, **options: Any) -> Callable[[Callable[..., Awaitable[Response]]], Any]:
         def decorate(handler: Callable[..., Awaitable[Response]]) -> Any:
@@ -136,7 +135,7 @@ def create_app(service: TrainingService) -> QuartTrio:
             async def wrapper(*args: Any, **kwargs: Any) -> Response:
                 try:
                     return await handler(*args, **kwargs)
-                except ApiError as exc:
+                except _ApiError as exc:
                     return _error(exc.status, exc.message, **exc.extra)
 
             return app.route(rule, **options)(wrapper)
@@ -154,18 +153,18 @@ def create_app(service: TrainingService) -> QuartTrio:
     @route("/api/jobs", methods=["POST"])
     async def submit() -> Response:
         if request.mimetype != "application/json":
-            raise ApiError(415, f"send the job spec as JSON with the header Content-Type: application/json "
+            raise _ApiError(415, f"send the job spec as JSON with the header Content-Type: application/json "
                                 f"(got {request.mimetype or 'none'!r})")
         body = await request.get_data(cache=False)
         try:
             spec = parse_spec(_decode(body))
-        except SpecError as exc:
+        except _SpecError as exc:
             extra = {"field": exc.field} if exc.field is not None else {}
-            raise ApiError(422, exc.message, **extra) from None
+            raise _ApiError(422, exc.message, **extra) from None
         try:
             job = service.submit(spec)
-        except ServiceFull as exc:
-            raise ApiError(429, str(exc)) from None
+        except _ServiceFull as exc:
+            raise _ApiError(429, str(exc)) from None
         return _json({"job": job.to_json()}, 201, Location=f"/api/jobs/{job.id}")
 
     @route("/api/jobs/<job_id>", methods=["GET"])
@@ -177,8 +176,8 @@ def create_app(service: TrainingService) -> QuartTrio:
         job = job_of(job_id)
         try:
             service.cancel(job_id)
-        except JobFinished as exc:
-            raise ApiError(409, str(exc), state=job.state) from None
+        except _JobFinished as exc:
+            raise _ApiError(409, str(exc), state=job.state) from None
         return _json({"job": job.to_json()}, 202)
 
     @route("/api/jobs/<job_id>/events", methods=["GET"])

@@ -52,15 +52,15 @@ SYNTHETIC_FEATURES = 16
 SYNTHETIC_CLASSES = 4
 
 
-class ServiceFull(Exception):
+class _ServiceFull(RuntimeError):
     """The service refuses a new job: too many are waiting, or it holds as many jobs as it may."""
 
 
-class JobFinished(Exception):
+class _JobFinished(RuntimeError):
     """A job that already ended cannot be cancelled."""
 
 
-class JobCancelled(CancelFittingException):
+class _JobCancelled(CancelFittingException):
     """The reason a cancelled job's fit stopped (``FitResult.reason``)."""
 
 
@@ -71,7 +71,7 @@ class _CancelOnRequest(Callback):
     cancellation, which on a busy machine can be a few steps later. This awaited callback reads a
     ``threading.Event`` the HTTP handler sets, so the fit ends within one step of the request: ``FitEnd`` fires
     (the loggers record it; the Checkpointer writes only a checkpoint of an epoch whose training was complete),
-    and ``fit`` returns ``stopped=True`` with a :class:`JobCancelled` reason.
+    and ``fit`` returns ``stopped=True`` with a ``_JobCancelled`` reason.
     """
 
     def __init__(self) -> None:
@@ -83,7 +83,7 @@ class _CancelOnRequest(Callback):
     @on(StepBegin)
     def at_step(self, event: StepBegin, phase: Phase, learner: Any) -> None:
         if self.requested.is_set():
-            raise JobCancelled("cancelled by request")
+            raise _JobCancelled("cancelled by request")
 
     @on(EpochBegin)
     def at_epoch(self, event: EpochBegin, phase: Phase, learner: Any) -> None:
@@ -224,6 +224,7 @@ class Job:
         self.done = trio.Event()
         self._learner: Learner | None = None
         self._progress = (0, 0, 0)
+        self._final_files: dict[str, str | None] | None = None
 
     def progress(self) -> tuple[int, int, int]:
         """``(training epochs, training steps, all steps)`` completed, live from the fit's ``Recorder``."""
@@ -267,22 +268,31 @@ class Job:
             "error": self.error,
             "result": self.result,
             "cancel": cancel,
-            "event_log": str(self.event_log) if self.event_log.exists() else None,
-            "checkpoint": self.checkpoint(),
+            **self._files(),
         }
+
+    def _files(self) -> dict[str, str | None]:
+        """The event log and newest checkpoint paths (looked up on disk until the job ends, then remembered)."""
+        if self._final_files is not None:
+            return self._final_files
+        files = {"event_log": str(self.event_log) if self.event_log.exists() else None,
+                 "checkpoint": self.checkpoint()}
+        if self.done.is_set():
+            self._final_files = files
+        return files
 
 
 class TrainingService:
     """Run training jobs concurrently as tasks of one trio loop: ``async with TrainingService(folder) as service``.
 
     ``submit`` starts a job at once when fewer than ``max_running`` run, else queues it (at most ``max_queued``
-    wait; more is :class:`ServiceFull`). Each job writes ``folder/<id>/events.alog`` (the event log: read it with
+    wait; more is a ``RuntimeError`` saying so). Each job writes ``folder/<id>/events.alog`` (the event log: read it with
     ``asyncloop log show``) and its checkpoints to ``folder/<id>/checkpoints``; given a ``stream``
     (:class:`asyncloop.StreamServer`) every job is also published there, run name = job id. Leaving the block
     cancels the jobs still queued or running and waits for them (each ends within about one step).
 
     Cancelling a job stops its fit within one step of the request: an awaited callback raises
-    :class:`JobCancelled` (a ``CancelFittingException``) at the next ``StepBegin`` or ``EpochBegin``, so ``FitEnd``
+    a ``CancelFittingException`` at the next ``StepBegin`` or ``EpochBegin``, so ``FitEnd``
     fires, the loggers flush and close (the event log ends with ``FitEnd`` and its ``close`` record) and the fit
     returns. A queued job, or one still building its data, is cancelled at once; a fit that has not ended
     ``cancel_grace`` seconds after the request (a hung step) has its trio scope cancelled. Checkpoints on disk are
@@ -295,6 +305,8 @@ class TrainingService:
         for name, value in (("max_running", max_running), ("max_queued", max_queued), ("max_jobs", max_jobs)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(cancel_grace, bool) or not isinstance(cancel_grace, (int, float)) or not cancel_grace > 0:
+            raise ValueError(f"cancel_grace must be a positive number of seconds, got {cancel_grace!r}")
         if stream is not None and not isinstance(stream, StreamServer):
             raise TypeError(f"stream must be a StreamServer or None, got {stream!r}")
         self.folder = Path(folder)
@@ -346,10 +358,10 @@ class TrainingService:
             raise RuntimeError("the service is not running; submit inside 'async with TrainingService(...)'")
         counts = self.counts()
         if counts["queued"] >= self.max_queued and counts["running"] >= self.max_running:
-            raise ServiceFull(f"{counts['queued']} jobs are already waiting (at most {self.max_queued}); "
+            raise _ServiceFull(f"{counts['queued']} jobs are already waiting (at most {self.max_queued}); "
                               f"try again when one has started, or cancel one")
         if len(self._jobs) >= self.max_jobs:
-            raise ServiceFull(f"the service holds {len(self._jobs)} jobs, its limit; start it with a larger "
+            raise _ServiceFull(f"the service holds {len(self._jobs)} jobs, its limit; start it with a larger "
                               f"max_jobs (--max-jobs) to keep more")
         job_id = f"job-{self._next}"
         self._next += 1
@@ -359,10 +371,10 @@ class TrainingService:
         return job
 
     def cancel(self, job_id: str) -> Job:
-        """Cancel the job ``job_id`` (``KeyError``: no such job; :class:`JobFinished`: it already ended)."""
+        """Cancel the job ``job_id`` (``KeyError``: no such job; ``RuntimeError``: it already ended)."""
         job = self._jobs[job_id]
         if job.state in FINAL_STATES:
-            raise JobFinished(f"job {job_id} already {job.state}; there is nothing to cancel")
+            raise _JobFinished(f"job {job_id} already {job.state}; there is nothing to cancel")
         if job.cancel_requested_at_step is None:
             job.cancel_requested_at_step = job.progress()[2]
             job.stopper.request()
@@ -389,7 +401,7 @@ class TrainingService:
                     result = await fit(learner, job.spec.epochs)
                     job.result = {"epochs": result.epochs, "steps": result.steps, "elapsed": result.elapsed,
                                   "stopped": result.stopped, "reason": None if result.reason is None else str(result.reason)}
-                    if isinstance(result.reason, JobCancelled):
+                    if isinstance(result.reason, _JobCancelled):
                         job.state = "cancelled"
                     else:
                         job.state = "stopped" if result.stopped else "completed"

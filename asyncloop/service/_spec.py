@@ -11,8 +11,12 @@ DATASETS = ("synthetic", "digits")
 RUNNERS = ("actor", "linear")
 
 
-class SpecError(ValueError):
-    """A job spec that cannot be run; ``field`` names the offending key (``None``: the spec as a whole)."""
+class _SpecError(ValueError):
+    """A job spec that cannot be run; ``field`` names the offending key (``None``: the spec as a whole).
+
+    Private name: the service's callers catch ``ValueError`` (asyncloop's public exceptions all live in
+    ``asyncloop._exceptions``); ``field`` is there for those who want it.
+    """
 
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
@@ -84,50 +88,51 @@ def _int(key: str, value: Any) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # JSON has one number type: 3.0 is 3
     if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{key} must be an integer in {low}..{high}, got {_kind(value)}", key)
+        raise _SpecError(f"{key} must be an integer in {low}..{high}, got {_kind(value)}", key)
     if not low <= value <= high:
-        raise SpecError(f"{key} must be an integer in {low}..{high}, got {value}", key)
+        raise _SpecError(f"{key} must be an integer in {low}..{high}, got {value}", key)
     return value
 
 
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
     options = " or ".join(repr(c) for c in choices)
     if not isinstance(value, str):
-        raise SpecError(f"{key} must be {options}, got {_kind(value)}", key)
+        raise _SpecError(f"{key} must be {options}, got {_kind(value)}", key)
     if value not in choices:
-        raise SpecError(f"{key} must be {options}, got {value!r}", key)
+        raise _SpecError(f"{key} must be {options}, got {value!r}", key)
     return value
 
 
 def _lr(value: Any) -> float:
     low, high = LR_BOUNDS
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(f"lr must be a number in ({low:g}, {high:g}], got {_kind(value)}", "lr")
+        raise _SpecError(f"lr must be a number in ({low:g}, {high:g}], got {_kind(value)}", "lr")
     if not (math.isfinite(value) and low < value <= high):
-        raise SpecError(f"lr must be a number in ({low:g}, {high:g}], got {value!r}", "lr")
+        raise _SpecError(f"lr must be a number in ({low:g}, {high:g}], got {value!r}", "lr")
     return float(value)
 
 
 def _name(value: Any) -> str:
     if not isinstance(value, str):
-        raise SpecError(f"name must be a string of at most {MAX_NAME} characters, got {_kind(value)}", "name")
+        raise _SpecError(f"name must be a string of at most {MAX_NAME} characters, got {_kind(value)}", "name")
     if len(value) > MAX_NAME or not value.isprintable():
-        raise SpecError(f"name must be at most {MAX_NAME} printable characters, got {len(value)} characters", "name")
+        raise _SpecError(f"name must be at most {MAX_NAME} printable characters, got {len(value)} characters", "name")
     return value
 
 
 def parse_spec(body: Any) -> JobSpec:
-    """The :class:`JobSpec` for a decoded JSON body; :class:`SpecError` saying what to change when it is not one.
+    """The :class:`JobSpec` for a decoded JSON body; a ``ValueError`` saying what to change when it is not one
+    (its ``field`` attribute names the offending key, or is ``None`` when the body is not an object).
 
     Strict: the body must be an object, every key a known field, every value of its field's type and within its
     bounds (``true`` is not a number; ``3.0`` is the integer 3); missing fields take :class:`JobSpec`'s defaults.
     """
     if not isinstance(body, Mapping):
-        raise SpecError(f"the job spec must be a JSON object such as {{\"epochs\": 3}}, got {_kind(body)}")
+        raise _SpecError(f"the job spec must be a JSON object such as {{\"epochs\": 3}}, got {_kind(body)}")
     fields = [f.name for f in dataclasses.fields(JobSpec)]
     unknown = sorted(k for k in body if k not in fields)
     if unknown:
-        raise SpecError(f"unknown field {unknown[0]!r}; a job spec has the fields {', '.join(fields)}", unknown[0])
+        raise _SpecError(f"unknown field {unknown[0]!r}; a job spec has the fields {', '.join(fields)}", unknown[0])
     values: dict[str, Any] = {}
     for key, value in body.items():
         if key in INT_BOUNDS:
@@ -141,5 +146,5 @@ def parse_spec(body: Any) -> JobSpec:
         else:
             values[key] = _name(value)
     if values.get("dataset", _DEFAULTS.dataset) != "synthetic" and "samples" in values:
-        raise SpecError("samples applies to the synthetic dataset only (digits has its 1797 images)", "samples")
+        raise _SpecError("samples applies to the synthetic dataset only (digits has its 1797 images)", "samples")
     return JobSpec(**values)

@@ -11,6 +11,7 @@ each fit runs in its own worker thread, so the server keeps answering while mode
 from __future__ import annotations
 
 import argparse
+import signal
 
 import trio
 
@@ -23,6 +24,10 @@ async def main(args: argparse.Namespace) -> None:
             url = await nursery.start(serve, service, args.host, args.port)
             print(f"asyncloop service on {url} (jobs under {args.dir}); Ctrl-C to stop", flush=True)
             # ... the rest of your service runs here, in the same loop as the server and the fits
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:  # Ctrl-C: stop serving; leaving TrainingService cancels the running jobs
+                    break
+            nursery.cancel_scope.cancel()
 
 
 if __name__ == "__main__":
@@ -31,7 +36,4 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--dir", default="runs/service", help="folder for the jobs' event logs and checkpoints")
     parser.add_argument("--max-running", type=int, default=2, help="jobs that train at the same time")
-    try:
-        trio.run(main, parser.parse_args())
-    except* KeyboardInterrupt:  # Ctrl-C: the running jobs were cancelled; their event logs are closed
-        pass
+    trio.run(main, parser.parse_args())
