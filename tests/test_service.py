@@ -346,6 +346,25 @@ class TestQueue:
             assert (await client.post(f"/api/jobs/{first['id']}/cancel")).status_code == 202
             assert (await wait_for(client, first["id"], final))["state"] == "cancelled"
 
+    async def test_a_fit_that_misses_the_request_is_cancelled_after_the_grace(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """If the fit does not stop at its next step (here: the stop request is lost), the job's trio scope is
+        cancelled ``cancel_grace`` seconds after the request; the job ends cancelled, its event log closed."""
+        import asyncloop.service._jobs as jobs
+
+        monkeypatch.setattr(jobs._CancelOnRequest, "request", lambda self: None)
+        async with running_service(tmp_path, cancel_grace=0.3) as (client, _):
+            job = await submit(client, **ENDLESS)
+            await wait_for(client, job["id"], training)
+            start = time.perf_counter()
+            assert (await client.post(f"/api/jobs/{job['id']}/cancel")).status_code == 202
+            job = await wait_for(client, job["id"], final)
+            assert time.perf_counter() - start >= 0.3
+            assert job["state"] == "cancelled" and job["result"] is None  # fit did not return: it was cancelled
+        with read_events(job["event_log"]) as log:
+            assert list(log)[-1]["kind"] == "close"
+
     async def test_leaving_the_service_cancels_its_jobs(self, tmp_path: Path) -> None:
         """Leaving ``async with TrainingService`` cancels a running job; its event log is closed and readable."""
         async with TrainingService(tmp_path) as service:
