@@ -192,8 +192,16 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return 1
     import trio
 
-    trio.run(lambda: run_service(args.dir, host=args.host, port=args.port, max_running=args.max_running,
-                                 max_queued=args.max_queued, stream_port=args.stream_port, out=out))
+    from .service._app import only_error
+
+    try:
+        trio.run(lambda: run_service(args.dir, host=args.host, port=args.port, max_running=args.max_running,
+                                     max_queued=args.max_queued, stream_port=args.stream_port, out=out))
+    except BaseExceptionGroup as group:  # the service's nurseries wrap the error: report it as itself
+        error = only_error(group)
+        if isinstance(error, (OSError, KeyboardInterrupt)):
+            raise error from None
+        raise
     return 0
 
 

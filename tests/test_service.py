@@ -8,6 +8,7 @@ waits for.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -503,6 +504,24 @@ class TestCommandLine:
             main(["serve", *args])
         assert info.value.code == 2
         assert capsys.readouterr().err.splitlines()[-1] == f"asyncloop serve: error: {message}"
+
+    @pytest.mark.parametrize("option", ["--port", "--stream-port"])
+    def test_serve_says_when_its_port_is_taken(self, option: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+        """A port already in use is exit status 1 and one line naming the address, not a traceback."""
+        import socket
+
+        from asyncloop._cli import main
+
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            args = ["--port", str(port)] if option == "--port" else ["--port", "0", "--stream-port", str(port)]
+            assert main(["serve", *args, "--dir", str(tmp_path)]) == 1
+        what = "listen on" if option == "--port" else "open the live stream on"
+        assert capsys.readouterr().err == (f"asyncloop: error: [Errno {errno.EADDRINUSE}] cannot {what} "
+                                           f"127.0.0.1:{port}: {os.strerror(errno.EADDRINUSE)}\n")
 
     async def test_client_example(self, tmp_path: Path) -> None:
         """examples/service/client.py --quick, run against a service: one job completes, the other is cancelled."""

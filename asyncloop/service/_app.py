@@ -225,6 +225,27 @@ async def serve(service: TrainingService, host: str = "127.0.0.1", port: int = 8
     config.loglevel = "WARNING"  # no "Running on ..." banner: serve()'s caller reports the URL
     config.graceful_timeout = 1.0
     app = create_app(service)
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(functools.partial(hypercorn_serve, app, config, shutdown_trigger=shutdown_trigger))
-        task_status.started(binds[0])
+    started = False
+    try:
+        async with trio.open_nursery() as nursery:
+            serving = functools.partial(hypercorn_serve, app, config, shutdown_trigger=shutdown_trigger)
+            binds = await nursery.start(serving)
+            started = True
+            task_status.started(binds[0])
+    except BaseExceptionGroup as group:
+        error = only_error(group)
+        if started or not isinstance(error, OSError):
+            raise
+        raise OSError(error.errno, f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+
+
+def only_error(group: BaseExceptionGroup) -> BaseException | None:
+    """The one exception inside ``group`` (however deeply nested), or ``None`` if it holds several."""
+    leaves: list[BaseException] = []
+
+    def walk(g: BaseExceptionGroup) -> None:
+        for exc in g.exceptions:
+            walk(exc) if isinstance(exc, BaseExceptionGroup) else leaves.append(exc)
+
+    walk(group)
+    return leaves[0] if len(leaves) == 1 else None

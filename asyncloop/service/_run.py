@@ -21,7 +21,13 @@ async def _maybe_stream(host: str, port: int | None) -> AsyncIterator[StreamServ
     if port is None:
         yield None
         return
-    async with StreamServer(host, port, token=os.environ.get("ASYNCLOOP_STREAM_TOKEN")) as server:
+    try:
+        server = StreamServer(host, port, token=os.environ.get("ASYNCLOOP_STREAM_TOKEN"))
+        await server.__aenter__()
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot open the live stream on {host}:{port}: {exc.strerror or exc}") from None
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_exit(server)
         yield server
 
 
