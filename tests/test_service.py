@@ -317,6 +317,12 @@ class TestSpec:
             ({"name": "x" * 65}, "name must be at most 64 printable characters, got 65 characters", "name"),
             ({"name": "a\nb"}, "name must be at most 64 printable characters, got 3 characters", "name"),
             ({"name": 3}, "name must be a string of at most 64 characters, got a number", "name"),
+            ({"dataset": "digits", "batch_size": 1, "epochs": 100},
+             "this job would train 143700 steps, more than the 100000 a job may; ask for fewer epochs or samples, "
+             "or a larger batch_size", "epochs"),
+            ({"samples": 100_000, "epochs": 33},
+             "this job would train 103125 steps, more than the 100000 a job may; ask for fewer epochs or samples, "
+             "or a larger batch_size", "epochs"),
             ({"dataset": "digits", "samples": 100},
              "samples applies to the synthetic dataset only (digits has its 1797 images)", "samples"),
         ],

@@ -40,7 +40,7 @@ from ..logging._stream_backend import StreamBackend
 from ..logging._stream_server import StreamServer
 from ..phases import Phase, TrainingPhase, ValidationPhase
 from ..runners import ActorRunner, LinearRunner
-from ._spec import JobSpec
+from ._spec import DIGITS_TRAIN, JobSpec
 
 log = logging.getLogger("asyncloop.service")
 
@@ -96,8 +96,9 @@ class JobFeed(LoggerBackend):
     Each ``log_to`` makes the same record the event log and the live stream make
     (:func:`asyncloop.logging._records.make_record`: ``kind``, ``t``, ``run``, ``seq``, ``name``, ``group``,
     ``index``, ``value``) and appends it; a reader at position ``n`` has seen ``records[:n]``. Called from the
-    loggers' threads; readers run on the trio loop the feed was made on. The records are all kept (a job's
-    size is bounded by the spec's limits: at most a few hundred thousand small records); ``close`` does nothing,
+    loggers' threads; readers run on the trio loop the feed was made on. The records are all kept, as long as
+    the service holds the job: about 2.5 per training step, so at most about 250,000 for the largest job the spec
+    allows (``MAX_STEPS``; about 110 MB at about 450 bytes a record), a few thousand (a few MB) for a typical one. ``close`` does nothing:
     the feed outlives the fit, and :meth:`finish` says no record will come.
     """
 
@@ -162,7 +163,7 @@ def make_data(spec: JobSpec) -> tuple[list, list, int, int]:
         ys = torch.as_tensor(labels, dtype=torch.long)
         order = torch.randperm(len(xs), generator=generator)
         xs, ys = xs[order], ys[order]
-        n_train = len(xs) * 4 // 5
+        n_train = DIGITS_TRAIN
         n_classes = 10
     else:
         n_classes = SYNTHETIC_CLASSES

@@ -64,6 +64,11 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "seed": (0, 2**32 - 1),
 }
 LR_BOUNDS = (0.0, 10.0)  # exclusive below, inclusive above
+#: Training steps a job may take in all (epochs x batches per epoch): this bounds its time and the records the
+#: service keeps for it in memory (about 2.5 per training step: step loss and accuracy, validation steps, epochs).
+MAX_STEPS = 100_000
+#: Training examples of the digits set (80% of scikit-learn's 1797).
+DIGITS_TRAIN = 1797 * 4 // 5
 MAX_NAME = 64
 _DEFAULTS = JobSpec()
 
@@ -147,4 +152,14 @@ def parse_spec(body: Any) -> JobSpec:
             values[key] = _name(value)
     if values.get("dataset", _DEFAULTS.dataset) != "synthetic" and "samples" in values:
         raise _SpecError("samples applies to the synthetic dataset only (digits has its 1797 images)", "samples")
-    return JobSpec(**values)
+    spec = JobSpec(**values)
+    steps = spec.epochs * -(-train_size(spec) // spec.batch_size)
+    if steps > MAX_STEPS:
+        raise _SpecError(f"this job would train {steps} steps, more than the {MAX_STEPS} a job may; ask for fewer "
+                         f"epochs or samples, or a larger batch_size", "epochs")
+    return spec
+
+
+def train_size(spec: JobSpec) -> int:
+    """The number of training examples ``spec`` trains on."""
+    return DIGITS_TRAIN if spec.dataset == "digits" else spec.samples
