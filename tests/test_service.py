@@ -337,7 +337,7 @@ class TestSpec:
 class TestQueue:
     async def test_jobs_wait_for_a_slot_and_a_queued_job_cancels_at_once(self, tmp_path: Path) -> None:
         """With max_running=1 a second job is queued while the first trains; cancelling a queued job ends it without
-        it ever starting; a full queue answers 429."""
+        it ever starting; a full queue answers 429; an ended job can be deleted (its files stay), a running one not."""
         async with running_service(tmp_path, max_running=1, max_queued=1) as (client, _):
             first = await submit(client, **ENDLESS)
             await wait_for(client, first["id"], training)
@@ -350,8 +350,16 @@ class TestQueue:
             assert (await client.post(f"/api/jobs/{second['id']}/cancel")).status_code == 202
             second = await wait_for(client, second["id"], final)
             assert second["state"] == "cancelled" and second["started"] is None and second["event_log"] is None
+            response = await client.delete(f"/api/jobs/{first['id']}")
+            assert (response.status_code, response.json()["error"]) == (
+                409, f"job {first['id']} is running; cancel it first, then delete it once it has ended")
             assert (await client.post(f"/api/jobs/{first['id']}/cancel")).status_code == 202
             assert (await wait_for(client, first["id"], final))["state"] == "cancelled"
+            response = await client.delete(f"/api/jobs/{first['id']}")
+            assert response.status_code == 200
+            assert response.json() == {"deleted": first["id"], "folder": str(tmp_path / first["id"])}
+            assert (await client.get(f"/api/jobs/{first['id']}")).status_code == 404
+            assert (tmp_path / first["id"] / "events.alog").is_file()  # its files stay
 
     async def test_a_fit_that_misses_the_request_is_cancelled_after_the_grace(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

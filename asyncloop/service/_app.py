@@ -8,6 +8,7 @@ GET      /api/health                   ``{"status": "ok", "uptime", "jobs": {sta
 GET      /api/jobs                     ``{"jobs": [job, ...]}``, oldest first
 POST     /api/jobs                     submit a job spec (JSON); 201 with the job and a ``Location`` header
 GET      /api/jobs/<id>                the job
+DELETE   /api/jobs/<id>                forget an ended job and its records (its folder stays)
 POST     /api/jobs/<id>/cancel         cancel it; 202 with the job (``state`` turns ``cancelled`` within a step)
 GET      /api/jobs/<id>/events         server-sent events: every record of the job, then an ``end`` event
 GET      /                             the web page (``/static/...``: its script and style)
@@ -179,6 +180,15 @@ def create_app(service: TrainingService) -> QuartTrio:
         except _JobFinished as exc:
             raise _ApiError(409, str(exc), state=job.state) from None
         return _json({"job": job.to_json()}, 202)
+
+    @route("/api/jobs/<job_id>", methods=["DELETE"])
+    async def delete(job_id: str) -> Response:
+        job = job_of(job_id)
+        try:
+            service.forget(job_id)
+        except _JobFinished as exc:
+            raise _ApiError(409, str(exc), state=job.state) from None
+        return _json({"deleted": job.id, "folder": str(job.folder)})
 
     @route("/api/jobs/<job_id>/events", methods=["GET"])
     async def events(job_id: str) -> Response:

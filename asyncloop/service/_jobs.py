@@ -362,8 +362,8 @@ class TrainingService:
             raise _ServiceFull(f"{counts['queued']} jobs are already waiting (at most {self.max_queued}); "
                               f"try again when one has started, or cancel one")
         if len(self._jobs) >= self.max_jobs:
-            raise _ServiceFull(f"the service holds {len(self._jobs)} jobs, its limit; start it with a larger "
-                              f"max_jobs (--max-jobs) to keep more")
+            raise _ServiceFull(f"the service holds {len(self._jobs)} jobs, its limit; delete ended jobs "
+                              f"(DELETE /api/jobs/<id>) or start it with a larger max_jobs")
         job_id = f"job-{self._next}"
         self._next += 1
         job = Job(job_id, spec, self.folder / job_id)
@@ -390,6 +390,15 @@ class TrainingService:
         with trio.move_on_after(self.cancel_grace):
             await job.done.wait()
         job.scope.cancel()
+
+    def forget(self, job_id: str) -> Job:
+        """Drop the ended job ``job_id`` and its in-memory records; its folder stays (``KeyError``: no such job;
+        ``RuntimeError``: it has not ended)."""
+        job = self._jobs[job_id]
+        if not job.done.is_set():
+            raise _JobFinished(f"job {job_id} is {job.state}; cancel it first, then delete it once it has ended")
+        del self._jobs[job_id]
+        return job
 
     # -- a job's life -------------------------------------------------------------------------------------------
     async def _run(self, job: Job) -> None:
