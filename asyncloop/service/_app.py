@@ -29,7 +29,7 @@ from quart import Response, request, send_from_directory
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from ._jobs import Job, TrainingService, _JobFinished, _ServiceFull
+from ._jobs import Job, TrainingService, _JobStateError, _ServiceFull
 from ._spec import _SpecError, parse_spec
 
 STATIC = Path(__file__).with_name("static")
@@ -177,7 +177,7 @@ def create_app(service: TrainingService) -> QuartTrio:
         job = job_of(job_id)
         try:
             service.cancel(job_id)
-        except _JobFinished as exc:
+        except _JobStateError as exc:
             raise _ApiError(409, str(exc), state=job.state) from None
         return _json({"job": job.to_json()}, 202)
 
@@ -186,7 +186,7 @@ def create_app(service: TrainingService) -> QuartTrio:
         job = job_of(job_id)
         try:
             service.forget(job_id)
-        except _JobFinished as exc:
+        except _JobStateError as exc:
             raise _ApiError(409, str(exc), state=job.state) from None
         return _json({"deleted": job.id, "folder": str(job.folder)})
 

@@ -56,8 +56,8 @@ class _ServiceFull(RuntimeError):
     """The service refuses a new job: too many are waiting, or it holds as many jobs as it may."""
 
 
-class _JobFinished(RuntimeError):
-    """A job that already ended cannot be cancelled."""
+class _JobStateError(RuntimeError):
+    """The job is not in a state that allows this: cancelling an ended job, deleting a running one."""
 
 
 class _JobCancelled(CancelFittingException):
@@ -97,9 +97,9 @@ class JobFeed(LoggerBackend):
     (:func:`asyncloop.logging._records.make_record`: ``kind``, ``t``, ``run``, ``seq``, ``name``, ``group``,
     ``index``, ``value``) and appends it; a reader at position ``n`` has seen ``records[:n]``. Called from the
     loggers' threads; readers run on the trio loop the feed was made on. The records are all kept, as long as
-    the service holds the job: about 2.5 per training step, so at most about 250,000 for the largest job the spec
-    allows (``MAX_STEPS``; about 110 MB at about 450 bytes a record), a few thousand (a few MB) for a typical one. ``close`` does nothing:
-    the feed outlives the fit, and :meth:`finish` says no record will come.
+    the service holds the job: about 2.5 per training step, so at most about 250,000 for the largest job the
+    spec allows (``MAX_STEPS``; about 110 MB at about 450 bytes a record), a few thousand (a few MB) for a
+    typical one. ``close`` does nothing: the feed outlives the fit, and :meth:`finish` says no record will come.
     """
 
     def __init__(self, run: str) -> None:
@@ -251,6 +251,7 @@ class Job:
 
     def to_json(self) -> dict[str, Any]:
         epochs, steps, all_steps = self.progress()
+        steps_total = None if self.steps_per_epoch is None else self.steps_per_epoch * self.spec.epochs
         cancel = None
         if self.cancel_requested_at_step is not None:
             cancel = {"requested_at_step": self.cancel_requested_at_step,
@@ -263,7 +264,7 @@ class Job:
             "started": self.started,
             "finished": self.finished,
             "progress": {"epochs": epochs, "epochs_total": self.spec.epochs, "steps": steps,
-                         "steps_total": None if self.steps_per_epoch is None else self.steps_per_epoch * self.spec.epochs},
+                         "steps_total": steps_total},
             "latest": dict(self.feed.latest),
             "records": len(self.feed.records),
             "error": self.error,
@@ -287,8 +288,8 @@ class TrainingService:
     """Run training jobs concurrently as tasks of one trio loop: ``async with TrainingService(folder) as service``.
 
     ``submit`` starts a job at once when fewer than ``max_running`` run, else queues it (at most ``max_queued``
-    wait; more is a ``RuntimeError`` saying so). Each job writes ``folder/<id>/events.alog`` (the event log: read it with
-    ``asyncloop log show``) and its checkpoints to ``folder/<id>/checkpoints``; given a ``stream``
+    wait; more is a ``RuntimeError`` saying so). Each job writes ``folder/<id>/events.alog`` (the event log: read
+    it with ``asyncloop log show``) and its checkpoints to ``folder/<id>/checkpoints``; given a ``stream``
     (:class:`asyncloop.StreamServer`) every job is also published there, run name = job id. Leaving the block
     cancels the jobs still queued or running and waits for them (each ends within about one step).
 
@@ -375,7 +376,7 @@ class TrainingService:
         """Cancel the job ``job_id`` (``KeyError``: no such job; ``RuntimeError``: it already ended)."""
         job = self._jobs[job_id]
         if job.state in FINAL_STATES:
-            raise _JobFinished(f"job {job_id} already {job.state}; there is nothing to cancel")
+            raise _JobStateError(f"job {job_id} already {job.state}; there is nothing to cancel")
         if job.cancel_requested_at_step is None:
             job.cancel_requested_at_step = job.progress()[2]
             job.stopper.request()
@@ -396,7 +397,7 @@ class TrainingService:
         ``RuntimeError``: it has not ended)."""
         job = self._jobs[job_id]
         if not job.done.is_set():
-            raise _JobFinished(f"job {job_id} is {job.state}; cancel it first, then delete it once it has ended")
+            raise _JobStateError(f"job {job_id} is {job.state}; cancel it first, then delete it once it has ended")
         del self._jobs[job_id]
         return job
 
@@ -406,11 +407,12 @@ class TrainingService:
             with job.scope:
                 async with self._limiter:
                     job.state, job.started = "running", time.time()
-                    learner = await trio.to_thread.run_sync(self._learner, job)
+                    learner = await trio.to_thread.run_sync(self._build, job)
                     job._learner = learner
                     result = await fit(learner, job.spec.epochs)
+                    reason = None if result.reason is None else str(result.reason)
                     job.result = {"epochs": result.epochs, "steps": result.steps, "elapsed": result.elapsed,
-                                  "stopped": result.stopped, "reason": None if result.reason is None else str(result.reason)}
+                                  "stopped": result.stopped, "reason": reason}
                     if isinstance(result.reason, _JobCancelled):
                         job.state = "cancelled"
                     else:
@@ -429,7 +431,7 @@ class TrainingService:
             job.feed.finish()
             job.done.set()
 
-    def _learner(self, job: Job) -> Learner:
+    def _build(self, job: Job) -> Learner:
         """Build the job's data, model and learner (in a worker thread: loading digits reads a file)."""
         spec = job.spec
         train, valid, n_features, n_classes = make_data(spec)

@@ -69,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"submitted {watched['id']} and {doomed['id']}")
 
         finished = follow(client, watched["id"])
+        accuracy = finished["latest"]["Epoch/ValidationPhase/Metrics/Accuracy"]
         print(f"{watched['id']} {finished['state']}: {finished['result']['epochs']} epochs in "
-              f"{finished['result']['elapsed']:.1f}s, validation accuracy "
-              f"{finished['latest']['Epoch/ValidationPhase/Metrics/Accuracy']:.3f}; checkpoint {finished['checkpoint']}")
+              f"{finished['result']['elapsed']:.1f}s, validation accuracy {accuracy:.3f}; "
+              f"checkpoint {finished['checkpoint']}")
 
         client.post(f"/api/jobs/{doomed['id']}/cancel").raise_for_status()
         with client.stream("GET", f"/api/jobs/{doomed['id']}/events", timeout=httpx.Timeout(10.0, read=None)) as r:
