@@ -2,6 +2,9 @@
 
 ::
 
+    asyncloop serve [--host H] [--port P] [--dir D] [--max-running N] [--max-queued N] [--stream-port P]
+                                                run the training service (HTTP API and web page; needs the
+                                                `service` extra); Ctrl-C stops it and cancels its jobs
     asyncloop log show [--json] FILE            print the records of an event log
     asyncloop log follow [--json] [--poll S] [--idle-timeout S] [--until-close] FILE
                                                 print records as they are appended (Ctrl-C to stop)
@@ -181,6 +184,61 @@ def _subscribe(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        from .service import run_service
+    except ImportError as exc:
+        print(_printable(f"asyncloop: error: {exc}"), file=err)
+        return 1
+    import trio
+
+    from .service._app import only_error
+
+    try:
+        trio.run(lambda: run_service(args.dir, host=args.host, port=args.port, max_running=args.max_running,
+                                     max_queued=args.max_queued, stream_port=args.stream_port, out=out))
+    except BaseExceptionGroup as group:  # the service's nurseries wrap the error: report it as itself
+        error = only_error(group)
+        if isinstance(error, (OSError, KeyboardInterrupt)):
+            raise error from None
+        raise
+    return 0
+
+
+def _count(text: str) -> int:
+    """An argparse ``type``: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _add_serve_command(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve", help="run the training service: an HTTP API and a web page over concurrent fits",
+        description="Run the training service in one trio program (hypercorn + quart-trio): submit, list, follow "
+                    "and cancel training jobs over HTTP, and watch their loss curves on its web page at "
+                    "http://HOST:PORT/. Each job writes its event log and checkpoints under --dir. Ctrl-C (or "
+                    "SIGTERM) stops it; running jobs are cancelled within a step. See docs/services.md.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                       "only; the API has no authentication, so expose it only behind a proxy that adds one)")
+    serve.add_argument("--port", type=lambda t: 0 if t == "0" else _port(t), default=8000,
+                       help="port to listen on (default 8000; 0 picks a free one and prints it)")
+    serve.add_argument("--dir", default="runs/service", help="folder for the jobs' event logs and checkpoints "
+                       "(default runs/service)")
+    serve.add_argument("--max-running", type=_count, default=2, metavar="N",
+                       help="jobs that train at the same time (default 2); later jobs wait their turn")
+    serve.add_argument("--max-queued", type=_count, default=16, metavar="N",
+                       help="jobs that may wait (default 16); more are refused with 429")
+    serve.add_argument("--stream-port", type=lambda t: 0 if t == "0" else _port(t), default=None, metavar="P",
+                       help=f"also publish every job on asyncloop's live stream on this port (for "
+                            f"`asyncloop log subscribe`; token from ${TOKEN_ENV})")
+    serve.set_defaults(run=_serve)
+
+
 def _seconds(positive: bool) -> Any:
     """An argparse ``type``: a finite number of seconds, > 0 if ``positive`` else >= 0."""
 
@@ -210,6 +268,7 @@ def _port(text: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asyncloop", description="asyncloop command line tools")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_serve_command(commands)
     log = commands.add_parser("log", help="read asyncloop event logs and live streams")
     actions = log.add_subparsers(dest="action", required=True)
 

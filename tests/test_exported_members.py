@@ -90,7 +90,8 @@ API_PROVIDED = {
 #: The public modules: those API.md and docs/ name. Every other module of the package is private (``_name``).
 PUBLIC_MODULES = [
     "asyncloop", "asyncloop.callbacks", "asyncloop.events", "asyncloop.hyperparameters", "asyncloop.loggables",
-    "asyncloop.logging", "asyncloop.phases", "asyncloop.runners", "asyncloop.state", "asyncloop.stopping",
+    "asyncloop.logging", "asyncloop.phases", "asyncloop.runners", "asyncloop.service", "asyncloop.state",
+    "asyncloop.stopping",
     "asyncloop.testing",
 ]
 
