@@ -33,6 +33,7 @@ RUN_ELSEWHERE = {
     "evaluation.md": "tests/test_evaluation.py",
     "logging.md": "tests/test_logging_docs.py",
     "reproducibility.md": "tests/test_rng.py",
+    "services.md": "tests/test_service.py",
     **{f"reference/{p.name}": "tests/test_docs_reference.py" for p in (DOCS / "reference").glob("*.md")},
 }
 
