@@ -2,6 +2,8 @@
 
 ::
 
+    asyncloop demo [--quick] [--epochs N] [--runner {actor,linear}] [--out DIR]
+                                                train a small CNN on handwritten digits (needs asyncloop[demo])
     asyncloop log show [--json] FILE            print the records of an event log
     asyncloop log follow [--json] [--poll S] [--idle-timeout S] [--until-close] FILE
                                                 print records as they are appended (Ctrl-C to stop)
@@ -210,6 +212,9 @@ def _port(text: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asyncloop", description="asyncloop command line tools")
     commands = parser.add_subparsers(dest="command", required=True)
+    from ._demo import add_demo_command  # its options live with the demo, which examples/demo.py shares
+
+    add_demo_command(commands)
     log = commands.add_parser("log", help="read asyncloop event logs and live streams")
     actions = log.add_subparsers(dest="action", required=True)
 

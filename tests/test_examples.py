@@ -46,20 +46,28 @@ def quickstart_code() -> str:
 
 class TestExamples:
     def test_demo_learns(self, tmp_path: Path) -> None:
-        """The quick demo (under the LinearRunner; CI runs it under the ActorRunner) learns the spirals."""
-        proc = run_python(["examples/demo.py", "--quick", "--runner", "linear"], tmp_path)
-        match = re.search(r"final validation accuracy (\d\.\d+)", proc.stdout)
+        """examples/demo.py --quick (under the LinearRunner; CI runs it under the ActorRunner, tests/test_demo.py
+        too) learns the digits, printing the progress bar, the epoch table and where its files went."""
+        out = tmp_path / "runs"
+        proc = run_python(["examples/demo.py", "--quick", "--runner", "linear", "--out", str(out)], tmp_path)
+        match = re.search(r"^demo: test accuracy (\d\.\d+) ", proc.stdout, flags=re.M)
         assert match, proc.stdout[-2000:]
-        assert float(match.group(1)) >= 0.75
+        assert float(match.group(1)) >= 0.85  # chance is 0.1
+        assert "under the linear runner" in proc.stdout
         assert "Accuracy" in proc.stdout  # the metrics table
         assert "Epoch 1 TrainingPhase()" in proc.stderr  # the progress bar
+        assert f"demo: everything went to {out / 'version_0'}\n" in proc.stdout
+        assert (out / "version_0" / "curves.png").is_file()
 
     def test_demo_rejects_bad_arguments(self, tmp_path: Path) -> None:
-        """A bad option is an argparse error, not a traceback."""
+        """A bad option is an argparse error naming the script, not a traceback."""
         args = [sys.executable, "examples/demo.py", "--epochs", "0"]
-        proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+        proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert proc.returncode == 2
-        assert "--epochs must be at least 1" in proc.stderr
+        assert proc.stderr.splitlines()[-1] == (
+            "demo.py: error: argument --epochs: expected a whole number >= 1, got '0'"
+        )
 
     def test_quickstart(self, tmp_path: Path) -> None:
         """The quick-start trains 5 epochs without stopping, validating after each, in 15 lines of code."""
