@@ -103,6 +103,58 @@ class TestExamples:
         assert abs(float(match.group(1)) - 3.0) < 1.0
         assert re.search(r"^kept: \[('checkpoint_epoch_\d{3}_loss_\d\.\d+\.pt'(, )?)+\]$", proc.stdout, flags=re.M)
 
+    def test_conflict(self, tmp_path: Path) -> None:
+        """Two callbacks writing the gradients are refused without resolve_conflict; with it the noise runs before
+        the freeze, so the frozen layer stays exactly as it was while the head trains."""
+        proc = run_python(["examples/conflict.py", "--quick"], tmp_path)
+        assert "without resolve_conflict: Write conflict detected between GradientNoise and NaiveFreeze!" in proc.stdout
+        assert ("GradientNoise -> FreezeLayers: GradientNoise resolves its write conflict with FreezeLayers by "
+                "running first") in proc.stdout
+        assert "frozen layer unchanged: True; head changed: True" in proc.stdout
+        assert "largest gradient norm applied: frozen 0," in proc.stdout
+        match = re.search(r"^conflict: 128 steps, validation accuracy (\d\.\d+)", proc.stdout, flags=re.M)
+        assert match, proc.stdout[-2000:]
+        assert float(match.group(1)) >= 0.85
+
+    def test_one_cycle(self, tmp_path: Path) -> None:
+        """lr_find suggests a peak; the one-cycle schedule applied starts at peak/25, peaks a quarter into the
+        fit, ends far below it, and the model learns the digits."""
+        proc = run_python(["examples/one_cycle.py", "--quick"], tmp_path)
+        suggested = re.search(r"^lr_find suggests (\S+) ", proc.stdout, flags=re.M)
+        cycle = re.search(r"^one_cycle: (\d+) steps; lr (\S+) at step 1, peak (\S+) at step (\d+), (\S+) at the last "
+                          r"step$", proc.stdout, flags=re.M)
+        assert suggested and cycle, proc.stdout[-2000:]
+        steps, first, peak, peak_step, last = int(cycle[1]), float(cycle[2]), float(cycle[3]), int(cycle[4]), float(cycle[5])
+        assert 1e-4 < float(suggested[1]) < 1.0 and peak == float(suggested[1])
+        assert first == pytest.approx(peak / 25, rel=1e-2) and peak_step == -(-steps // 4) + 1 and last < first
+        accuracies = re.findall(r"^ *(one_cycle|constant): 4 epochs, validation loss \S+, accuracy (\S+)$",
+                                proc.stdout, flags=re.M)
+        assert [name for name, _ in accuracies] == ["one_cycle", "constant"]
+        assert all(float(accuracy) >= 0.9 for _, accuracy in accuracies)
+
+    def test_resume_after_crash(self, tmp_path: Path) -> None:
+        """A child process killed mid-epoch leaves complete checkpoints; the resumed fit ends bit for bit where an
+        uninterrupted one does, and the event log holds both sessions and the rewind."""
+        proc = run_python(["examples/resume_after_crash.py", "--quick"], tmp_path)
+        assert "child: killed in epoch 3, step 20\nchild exited with status 3; checkpoints left: [" in proc.stdout
+        resumed = re.search(r"^resumed from checkpoint_epoch_(\d{3})_loss_\S+\.pt: (\d) more epochs, 4 in total$",
+                            proc.stdout, flags=re.M)
+        assert resumed, proc.stdout[-2000:]
+        assert int(resumed[1]) + int(resumed[2]) == 4 and int(resumed[1]) in (1, 2)
+        assert "identical to an uninterrupted run: True" in proc.stdout
+        assert re.search(r"^event log: 2 sessions, \d+ values, 1 rewind, 1 closed", proc.stdout, flags=re.M)
+
+    def test_concurrent_logging(self, tmp_path: Path) -> None:
+        """Two fits at once each deliver every step, in order, and every epoch summary to the slow async service,
+        and write their event logs; the LinearRunner runs the same fit too."""
+        proc = run_python(["examples/concurrent_logging.py", "--quick"], tmp_path)
+        for run in ("fit-a", "fit-b"):
+            assert re.search(rf"^{run}: \S+s under the ActorRunner; the service received 96 steps \(all, in order: "
+                             r"True\) and 4 epoch summaries; event log: \d+ values$", proc.stdout, flags=re.M), proc.stdout
+        assert re.search(r"^the same fit under the LinearRunner: \S+s \(each of its 96 sends", proc.stdout, flags=re.M)
+        match = re.search(r"validation accuracy fit-a (\S+), fit-b (\S+)$", proc.stdout, flags=re.M)
+        assert match and min(float(match[1]), float(match[2])) >= 0.9
+
 
 class TestDocs:
     def test_readme_quickstart_is_the_example(self) -> None:
