@@ -339,7 +339,8 @@ def _report(outcome: Outcome, runner: str, out: TextIO) -> None:
     how = f"stopped early ({PATIENCE} epochs without a lower validation loss)" if outcome.stopped_early else "completed"
     lines = [
         "",
-        f"demo: {outcome.epochs} epochs {how} in {outcome.elapsed:.1f}s under the {runner} runner",
+        f"demo: {outcome.epochs} epoch{'' if outcome.epochs == 1 else 's'} {how} in {outcome.elapsed:.1f}s under "
+        f"the {runner} runner",
         f"demo: test accuracy {outcome.test_accuracy:.3f} (best checkpoint: epoch {outcome.best_epoch}, "
         f"validation accuracy {outcome.best_valid_accuracy:.3f}; chance is 0.1)",
         f"demo: everything went to {outcome.folder}",

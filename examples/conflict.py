@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
-    data = (make_data(2048, generator), make_data(512, generator))
+    data = (make_data(1024 if args.quick else 4096, generator), make_data(512, generator))
 
     # 1. Without a rule the learner is refused, with a message that names both callbacks and the fix.
     try:
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         callbacks=[asyncloop.Metrics(asyncloop.accuracy), *callbacks],
         runner=asyncloop.ActorRunner() if args.runner == "actor" else asyncloop.LinearRunner(),
     )
-    trio.run(asyncloop.fit, learner, 2 if args.quick else 6)
+    trio.run(asyncloop.fit, learner, 2 if args.quick else 5)
 
     norms = learner.cbstate.grad_norms
     _, accuracy = learner.cbstate.metrics_epoch[asyncloop.ValidationPhase()].last("Accuracy")

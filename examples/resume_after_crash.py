@@ -33,7 +33,7 @@ import asyncloop
 from asyncloop import AbstractTrainingPhase, Callback, Checkpointer, EventLogBackend, LogMetrics, StepEnd, on
 from asyncloop.logging import read_events
 
-CRASH_EPOCH, CRASH_STEP = 3, 20
+CRASH_EPOCH, CRASH_STEP = 3, 16
 
 
 class Crash(Callback):
@@ -56,10 +56,10 @@ class Crash(Callback):
 def make_learner(folder: Path, runner: str, *extra: Callback) -> asyncloop.Learner:
     """The same learner in every process: data, initial weights and random state all come from seed 0."""
     generator = torch.Generator().manual_seed(0)
-    xs = torch.randn(2048, 8, generator=generator)
+    xs = torch.randn(1536, 8, generator=generator)
     ys = (xs[:, :4].sum(dim=1) > xs[:, 4:].sum(dim=1)).long()
-    train = [(xs[i : i + 32], ys[i : i + 32]) for i in range(0, 1536, 32)]
-    valid = [(xs[1536:], ys[1536:])]
+    train = [(xs[i : i + 32], ys[i : i + 32]) for i in range(0, 1024, 32)]
+    valid = [(xs[1024:], ys[1024:])]
     asyncloop.seed_everything(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Dropout(0.1),
                                 torch.nn.Linear(64, 2))

@@ -36,7 +36,7 @@ class QuickRun:
 
     @property
     def epochs(self) -> int:
-        match = re.search(r"^demo: (\d+) epochs ", self.out, flags=re.M)
+        match = re.search(r"^demo: (\d+) epochs? ", self.out, flags=re.M)
         assert match, self.out
         return int(match.group(1))
 
