@@ -1,5 +1,5 @@
 """Concurrent async logging: two fits train at once in one trio program, each sending its metrics to a slow
-remote service with an ``async`` callback, while the program's event loop stays responsive.
+remote service with an ``async`` callback, while the program's event loop goes on serving other tasks.
 
 * ``RemoteLogger`` is a read-only callback with ``async`` handlers that ``await`` a (simulated) HTTP call per
   training step and per epoch. It sets ``detached = True``: under the ``ActorRunner`` it gets a snapshot of
@@ -9,7 +9,8 @@ remote service with an ``async`` callback, while the program's event loop stays 
 * Each fit also writes an event log with the built-in ``LogMetrics`` (another detached actor, in its own
   thread).
 * The two fits, and a heartbeat that stands for the rest of a service (health checks, requests), run in one
-  nursery; the heartbeat records the longest gap between its ticks.
+  nursery; the heartbeat records the longest delay of its ticks (on a busy machine the loop's thread also waits
+  for a CPU core and for the GIL, so this is a measurement, not a bound).
 
 At the end the same single fit runs once more under the ``LinearRunner``, where every send is awaited in line,
 so training waits for the network: the printed times (wall clock, measured here, machine dependent) show the
