@@ -277,9 +277,26 @@ def train(args: argparse.Namespace, folder: Path) -> Outcome:
 
     import asyncloop
     from asyncloop import (
-        ActorRunner, Checkpointer, EarlyStopping, EpochEnd, EventLogBackend, FitBegin, FitEnd, LearningRate,
-        Learner, LinearRunner, LogConfig, LogEvents, LogHyperParams, LogMetrics, Metrics, Scheduler,
-        TensorBoardBackend, ValidationPhase, accuracy, one_cycle,
+        ActorRunner,
+        Checkpointer,
+        EarlyStopping,
+        EpochEnd,
+        EventLogBackend,
+        FitBegin,
+        FitEnd,
+        Learner,
+        LearningRate,
+        LinearRunner,
+        LogConfig,
+        LogEvents,
+        LogHyperParams,
+        LogMetrics,
+        Metrics,
+        Scheduler,
+        TensorBoardBackend,
+        ValidationPhase,
+        accuracy,
+        one_cycle,
     )
 
     splits = load_splits(args.seed)

@@ -32,7 +32,16 @@ import trio
 
 import asyncloop
 from asyncloop import (
-    AbstractTrainingPhase, Callback, EpochEnd, EventLogBackend, LogMetrics, Metrics, Read, Recorder, StepEnd, on,
+    AbstractTrainingPhase,
+    Callback,
+    EpochEnd,
+    EventLogBackend,
+    LogMetrics,
+    Metrics,
+    Read,
+    Recorder,
+    StepEnd,
+    on,
 )
 from asyncloop.logging import read_events
 
