@@ -86,6 +86,14 @@ class TestExamples:
         assert (tmp_path / "calls.txt").read_text() == "setup\npython [examples/demo.py] [--epochs] [2] [--out] [a b]\n"
         assert "bash scripts/demo.sh --quick\n" in (ROOT / ".ci" / "run").read_text()
 
+    def test_every_example_is_run_by_a_test(self) -> None:
+        """Every script in examples/ is named by some test module (this one or the one of its topic), so none can
+        rot unnoticed."""
+        tests = "".join(path.read_text() for path in (ROOT / "tests").glob("test_*.py"))
+        untested = [p.name for p in sorted((ROOT / "examples").glob("*.py")) if f"examples/{p.name}" not in tests
+                    and f'"{p.name}"' not in tests]
+        assert untested == []
+
     def test_quickstart(self, tmp_path: Path) -> None:
         """The quick-start trains 5 epochs without stopping, validating after each, in 15 lines of code."""
         proc = run_python(["examples/quickstart.py"], tmp_path)
