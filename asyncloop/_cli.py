@@ -2,6 +2,8 @@
 
 ::
 
+    asyncloop demo [--quick] [--epochs N] [--runner {actor,linear}] [--out DIR]
+                                                train a small CNN on handwritten digits (needs asyncloop[demo])
     asyncloop serve [--host H] [--port P] [--dir D] [--max-running N] [--max-queued N] [--stream-port P]
                                                 run the training service (HTTP API and web page; needs the
                                                 `service` extra); Ctrl-C stops it and cancels its jobs
@@ -268,6 +270,9 @@ def _port(text: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asyncloop", description="asyncloop command line tools")
     commands = parser.add_subparsers(dest="command", required=True)
+    from ._demo import add_demo_command  # its options live with the demo, which examples/demo.py shares
+
+    add_demo_command(commands)
     _add_serve_command(commands)
     log = commands.add_parser("log", help="read asyncloop event logs and live streams")
     actions = log.add_subparsers(dest="action", required=True)

@@ -10,7 +10,8 @@
   epoch short with ``CancelEpochException`` once a batch's loss is below a target.
 
 This example runs the custom phase epoch by epoch with ``asyncloop.epoch``; ``fit(learner, n,
-phases=(ClippedTrainingPhase(), None))`` runs it under ``fit`` (see ``examples/dict_batches.py``).
+phases=(ClippedTrainingPhase(), None))`` runs it under ``fit`` (see ``examples/dict_batches.py``). Two callbacks
+that write the same state, and ``resolve_conflict`` ordering them, are in ``examples/conflict.py``.
 
     python examples/custom_callback.py [--quick] [--runner linear]
 """

@@ -208,6 +208,45 @@ def test_python_dash_m(tmp_path: Path) -> None:
     assert done.returncode == 0 and len(done.stdout.splitlines()) == 3
 
 
+class TestDemoCommand:
+    """``asyncloop demo``: its options and errors here; its run and its files in tests/test_demo.py."""
+
+    def test_help_explains_itself(self) -> None:
+        """'python -m asyncloop demo --help' says what the demo trains, on what, what it writes, and every option."""
+        done = subprocess.run([sys.executable, "-m", "asyncloop", "demo", "--help"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stderr == ""
+        text = " ".join(done.stdout.split())
+        assert text.startswith("usage: asyncloop demo [-h] [--epochs N] [--runner {actor,linear}] [--out DIR]")
+        for phrase in ("scikit-learn's 8x8 handwritten digits", "no download", "one-cycle learning-rate schedule",
+                       "early stopping", "TensorBoard", "ActorRunner", "OUT/version_N", "events.alog",
+                       "asyncloop log show", "curves.png", "--quick", "--seed SEED", "--min-accuracy A",
+                       "runs/demo"):
+            assert phrase in text, phrase
+
+    def test_listed_in_top_level_help(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """'asyncloop --help' lists the demo command with a one-line description."""
+        with pytest.raises(SystemExit):
+            main(["--help"])
+        assert re.search(r"^    demo +train a small CNN on handwritten digits", capsys.readouterr().out, flags=re.M)
+
+    @pytest.mark.parametrize(
+        ("argv", "message"),
+        [
+            (["--epochs", "0"], "asyncloop demo: error: argument --epochs: expected a whole number >= 1, got '0'"),
+            (["--runner", "gpu"],
+             "asyncloop demo: error: argument --runner: invalid choice: 'gpu' (choose from 'actor', 'linear')"),
+            (["--quick", "extra"], "asyncloop: error: unrecognized arguments: extra"),
+        ],
+    )
+    def test_bad_arguments(self, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+        """A bad demo option exits with status 2 and an argparse message naming it; nothing is trained."""
+        with pytest.raises(SystemExit) as exit_info:
+            main(["demo", *argv])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == message
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Odd records: whole and CRC-valid, with field values no writer of ours makes
 # --------------------------------------------------------------------------------------------------------------
