@@ -37,6 +37,7 @@ from asyncloop import (
     log_to,
     on,
     test_learner,
+    validate,
 )
 from asyncloop.loggables import Audio, Histogram, Image, RuntimeEvent, Text, Value
 from asyncloop.logging import EventLogFormatError, decode_array, follow, read_events
@@ -163,6 +164,14 @@ class TestEventLogBackend:
         log_to(fresh, Value(6), "Loss", 6, train)
         fresh.close()
         assert [r["kind"] for r in read_events(path)][-3:] == ["open", "value", "close"]
+
+    async def test_validate_after_fit_is_no_rewind(self, tmp_path: Path) -> None:
+        """validate() after a fit logs EvaluationPhase steps from 1 into the same run: another axis, no rewind."""
+        path = tmp_path / "run.alog"
+        learner = test_learner(Recorder(), Metrics(), LogMetrics(EventLogBackend(path, run="r")), n_batches=4)
+        await fit(learner, 2)
+        await validate(learner)
+        assert "rewind" not in [r["kind"] for r in read_events(path)]
 
     def test_resume_after_a_crash_mid_epoch_marks_the_rewind(self, tmp_path: Path) -> None:
         """A fit resumed after a crash mid-epoch continues its run's seq and writes a rewind at the replayed step."""

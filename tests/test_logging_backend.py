@@ -9,7 +9,9 @@ import pytest
 
 from asyncloop import LoggerBackend, log_to
 from asyncloop.loggables import Loggable, Text, Value
+from asyncloop import TrainingPhase
 from asyncloop.logging import default_run_name
+from asyncloop.logging._backend import is_training_step
 
 
 class Recording(LoggerBackend):
@@ -99,6 +101,23 @@ class TestLogTo:
         with pytest.raises(TypeError, match=message):
             log_to(*args)
         assert backend.calls == []
+
+
+class TestIsTrainingStep:
+    def test_only_training_phases_steps(self) -> None:
+        """Step points of training phases (built-in or a loaded subclass) are training steps; those of validation,
+        of validate()'s EvaluationPhase and epoch points are not."""
+
+        class MyTrainingPhase(TrainingPhase):
+            pass
+
+        assert is_training_step(("Step", "TrainingPhase", "Metrics", "Loss"))
+        assert is_training_step(("Step", "MyTrainingPhase", "Metrics", "Loss"))
+        assert is_training_step(("Step",))
+        assert not is_training_step(("Step", "ValidationPhase", "Metrics", "Loss"))
+        assert not is_training_step(("Step", "EvaluationPhase", "Metrics", "Loss"))
+        assert not is_training_step(("Epoch", "TrainingPhase", "Metrics", "Loss"))
+        assert not is_training_step(())
 
 
 class TestDefaultRunName:

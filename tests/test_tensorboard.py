@@ -35,6 +35,7 @@ from asyncloop import (
     log_to,
     on,
     test_learner,
+    validate,
 )
 from asyncloop.loggables import Audio, Histogram, Image, RuntimeEvent, Text, Value
 
@@ -57,6 +58,17 @@ def steps_of(accumulator: EventAccumulator, tag: str) -> list[int]:
 
 
 class TestTensorBoardBackend:
+    async def test_validate_after_fit_keeps_the_fits_points(self, tmp_path: Path) -> None:
+        """validate() after a fit logs EvaluationPhase steps from 1; that is not the fit restarting, so none of the
+        fit's training-step points is dropped (before: steps 5-8 of a 2 x 4-step fit vanished)."""
+        backend = TensorBoardBackend(tmp_path / "run")
+        learner = test_learner(Recorder(), Metrics(), LogMetrics(backend), n_batches=4)
+        await fit(learner, 2)
+        await validate(learner)
+        await validate(learner)
+        backend.close()
+        assert steps_of(read_run(tmp_path / "run"), "Step/TrainingPhase/Metrics/Loss") == list(range(1, 9))
+
     @pytest.mark.parametrize("runner", RUNNERS)
     async def test_metrics_match_history(self, tmp_path: Path, runner: Any) -> None:
         """Tags, steps and values read back with TensorBoard equal the learner's metric history."""

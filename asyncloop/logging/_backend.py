@@ -144,8 +144,27 @@ def default_run_name() -> str:
 
 
 def is_training_step(group: tuple[str, ...]) -> bool:
-    """Whether a point of this group is indexed by training steps (``Step/...``, except validation steps).
+    """Whether a point of this group is indexed by training steps: ``Step/<phase>/...`` where ``<phase>`` names a
+    training phase (``TrainingPhase`` or any loaded subclass of ``AbstractTrainingPhase``).
 
-    The backends use it to tell where a resumed fit starts: its first such point.
+    The backends use it to tell where a resumed fit starts: its first such point. Steps of a validation phase,
+    of ``validate()``'s ``EvaluationPhase`` or of any other phase are not training steps: a ``validate()`` after a
+    fit must not look like the fit restarting at step 1.
     """
-    return bool(group) and group[0] == "Step" and not (len(group) > 1 and group[1] == "ValidationPhase")
+    if not group or group[0] != "Step":
+        return False
+    return len(group) == 1 or group[1] in _training_phase_names()
+
+
+def _training_phase_names() -> set[str]:
+    """The class names of ``AbstractTrainingPhase`` and every subclass loaded now (user phases included)."""
+    from ..phases import AbstractTrainingPhase
+
+    names: set[str] = set()
+    todo = [AbstractTrainingPhase]
+    while todo:
+        cls = todo.pop()
+        if cls.__name__ not in names:
+            names.add(cls.__name__)
+            todo.extend(cls.__subclasses__())
+    return names
