@@ -1,0 +1,220 @@
+"""The 2-rank scenarios of tests/test_distributed.py, run in one pair of spawned processes (gloo, loopback).
+
+``python tests/distributed_scenarios.py OUT_DIR``: spawns 2 ranks with ``torch.multiprocessing``; each rank runs
+every scenario in order (one process group per fit, as a torchrun script would) and writes what it saw to
+``OUT_DIR/rank{r}.json`` (weights as lists, metrics, counts, timings). The test module compares them with
+single-process runs of the same functions (:func:`make_learner` and friends are shared with it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+import trio
+
+import asyncloop
+from asyncloop import (
+    ActorRunner,
+    CancelFittingException,
+    Checkpointer,
+    Learner,
+    LinearRunner,
+    Metrics,
+    StepEnd,
+    TrainingPhase,
+    ValidationPhase,
+    accuracy,
+)
+
+N_SAMPLES, BATCH = 64, 8  # per rank; one process takes batches of 2 * BATCH
+
+
+def dataset(seed: int = 0) -> torch.utils.data.TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(N_SAMPLES, 4, generator=g)
+    ys = (xs[:, 0] + xs[:, 1] > 0).long()
+    return torch.utils.data.TensorDataset(xs, ys)
+
+
+def model() -> torch.nn.Module:
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+
+
+def make_learner(
+    batch_size: int, *, strategy: Any = "auto", callbacks: tuple[Any, ...] = (), runner: Any = None
+) -> Learner:
+    """The learner of the weights/metrics scenario: DataLoaders (no shuffle) over one dataset."""
+    loader = torch.utils.data.DataLoader(dataset(), batch_size=batch_size)
+    valid = torch.utils.data.DataLoader(dataset(1), batch_size=batch_size)
+    return Learner(
+        model(), torch.nn.functional.cross_entropy, data=(loader, valid),
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.5), callbacks=[Metrics(accuracy), *callbacks],
+        runner=runner or LinearRunner(), use_default_callbacks=True, strategy=strategy,
+    )
+
+
+def plain_batches(per_batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A list of batches of ``per_batch`` rows: the plain-iterable rule's data."""
+    ds = dataset(2)
+    xs, ys = ds.tensors
+    return list(zip(xs.split(per_batch), ys.split(per_batch)))
+
+
+def weights(learner: Learner) -> dict[str, list[Any]]:
+    return {k: v.tolist() for k, v in learner.model.state_dict().items()}
+
+
+def epoch_metrics(learner: Learner) -> dict[str, Any]:
+    out = {}
+    for phase in (TrainingPhase(), ValidationPhase()):
+        series = learner.cbstate.metrics_epoch[phase]
+        out[type(phase).__name__] = {name: series.values(name) for name in series.keys()}
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return value
+
+
+class StopOnRank(asyncloop.Callback):
+    """Raise ``CancelFittingException`` on rank ``rank`` at its training step ``at`` (1-based)."""
+
+    state_access = {"cbstate": {"history": asyncloop.Read()}}
+
+    def __init__(self, rank: int, at: int, error: bool = False) -> None:
+        self.rank, self.at, self.error = rank, at, error
+        self.raised_at: float | None = None
+
+    @asyncloop.on(StepEnd, TrainingPhase)
+    def step_end(self, event: Any, phase: Any, learner: Any) -> None:
+        if int(os.environ.get("RANK", "0")) == self.rank and learner.cbstate.history[phase].steps == self.at:
+            self.raised_at = time.time()
+            if self.error:
+                raise ValueError(f"boom on rank {self.rank}")
+            raise CancelFittingException(f"rank {self.rank} asked to stop")
+
+
+def scenario_train(rank: int, out: dict[str, Any], tmp: Path) -> None:
+    """2 epochs with DataLoaders under the ActorRunner: weights, metrics, history."""
+    learner = make_learner(BATCH, runner=ActorRunner())
+    result = trio.run(asyncloop.fit, learner, 2)
+    out["train"] = {
+        "weights": weights(learner),
+        "metrics": _plain(epoch_metrics(learner)),
+        "steps": learner.cbstate.history[TrainingPhase()].steps,
+        "epochs": result.epochs,
+        "strategy": repr(learner.strategy),
+    }
+
+
+def scenario_plain(rank: int, out: dict[str, Any], tmp: Path) -> None:
+    """A plain list of 8-row batches: rank r takes batches r, r + 2, ..."""
+    learner = Learner(model(), torch.nn.functional.cross_entropy, data=(plain_batches(BATCH), ()),
+                      optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+    trio.run(asyncloop.fit, learner, 1)
+    out["plain"] = {"weights": weights(learner), "steps": learner.cbstate.history[TrainingPhase()].steps}
+
+
+def scenario_stop(rank: int, out: dict[str, Any], tmp: Path) -> None:
+    """Rank 1 stops at step 3: both ranks stop there."""
+    learner = make_learner(BATCH, callbacks=(StopOnRank(1, 3),))
+    result = trio.run(asyncloop.fit, learner, 2)
+    steps = learner.cbstate.history[TrainingPhase()].steps
+    out["stop"] = {"stopped": result.stopped, "steps": steps, "reason": str(result.reason),
+                   "reason_type": type(result.reason).__name__}
+
+
+def scenario_nan(rank: int, out: dict[str, Any], tmp: Path) -> None:
+    """A NaN loss on rank 1 only (its 2nd batch): StopOnNaNLoss stops both ranks before the optimizer step."""
+    batches = plain_batches(BATCH)
+    x, y = batches[3]  # rank 1's second batch
+    batches[3] = (torch.full_like(x, float("nan")), y)
+    learner = Learner(model(), torch.nn.functional.cross_entropy, data=(batches, ()),
+                      optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+    result = trio.run(asyncloop.fit, learner, 1)
+    finite = all(torch.isfinite(v).all().item() for v in learner.model.state_dict().values())
+    steps = learner.cbstate.history[TrainingPhase()].steps
+    out["nan"] = {"stopped": result.stopped, "steps": steps, "reason": str(result.reason), "finite": finite}
+
+
+def scenario_checkpoint(rank: int, out: dict[str, Any], tmp: Path) -> None:
+    """1 epoch with a Checkpointer and a CSV logger (rank 0 only), then a 2-rank resume for 1 more epoch."""
+    folder = tmp / f"ckpt-rank{rank}"
+    logs = tmp / f"csv-rank{rank}"
+    learner = make_learner(BATCH, callbacks=(
+        Checkpointer(folder), asyncloop.LogMetrics(asyncloop.CSVBackend(logs)),
+    ))
+    trio.run(asyncloop.fit, learner, 1)
+    written = sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
+    logged = sorted(p.name for p in logs.rglob("*") if p.is_file()) if logs.exists() else []
+    deadline = time.monotonic() + 30  # rank 0 writes it: rank 1 may get here first
+    while not (tmp / "ckpt-rank0" / "latest").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    resumed = make_learner(BATCH, callbacks=(Checkpointer(tmp / f"ckpt2-rank{rank}"),))
+    trio.run(lambda: asyncloop.fit(resumed, 1, resume=tmp / "ckpt-rank0"))
+    out["checkpoint"] = {"written": written, "logged": logged, "resumed_weights": weights(resumed),
+                         "resumed_epochs": resumed.cbstate.history[TrainingPhase()].epochs}
+
+
+def scenario_failure(rank: int, out: dict[str, Any], tmp: Path) -> None:
+    """Rank 1 raises ValueError at step 2: rank 0 ends too, naming it (last: the group is torn down)."""
+    stopper = StopOnRank(1, 2, error=True)
+    learner = make_learner(BATCH, callbacks=(stopper,))
+    t0 = time.time()
+    try:
+        trio.run(asyncloop.fit, learner, 2)
+        out["failure"] = {"raised": None}
+    except BaseException as exc:  # noqa: BLE001 - recorded for the test
+        out["failure"] = {"raised": type(exc).__name__, "message": str(exc), "ended": time.time(),
+                          "raised_at": stopper.raised_at, "started": t0,
+                          "rank": getattr(exc, "rank", None)}
+
+
+SCENARIOS = [scenario_train, scenario_plain, scenario_stop, scenario_nan, scenario_checkpoint, scenario_failure]
+
+
+def run_rank(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    out: dict[str, Any] = {}
+    tmp = Path(out_dir)
+    for scenario in SCENARIOS:
+        t0 = time.perf_counter()
+        if os.environ.get("ASYNCLOOP_TRACE"):
+            print(f"rank {rank}: {scenario.__name__}", file=sys.stderr, flush=True)
+        try:
+            scenario(rank, out, tmp)
+        except BaseException:  # noqa: BLE001 - reported to the test
+            out.setdefault("errors", {})[scenario.__name__] = traceback.format_exc()
+        out.setdefault("seconds", {})[scenario.__name__] = time.perf_counter() - t0
+    (tmp / f"rank{rank}.json").write_text(json.dumps(out))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    import torch.multiprocessing as mp
+
+    mp.spawn(run_rank, args=(free_port(), sys.argv[1]), nprocs=2, join=True)
