@@ -1,16 +1,17 @@
-"""The 2-rank scenarios of tests/test_distributed.py, run in one pair of spawned processes (gloo, loopback).
+"""The 2-rank scenarios of tests/test_distributed.py, run in one torchrun launch (gloo, loopback).
 
-``python tests/distributed_scenarios.py OUT_DIR``: spawns 2 ranks with ``torch.multiprocessing``; each rank runs
-every scenario in order (one process group per fit, as a torchrun script would) and writes what it saw to
-``OUT_DIR/rank{r}.json`` (weights as lists, metrics, counts, timings). The test module compares them with
-single-process runs of the same functions (:func:`make_learner` and friends are shared with it).
+``torchrun --nproc_per_node=2 tests/distributed_scenarios.py OUT_DIR``: each rank runs every scenario in order
+(fits in one process share the process group, as in any torchrun script), then examples/distributed.py as its
+``__main__``, and writes what it saw to ``OUT_DIR/rank{r}.json`` (weights as lists, metrics, counts, timings,
+the example's output). The test module compares them with single-process runs of the same functions
+(:func:`make_learner` and friends are shared with it). One launch for all of them keeps the test fast: starting
+two Python processes that import torch costs more than every scenario together.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import time
 import traceback
@@ -155,13 +156,13 @@ def scenario_nan(rank: int, out: dict[str, Any], tmp: Path) -> None:
 def scenario_checkpoint(rank: int, out: dict[str, Any], tmp: Path) -> None:
     """1 epoch with a Checkpointer and a CSV logger (rank 0 only), then a 2-rank resume for 1 more epoch."""
     folder = tmp / f"ckpt-rank{rank}"
-    logs = tmp / f"csv-rank{rank}"
+    logs = tmp / f"csv-rank{rank}.csv"
     learner = make_learner(BATCH, callbacks=(
         Checkpointer(folder), asyncloop.LogMetrics(asyncloop.CSVBackend(logs)),
     ))
     trio.run(asyncloop.fit, learner, 1)
     written = sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
-    logged = sorted(p.name for p in logs.rglob("*") if p.is_file()) if logs.exists() else []
+    logged = logs.exists() and len(logs.read_text().splitlines()) > 1
     deadline = time.monotonic() + 30  # rank 0 writes it: rank 1 may get here first
     while not (tmp / "ckpt-rank0" / "latest").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -185,14 +186,25 @@ def scenario_failure(rank: int, out: dict[str, Any], tmp: Path) -> None:
                           "rank": getattr(exc, "rank", None)}
 
 
-SCENARIOS = [scenario_train, scenario_plain, scenario_stop, scenario_nan, scenario_checkpoint, scenario_failure]
+def scenario_example(rank: int, out: dict[str, Any], tmp: Path) -> None:
+    """examples/distributed.py as this process's ``__main__`` (its prints captured)."""
+    import contextlib
+    import io
+    import runpy
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        runpy.run_path(str(Path(__file__).parent.parent / "examples" / "distributed.py"), run_name="__main__")
+    out["example"] = {"stdout": printed.getvalue()}
 
 
-def run_rank(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-    )
+SCENARIOS = [
+    scenario_train, scenario_plain, scenario_stop, scenario_nan, scenario_checkpoint, scenario_example,
+    scenario_failure,
+]
+
+
+def run_rank(rank: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     out: dict[str, Any] = {}
     tmp = Path(out_dir)
@@ -208,13 +220,5 @@ def run_rank(rank: int, port: int, out_dir: str) -> None:
     (tmp / f"rank{rank}.json").write_text(json.dumps(out))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 if __name__ == "__main__":
-    import torch.multiprocessing as mp
-
-    mp.spawn(run_rank, args=(free_port(), sys.argv[1]), nprocs=2, join=True)
+    run_rank(int(os.environ["RANK"]), sys.argv[1])
