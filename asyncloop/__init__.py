@@ -56,7 +56,6 @@ from .events import LossBegin as LossBegin
 from .events import StepBegin as StepBegin
 from .events import StepEnd as StepEnd
 from ._distributed import DDPStrategy as DDPStrategy
-from ._distributed import RankFailedError as RankFailedError
 from ._distributed import Strategy as Strategy
 from ._distributed import rank_zero_only as rank_zero_only
 from ._evaluation import EvaluationPhase as EvaluationPhase
@@ -74,6 +73,7 @@ from ._exceptions import CancelStepException as CancelStepException
 from ._exceptions import DetachedWriterError as DetachedWriterError
 from ._exceptions import FitException as FitException
 from ._exceptions import ProtectedError as ProtectedError
+from ._exceptions import RankFailedError as RankFailedError
 from ._exceptions import SanityCheckException as SanityCheckException
 from ._exceptions import MissingStateError as MissingStateError
 from ._exceptions import WriteConflictError as WriteConflictError

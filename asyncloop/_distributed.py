@@ -14,8 +14,9 @@ rank issues the same collectives in the same order:
   step (by a handler or a detached actor's request) is held there and acted on by every rank together;
 * :meth:`Strategy.reduce_sums` -- the epoch-end reduction of ``Metrics``' (sum, count) pairs, once per epoch;
 * :meth:`Strategy.fail` -- a rank whose session ends with an error writes it into the process group's store,
-  then tears down its process group, which breaks the other ranks out of any collective at once; they read the
-  error from the store and raise :class:`RankFailedError` naming the failing rank.
+  where a watcher thread on every other rank reads it at once; when the failing rank's process ends (as a
+  torchrun script's uncaught error ends it), its connections close and the other ranks' collectives fail, and
+  they raise :class:`RankFailedError` naming the failing rank and its error.
 
 Other threads never touch the process group: detached actors, the host loop and the checkpoint writers only see
 rank-local state. Callbacks with ``rank_zero_only = True`` (printers, loggers, ``Checkpointer``) are left out of
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ._exceptions import CancelEpochException, CancelFittingException, CancelStepException
+from ._exceptions import CancelEpochException, CancelFittingException, CancelStepException, RankFailedError
 
 if TYPE_CHECKING:
     from ._learner import Learner
@@ -45,19 +46,6 @@ if TYPE_CHECKING:
 _STOP, _EPOCH, _STEP = 0, 1, 2  # the places of the three control flags in the agreement tensor
 _ACK_GRACE = 5.0  # seconds a failing rank waits for the others to read its error before it goes on
 _POLL = 0.05  # seconds between two looks of a rank's watcher for another rank's failure
-
-
-class RankFailedError(RuntimeError):
-    """Raised on every other rank when one rank's session ended with an error (or was interrupted).
-
-    The message names the failing rank and its error (``"rank 1 failed: ValueError: boom"``); ``rank`` and
-    ``error`` (that text) hold them. The failing rank itself raises its own error.
-    """
-
-    def __init__(self, message: str, rank: int | None = None, error: str | None = None) -> None:
-        super().__init__(message)
-        self.rank = rank
-        self.error = error
 
 
 _local = threading.local()

@@ -114,7 +114,9 @@ def scenario_train(rank: int, out: dict[str, Any], tmp: Path) -> None:
     """2 epochs with DataLoaders under the ActorRunner: weights, metrics, history."""
     learner = make_learner(BATCH, runner=ActorRunner())
     result = trio.run(asyncloop.fit, learner, 2)
+    validated = trio.run(asyncloop.validate, learner)
     out["train"] = {
+        "validate": validated,
         "weights": weights(learner),
         "metrics": _plain(epoch_metrics(learner)),
         "steps": learner.cbstate.history[TrainingPhase()].steps,
@@ -129,6 +131,22 @@ def scenario_plain(rank: int, out: dict[str, Any], tmp: Path) -> None:
                       optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
     trio.run(asyncloop.fit, learner, 1)
     out["plain"] = {"weights": weights(learner), "steps": learner.cbstate.history[TrainingPhase()].steps}
+
+
+def scenario_accumulation(rank: int, out: dict[str, Any], tmp: Path) -> None:
+    """GradientAccumulation(2): the first micro-step of each pair runs under the strategy's no_sync."""
+    learner = make_learner(BATCH, callbacks=(asyncloop.GradientAccumulation(2),))
+    strategy = learner.strategy
+    calls = []
+    real = strategy.no_sync
+
+    def counting(learner: Any) -> Any:
+        calls.append(learner.cbstate.history[TrainingPhase()].steps)
+        return real(learner)
+
+    strategy.no_sync = counting  # type: ignore[method-assign]
+    trio.run(asyncloop.fit, learner, 1)
+    out["accumulation"] = {"weights": weights(learner), "no_sync_at": calls}
 
 
 def scenario_stop(rank: int, out: dict[str, Any], tmp: Path) -> None:
@@ -199,7 +217,7 @@ def scenario_example(rank: int, out: dict[str, Any], tmp: Path) -> None:
 
 
 SCENARIOS = [
-    scenario_train, scenario_plain, scenario_stop, scenario_nan, scenario_checkpoint, scenario_example,
+    scenario_train, scenario_plain, scenario_accumulation, scenario_stop, scenario_nan, scenario_checkpoint, scenario_example,
     scenario_failure,
 ]
 

@@ -89,6 +89,24 @@ class TestTwoRanks:
                 assert rank0["train"]["metrics"][phase][name] == pytest.approx(want[phase][name], rel=1e-5)
         assert rank1["train"]["metrics"] == rank0["train"]["metrics"]
 
+    def test_validate_reduces_across_ranks(self, ranks: Any) -> None:
+        """validate() after the fit shards the validation data and returns the global values on every rank."""
+        rank0, rank1, _ = ranks
+        want = trio.run(asyncloop.validate, _single(2 * scenarios.BATCH, 2))
+        assert rank0["train"]["validate"] == pytest.approx(want, rel=1e-5)
+        assert rank1["train"]["validate"] == rank0["train"]["validate"]
+
+    def test_gradient_accumulation_skips_the_all_reduce_of_non_final_micro_steps(self, ranks: Any) -> None:
+        """GradientAccumulation(2) on 2 ranks: steps 1 and 3 (0 and 2 done before them) run under no_sync, and the
+        weights equal one process accumulating 2 batches of 16."""
+        rank0, rank1, _ = ranks
+        single = scenarios.make_learner(2 * scenarios.BATCH, strategy=None,
+                                        callbacks=(asyncloop.GradientAccumulation(2),))
+        trio.run(asyncloop.fit, single, 1)
+        for record in (rank0, rank1):
+            assert record["accumulation"]["no_sync_at"] == [0, 2]
+            _assert_weights_close(record["accumulation"]["weights"], scenarios.weights(single))
+
     def test_recorder_counts_the_global_steps(self, ranks: Any) -> None:
         """Each rank counts the steps of the global run (64 samples / (2 x 8) = 4 per epoch), as one process
         with batch 16 does; the strategy was DDP without a line asking for it."""
