@@ -4,8 +4,8 @@ One process per rank (``torchrun --nproc_per_node=N script.py``); every rank run
 worker thread. Everything that talks to the other ranks runs on the worker thread, in program order, so every
 rank issues the same collectives in the same order:
 
-* :meth:`Strategy.setup` / :meth:`Strategy.teardown` -- join (and at the end leave) the process group, move the
-  model to the rank's device, wrap it in ``DistributedDataParallel`` (the built-in training step forwards through
+* :meth:`Strategy.setup` / :meth:`Strategy.teardown` -- join the process group (once per process: it is kept for
+  later sessions), move the model to the rank's device, wrap it in ``DistributedDataParallel`` (the built-in training step forwards through
   the wrapper; ``learner.model`` stays the plain module, so state dicts and checkpoints never carry ``module.``);
 * the gradient all-reduce inside ``backward`` (DDP's own);
 * :meth:`Strategy.agree` -- a 3-int ``all_reduce(MAX)`` at the *agreement points* (in a training step after
@@ -91,28 +91,6 @@ class Strategy:
 
     def setup(self, learner: Learner) -> None:
         """Called on the worker thread when a session starts, before the first event."""
-
-    def _watch(self) -> None:
-        """Start this session's watcher: a thread that polls the store for another rank's failure, reads it and
-        acknowledges it at once (before that rank's process ends and, on rank 0, takes the store with it)."""
-        store, key, stop = self._store, self._key, threading.Event()
-        self._stop_watching = stop
-        if store is None:
-            return
-
-        def watch() -> None:
-            while not stop.wait(_POLL):
-                try:
-                    if not store.check([key + "error"]):
-                        continue
-                    self._remote = _parse_error(store.get(key + "error").decode())
-                    if self._remote[0] != self.rank:
-                        store.add(key + "acks", 1)
-                except Exception:
-                    pass
-                return
-
-        threading.Thread(target=watch, name="asyncloop-ddp-watch", daemon=True).start()
 
     def teardown(self, learner: Learner) -> None:
         """Called on the worker thread when a session ends normally, after the last event."""
