@@ -105,6 +105,9 @@ class Session:
                 self.strategy = None
         #: Control requests raised on this rank, held until the next agreement point (stop, epoch, step).
         self.held: list[BaseException | None] = [None, None, None]
+        #: Whether the current step passed its agreement point already (built-in training steps do, before the
+        #: optimizer step; other steps agree at their end).
+        self.agreed = False
         self._rank_zero: list[Callback] = []
 
     # -- the whole run (host side) -----------------------------------------------------------------------------

@@ -50,6 +50,7 @@ async def run_step(learner: Learner, phase: Phase, body: StepBody, state: PropDi
     assert session is not None, "a step runs inside a session"
     dispatch = session.dispatcher(phase).dispatch
     learner.step = state
+    session.agreed = False
     session.in_step += 1
     try:
         with learner.random_state.region():  # the global generators hold the learner's random state (see _rng)
@@ -62,7 +63,7 @@ async def run_step(learner: Learner, phase: Phase, body: StepBody, state: PropDi
         pass
     finally:
         session.in_step -= 1
-    if session.strategy is not None:  # every rank ends the step here: act on control requests together
+    if session.strategy is not None and not session.agreed:  # validation and custom steps agree at their end
         agree(session.strategy, session.held, step=False)
     return state
 
@@ -93,6 +94,8 @@ async def run_epoch(learner: Learner, phase: Phase, epoch_fn: Callable[[Handle],
             with region():
                 await handle(_EPOCH_BEGIN)
             await epoch_fn(handle)
+            if session.strategy is not None:  # a request held since the last step's agreement point
+                agree(session.strategy, session.held, step=False)
             session.ending_epoch = phase
             with region():
                 await handle(_EPOCH_END)
@@ -229,8 +232,10 @@ async def _training_body(learner: Learner, dispatch: Dispatch, state: PropDict, 
     state["grads"] = learner.gradients()
     if (pending := dispatch(_BACKWARD_END)) is not None:
         await pending
-    if strategy is not None:  # before the optimizer step: a stop (NaN loss on one rank) leaves every rank's weights
-        agree(strategy, learner.session.held, step=True)  # type: ignore[union-attr]
+    if strategy is not None:  # the step's one agreement point: before the optimizer step, so that a stop (a NaN
+        session = learner.session  # loss on one rank) leaves every rank's weights as they are
+        session.agreed = True  # type: ignore[union-attr]
+        agree(strategy, session.held, step=True)  # type: ignore[union-attr]
     if state.get("accumulate", False):
         return
     if scaler is None:

@@ -156,6 +156,16 @@ def scenario_stop(rank: int, out: dict[str, Any], tmp: Path) -> None:
     steps = learner.cbstate.history[TrainingPhase()].steps
     out["stop"] = {"stopped": result.stopped, "steps": steps, "reason": str(result.reason),
                    "reason_type": type(result.reason).__name__}
+    last = make_learner(BATCH, callbacks=(StopOnRank(1, 4),))  # at the epoch's last StepEnd: before its EpochEnd
+    trio.run(asyncloop.fit, last, 2)
+    out["stop_last"] = stop_record(last)
+
+
+def stop_record(learner: Learner) -> dict[str, Any]:
+    """Counts and weights after a stop (compared with one process)."""
+    history = learner.cbstate.history
+    return {"steps": history[TrainingPhase()].steps, "epochs": history[TrainingPhase()].epochs,
+            "validated": history[ValidationPhase()].epochs, "weights": weights(learner)}
 
 
 def scenario_nan(rank: int, out: dict[str, Any], tmp: Path) -> None:

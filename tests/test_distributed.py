@@ -128,12 +128,25 @@ class TestTwoRanks:
         assert rank0["plain"]["steps"] == rank1["plain"]["steps"] == 4
 
     def test_a_stop_on_one_rank_stops_both_at_the_same_step(self, ranks: Any) -> None:
-        """A CancelFittingException raised on rank 1 only, at its 3rd step, stops both ranks after step 3 with
-        that reason."""
+        """A CancelFittingException raised on rank 1 only, at its 3rd StepEnd, stops both ranks after step 3 with
+        that reason (at step 4's agreement point, before its optimizer step: step 4 never counts)."""
         rank0, rank1, _ = ranks
         for record in (rank0, rank1):
             assert record["stop"] == {"stopped": True, "steps": 3, "reason": "rank 1 asked to stop",
                                       "reason_type": "CancelFittingException"}
+
+    def test_a_stop_at_an_epochs_last_step_skips_its_epoch_end_as_in_one_process(self, ranks: Any) -> None:
+        """A stop raised on rank 1 at the last StepEnd of epoch 1 stops both ranks before that EpochEnd: the
+        counts and weights are those of one process stopping there."""
+        rank0, rank1, _ = ranks
+        single = scenarios.make_learner(2 * scenarios.BATCH, strategy=None, callbacks=(scenarios.StopOnRank(0, 4),))
+        trio.run(asyncloop.fit, single, 2)
+        want = scenarios.stop_record(single)
+        assert (want["steps"], want["epochs"], want["validated"]) == (4, 0, 0)
+        for record in (rank0, rank1):
+            got = record["stop_last"]
+            assert (got["steps"], got["epochs"], got["validated"]) == (4, 0, 0)
+            _assert_weights_close(got["weights"], want["weights"])
 
     def test_a_nan_loss_on_one_rank_stops_both_before_the_update(self, ranks: Any) -> None:
         """StopOnNaNLoss on rank 1 (its 2nd batch is NaN) stops both ranks in that step, before the optimizer
