@@ -195,6 +195,7 @@ class DDPStrategy(Strategy):
         self._store: Any = None
         self._remote: tuple[int | None, str | None] | None = None
         self._stop_watching = threading.Event()
+        self.forwarded = True
         self._wrapped: Any = None
         self._sessions = 0
         self._key = ""
@@ -253,6 +254,9 @@ class DDPStrategy(Strategy):
                 if device.type == "cuda":
                     kwargs.setdefault("device_ids", [device.index])
                 self._wrapped = DistributedDataParallel(model, **kwargs)
+        #: Whether a training step of this session forwarded through :meth:`training_model` (checked after the
+        #: first one: a custom step that calls ``learner.model`` directly gets no averaged gradients).
+        self.forwarded = self._wrapped is None
 
     def _watch(self) -> None:
         """Start this session's watcher: a thread that polls the store for another rank's failure, reads it and
@@ -286,6 +290,7 @@ class DDPStrategy(Strategy):
         self._shards.clear()
 
     def training_model(self, learner: Learner) -> Any:
+        self.forwarded = True
         wrapped = self._wrapped
         if wrapped is not None and wrapped.module is learner.model:
             return wrapped

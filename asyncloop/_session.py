@@ -108,6 +108,8 @@ class Session:
         #: Whether the current step passed its agreement point already (built-in training steps do, before the
         #: optimizer step; other steps agree at their end).
         self.agreed = False
+        #: Whether the first training step of the session was checked for a forward pass through the strategy.
+        self.checked_forward = False
         self._rank_zero: list[Callback] = []
 
     # -- the whole run (host side) -----------------------------------------------------------------------------

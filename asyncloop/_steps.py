@@ -18,6 +18,7 @@ Step-state controls: callbacks with ``Write()`` access to these ``learner.step``
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -63,9 +64,29 @@ async def run_step(learner: Learner, phase: Phase, body: StepBody, state: PropDi
         pass
     finally:
         session.in_step -= 1
-    if session.strategy is not None and not session.agreed:  # validation and custom steps agree at their end
-        agree(session.strategy, session.held, step=False)
+    if session.strategy is not None:
+        if not session.agreed:  # validation and custom steps agree at their end
+            agree(session.strategy, session.held, step=False)
+        if not session.checked_forward:
+            _check_forward(session, phase)
     return state
+
+
+def _check_forward(session: Any, phase: Phase) -> None:
+    """Warn once per session when a distributed training step did not forward through the strategy's model."""
+    from .phases import AbstractTrainingPhase
+
+    if not isinstance(phase, AbstractTrainingPhase):
+        return
+    session.checked_forward = True
+    if getattr(session.strategy, "forwarded", True) is False:
+        name = type(phase).__name__
+        warnings.warn(
+            f"the training step of {name} called the model without going through the distributed strategy, so "
+            f"its gradients are not averaged across ranks and the ranks' weights drift apart; in a custom step, "
+            f"forward with learner.strategy.training_model(learner)(xs) instead of learner.model(xs)",
+            UserWarning, stacklevel=1,
+        )
 
 
 async def run_custom_step(

@@ -94,7 +94,7 @@ def main() -> None:
             cpu = statistics.median(c for _, c in results[label])
             print(f"asyncloop DDP step, agreement {label:3}: wall {wall:7.0f} us  cpu {cpu:7.0f} us (median of {ROUNDS})")
         print(f"bare DDP step (no asyncloop):     wall {bare:7.0f} us")
-        print(f"one agreement all_reduce (3 int): wall {flag:7.0f} us (median of 200); a training step has 2")
+        print(f"one agreement all_reduce (3 int): wall {flag:7.0f} us (median of 200); a built-in training step has 1")
 
 
 if __name__ == "__main__":

@@ -149,6 +149,42 @@ def scenario_accumulation(rank: int, out: dict[str, Any], tmp: Path) -> None:
     out["accumulation"] = {"weights": weights(learner), "no_sync_at": calls}
 
 
+class CustomTraining(asyncloop.AbstractTrainingPhase):
+    """A custom training step (asyncloop.run_step); ``wrapped``: forward through the strategy's model."""
+
+    def __init__(self, wrapped: bool) -> None:
+        self.wrapped = wrapped
+
+    async def step(self, learner: Learner, batch: Any) -> Any:
+        async def step_fn(handle: Any, state: Any) -> None:
+            model = learner.model
+            if self.wrapped and learner.strategy is not None:
+                model = learner.strategy.training_model(learner)
+            state.preds = model(state.xs)
+            await handle(asyncloop.LossBegin())
+            state.loss = learner.loss_fn(state.preds, state.ys)
+            learner.optimizer.zero_grad()
+            state.loss.backward()
+            learner.optimizer.step()
+
+        return await asyncloop.run_step(step_fn, learner, self, {"xs": batch[0], "ys": batch[1]})
+
+
+def scenario_custom_step(rank: int, out: dict[str, Any], tmp: Path) -> None:
+    """A custom training phase forwarding through training_model(learner), then one calling learner.model (warned)."""
+    import warnings
+
+    record: dict[str, Any] = {}
+    for wrapped in (True, False):
+        learner = make_learner(BATCH)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trio.run(lambda: asyncloop.fit(learner, 1, phases=(CustomTraining(wrapped), None)))
+        record[str(wrapped)] = {"weights": weights(learner),
+                                "warnings": [str(w.message) for w in caught if "distributed strategy" in str(w.message)]}
+    out["custom"] = record
+
+
 def scenario_stop(rank: int, out: dict[str, Any], tmp: Path) -> None:
     """Rank 1 stops at step 3: both ranks stop there."""
     learner = make_learner(BATCH, callbacks=(StopOnRank(1, 3),))
@@ -227,7 +263,7 @@ def scenario_example(rank: int, out: dict[str, Any], tmp: Path) -> None:
 
 
 SCENARIOS = [
-    scenario_train, scenario_plain, scenario_accumulation, scenario_stop, scenario_nan, scenario_checkpoint, scenario_example,
+    scenario_train, scenario_plain, scenario_accumulation, scenario_custom_step, scenario_stop, scenario_nan, scenario_checkpoint, scenario_example,
     scenario_failure,
 ]
 

@@ -107,6 +107,21 @@ class TestTwoRanks:
             assert record["accumulation"]["no_sync_at"] == [0, 2]
             _assert_weights_close(record["accumulation"]["weights"], scenarios.weights(single))
 
+    def test_a_custom_step_forwards_through_the_strategy(self, ranks: Any) -> None:
+        """A custom training step forwarding through learner.strategy.training_model(learner) trains to the
+        single-process weights; one calling learner.model directly is warned about (its gradients stay local)."""
+        rank0, rank1, _ = ranks
+        single = scenarios.make_learner(2 * scenarios.BATCH, strategy=None)
+        trio.run(lambda: asyncloop.fit(single, 1, phases=(scenarios.CustomTraining(True), None)))
+        for record in (rank0, rank1):
+            _assert_weights_close(record["custom"]["True"]["weights"], scenarios.weights(single))
+            assert record["custom"]["True"]["warnings"] == []
+            assert record["custom"]["False"]["warnings"] == [
+                "the training step of CustomTraining called the model without going through the distributed "
+                "strategy, so its gradients are not averaged across ranks and the ranks' weights drift apart; in a "
+                "custom step, forward with learner.strategy.training_model(learner)(xs) instead of learner.model(xs)"
+            ]
+
     def test_recorder_counts_the_global_steps(self, ranks: Any) -> None:
         """Each rank counts the steps of the global run (64 samples / (2 x 8) = 4 per epoch), as one process
         with batch 16 does; the strategy was DDP without a line asking for it."""
