@@ -29,6 +29,7 @@ import atexit
 import contextlib
 import datetime
 import gc
+import itertools
 import os
 import pickle
 import threading
@@ -49,12 +50,19 @@ _POLL = 0.05  # seconds between two looks of a rank's watcher for another rank's
 
 
 _local = threading.local()
+_session_numbers = itertools.count(1)  # distributed sessions of this process, for the store keys of each
 
 
 def active_strategy() -> Strategy | None:
     """The strategy of the session whose worker is the calling thread, or ``None`` (one process, or a thread
     that must not issue collectives: the host loop, an actor thread)."""
     return getattr(_local, "strategy", None)
+
+
+def set_active_strategy(strategy: Strategy | None) -> None:
+    """Called by the session on its worker thread: from ``setup`` to the session's end, :func:`active_strategy`
+    there returns ``strategy`` (``Metrics`` reduces its epoch values through it)."""
+    _local.strategy = strategy
 
 
 class Strategy:
@@ -197,7 +205,6 @@ class DDPStrategy(Strategy):
         self._stop_watching = threading.Event()
         self.forwarded = True
         self._wrapped: Any = None
-        self._sessions = 0
         self._key = ""
         self._shards: dict[int, tuple[Any, Any]] = {}
 
@@ -234,11 +241,9 @@ class DDPStrategy(Strategy):
                 atexit.register(_destroy_created_group)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self._store = _default_store()
-        self._sessions += 1
-        self._key = f"asyncloop/session{self._sessions}/"
+        self._key = f"asyncloop/session{next(_session_numbers)}/"  # the same on every rank: sessions run in order
         self._remote = None
         self._watch()
-        _local.strategy = self
         device = self.device
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -284,7 +289,6 @@ class DDPStrategy(Strategy):
         # The process group stays for the next session (a later fit or validate): joining anew would rendezvous
         # again through the same store, whose keys are those of the old group. asyncloop destroys a group it
         # made when the interpreter exits; one you made is yours.
-        _local.strategy = None
         self._stop_watching.set()
         self._wrapped = None
         self._shards.clear()
@@ -337,7 +341,6 @@ class DDPStrategy(Strategy):
 
     # -- failure ------------------------------------------------------------------------------------------------
     def fail(self, error: BaseException) -> BaseException:
-        _local.strategy = None
         self._wrapped = None
         store, key = self._store, self._key
         if store is None:

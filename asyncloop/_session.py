@@ -26,7 +26,7 @@ import torch
 import trio
 
 from ._callback import Callback
-from ._distributed import hold
+from ._distributed import hold, set_active_strategy
 from ._exceptions import CancelEpochException, CancelFittingException, CancelStepException, _Aborted
 from ._threads import Reply, run_in_thread
 
@@ -175,6 +175,7 @@ class Session:
         strategy = self.strategy
         if strategy is None:
             return await self._worker_body(fn, args)
+        set_active_strategy(strategy)
         try:
             strategy.setup(self.learner)
             result = await self._worker_body(fn, args)
@@ -188,6 +189,8 @@ class Session:
             if raised is error:
                 raise
             raise raised from error
+        finally:
+            set_active_strategy(None)
         strategy.teardown(self.learner)
         return result
 
