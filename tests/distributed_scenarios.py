@@ -250,6 +250,22 @@ def scenario_failure(rank: int, out: dict[str, Any], tmp: Path) -> None:
                           "rank": getattr(exc, "rank", None)}
 
 
+def torchmetrics_learner(batch_size: int, strategy: Any = "auto") -> Learner:
+    """make_learner's data and model, with a torchmetrics accuracy (which syncs itself across ranks)."""
+    from torchmetrics.classification import MulticlassAccuracy
+
+    learner = make_learner(batch_size, strategy=strategy)
+    learner.replace_callback(Metrics(MulticlassAccuracy(num_classes=2, average="micro")))
+    return learner
+
+
+def scenario_torchmetrics(rank: int, out: dict[str, Any], tmp: Path) -> None:
+    """A torchmetrics metric given to Metrics: its compute() gathers across ranks on the worker."""
+    learner = torchmetrics_learner(BATCH)
+    trio.run(asyncloop.fit, learner, 1)
+    out["torchmetrics"] = _plain(epoch_metrics(learner))
+
+
 def scenario_example(rank: int, out: dict[str, Any], tmp: Path) -> None:
     """examples/distributed.py as this process's ``__main__`` (its prints captured)."""
     import contextlib
@@ -263,7 +279,7 @@ def scenario_example(rank: int, out: dict[str, Any], tmp: Path) -> None:
 
 
 SCENARIOS = [
-    scenario_train, scenario_plain, scenario_accumulation, scenario_custom_step, scenario_stop, scenario_nan, scenario_checkpoint, scenario_example,
+    scenario_train, scenario_plain, scenario_accumulation, scenario_custom_step, scenario_stop, scenario_nan, scenario_checkpoint, scenario_torchmetrics, scenario_example,
     scenario_failure,
 ]
 

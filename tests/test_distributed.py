@@ -122,6 +122,19 @@ class TestTwoRanks:
                 "custom step, forward with learner.strategy.training_model(learner)(xs) instead of learner.model(xs)"
             ]
 
+    def test_torchmetrics_metrics_sync_themselves(self, ranks: Any) -> None:
+        """A torchmetrics MulticlassAccuracy given to Metrics gives, on both ranks, the accuracy one process
+        computes over the same global data (its own compute() sync, on the worker thread)."""
+        rank0, rank1, _ = ranks
+        single = scenarios.torchmetrics_learner(2 * scenarios.BATCH, strategy=None)
+        trio.run(asyncloop.fit, single, 1)
+        want = scenarios._plain(scenarios.epoch_metrics(single))
+        for record in (rank0, rank1):
+            for phase in ("TrainingPhase", "ValidationPhase"):
+                got = record["torchmetrics"][phase]
+                assert got["MulticlassAccuracy"] == pytest.approx(want[phase]["MulticlassAccuracy"], rel=1e-6)
+                assert got["Loss"] == pytest.approx(want[phase]["Loss"], rel=1e-5)
+
     def test_recorder_counts_the_global_steps(self, ranks: Any) -> None:
         """Each rank counts the steps of the global run (64 samples / (2 x 8) = 4 per epoch), as one process
         with batch 16 does; the strategy was DDP without a line asking for it."""
