@@ -119,7 +119,7 @@ class Session:
         result: outcome.Outcome | None = None
         body_error: BaseException | None = None
         learner.attach_session(self)
-        restore = self._leave_out_rank_zero()
+        self._leave_out_rank_zero()
         try:
             async with _ungrouped(), trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -137,8 +137,6 @@ class Session:
                     nursery.cancel_scope.cancel()
         finally:
             runner.join()  # every actor task has finished: their threads are exiting
-            if restore is not None:
-                restore()
             learner.attach_session(None)
             teardown_error = await _teardown(learner, self._rank_zero)
         if teardown_error is not None and not isinstance(teardown_error, Exception):
@@ -203,31 +201,28 @@ class Session:
             return await fn(*args)
         raise _Aborted()
 
-    def _leave_out_rank_zero(self) -> Callable[[], None] | None:
+    def _leave_out_rank_zero(self) -> None:
         """On ranks other than 0, plan this session without the callbacks that act on rank 0 only (they cost
-        nothing there, not even a snapshot); return how to restore the full plans, or ``None``."""
+        nothing there, not even a snapshot). The runner keeps that plan after the session, so that the fit's
+        statistics are this rank's; the next session plans again from ``learner.callbacks``, and changing the
+        callbacks or the runner compiles the full set as always."""
         strategy = self.strategy
         if strategy is None or strategy.is_main:
-            return None
+            return
         learner = self.learner
         callbacks = learner.callbacks
         self._rank_zero = [cb for cb in callbacks if _acts_on_rank_zero_only(cb)]
         if not self._rank_zero:
-            return None
+            return
         from ._graph import callback_graph
 
         kept = [cb for cb in callbacks if not _acts_on_rank_zero_only(cb)]
         try:
             graph = callback_graph(kept, provided=tuple(learner.cbstate))
-            learner.runner.compile(kept, graph)
         except Exception:  # another callback needs the state one of them writes: keep them all
             self._rank_zero = []
-            return None
-
-        def restore() -> None:
-            learner.runner.compile(callbacks, learner.graph)
-
-        return restore
+            kept, graph = callbacks, learner.graph
+        learner.runner.compile(kept, graph)
 
     # -- worker side -------------------------------------------------------------------------------------------
     def dispatcher(self, phase: Phase) -> Dispatcher:

@@ -122,6 +122,7 @@ def scenario_train(rank: int, out: dict[str, Any], tmp: Path) -> None:
         "steps": learner.cbstate.history[TrainingPhase()].steps,
         "epochs": result.epochs,
         "strategy": repr(learner.strategy),
+        "callbacks": [stats.name for stats in result.statistics],
     }
 
 

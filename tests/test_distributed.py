@@ -72,12 +72,21 @@ def _assert_weights_close(got: dict[str, Any], want: dict[str, Any]) -> None:
 
 class TestTwoRanks:
     def test_weights_equal_one_process_with_the_global_batch(self, ranks: Any) -> None:
-        """2 ranks x batch 8 over a DataLoader (DistributedSampler) train to the weights one process reaches
-        with batch 16, on both ranks."""
+        """2 ranks x batch 8 over a DataLoader (DistributedSampler), under the ActorRunner, train to the weights
+        one process reaches with batch 16, on both ranks."""
         rank0, rank1, _ = ranks
         want = scenarios.weights(_single(2 * scenarios.BATCH, 2))
         _assert_weights_close(rank0["train"]["weights"], want)
         _assert_weights_close(rank1["train"]["weights"], want)
+
+    def test_other_ranks_plan_without_the_rank_zero_callbacks(self, ranks: Any) -> None:
+        """Under the ActorRunner, rank 0 runs the printers (detached actors); rank 1 planned its fit without them
+        (they cost it nothing) and kept every other callback."""
+        rank0, rank1, _ = ranks
+        assert {"ProgressPrinter", "MetricsPrinter"} <= set(rank0["train"]["callbacks"])
+        assert rank1["train"]["callbacks"] == [
+            name for name in rank0["train"]["callbacks"] if name not in ("ProgressPrinter", "MetricsPrinter")
+        ]
 
     def test_rank0_metrics_equal_one_process_and_every_rank_holds_them(self, ranks: Any) -> None:
         """Epoch metrics (loss, accuracy; training and validation) are reduced across ranks: rank 0's equal a
