@@ -512,6 +512,7 @@ class ShardedLoader:
             timeout=loader.timeout,
             worker_init_fn=loader.worker_init_fn,
             persistent_workers=loader.persistent_workers,
+            multiprocessing_context=loader.multiprocessing_context,
             prefetch_factor=loader.prefetch_factor if loader.num_workers > 0 else None,
         )
         self.epoch = 0
