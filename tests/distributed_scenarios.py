@@ -78,7 +78,7 @@ def epoch_metrics(learner: Learner) -> dict[str, Any]:
     out = {}
     for phase in (TrainingPhase(), ValidationPhase()):
         series = learner.cbstate.metrics_epoch[phase]
-        out[type(phase).__name__] = {name: series.values(name) for name in series.keys()}
+        out[type(phase).__name__] = {name: series.values(name) for name in series}
     return out
 
 
@@ -180,7 +180,7 @@ def scenario_custom_step(rank: int, out: dict[str, Any], tmp: Path) -> None:
         learner = make_learner(BATCH)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            trio.run(lambda: asyncloop.fit(learner, 1, phases=(CustomTraining(wrapped), None)))
+            trio.run(lambda lr=learner, w=wrapped: asyncloop.fit(lr, 1, phases=(CustomTraining(w), None)))
         record[str(wrapped)] = {"weights": weights(learner),
                                 "warnings": [str(w.message) for w in caught if "distributed strategy" in str(w.message)]}
     out["custom"] = record

@@ -284,7 +284,7 @@ def _reduce_across_ranks(metrics: list[AbstractMetric], strategy: Strategy) -> N
         values += [float(m._sum), float(m._count)]
     summed = strategy.reduce_sums(values)
     for i, m in enumerate(means):
-        m._sum, m._count = summed[2 * i], int(round(summed[2 * i + 1]))
+        m._sum, m._count = summed[2 * i], round(summed[2 * i + 1])
 
 
 class Metrics(Callback):
