@@ -55,6 +55,9 @@ from .events import FitEnd as FitEnd
 from .events import LossBegin as LossBegin
 from .events import StepBegin as StepBegin
 from .events import StepEnd as StepEnd
+from ._distributed import DDPStrategy as DDPStrategy
+from ._distributed import Strategy as Strategy
+from ._distributed import rank_zero_only as rank_zero_only
 from ._evaluation import EvaluationPhase as EvaluationPhase
 from ._evaluation import predict as predict
 from ._evaluation import validate as validate
@@ -70,6 +73,7 @@ from ._exceptions import CancelStepException as CancelStepException
 from ._exceptions import DetachedWriterError as DetachedWriterError
 from ._exceptions import FitException as FitException
 from ._exceptions import ProtectedError as ProtectedError
+from ._exceptions import RankFailedError as RankFailedError
 from ._exceptions import SanityCheckException as SanityCheckException
 from ._exceptions import MissingStateError as MissingStateError
 from ._exceptions import WriteConflictError as WriteConflictError
@@ -154,6 +158,7 @@ __all__ = [
     "ConditionalCallback",
     "ConflictResolution",
     "CustomCallback",
+    "DDPStrategy",
     "DetachedWriterError",
     "Disjunction",
     "EarlyStopped",
@@ -208,6 +213,7 @@ __all__ = [
     "ProgressPrinter",
     "PropDict",
     "ProtectedError",
+    "RankFailedError",
     "Read",
     "Recorder",
     "RunFirst",
@@ -217,6 +223,7 @@ __all__ = [
     "StepBegin",
     "StepEnd",
     "StopOnNaNLoss",
+    "Strategy",
     "StreamBackend",
     "StreamServer",
     "StreamError",
@@ -249,6 +256,7 @@ __all__ = [
     "one_cycle",
     "phases",
     "predict",
+    "rank_zero_only",
     "run_epoch",
     "run_step",
     "save_model",

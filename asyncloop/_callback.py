@@ -141,6 +141,10 @@ class Callback:
       learner is built.
     * ``detached`` -- under :class:`asyncloop.ActorRunner`, handle events on a snapshot without making the loop
       wait (read-only callbacks only). ``inbox_size`` and ``blocking`` tune the actor; see docs/actors.md.
+    * ``rank_zero_only`` -- in a distributed run (docs/distributed.md), act on rank 0 only: the other ranks leave
+      the callback out of their plans (it costs them nothing) and skip its ``teardown``. True for the printers,
+      loggers and ``Checkpointer``; set ``cb.rank_zero_only = False`` on an instance to run it on every rank (or
+      ``True`` to keep one of yours to rank 0). Ignored in one process.
 
     What handlers receive as ``learner`` is what :meth:`snapshot` returns, under every runner: by default a
     protected view of the live learner (inline) or a protected copy of the declared state (detached actors), so
@@ -158,6 +162,7 @@ class Callback:
     run_after: ClassVar[tuple[type, ...]] = ()
     optional_reads: ClassVar[tuple[str, ...]] = ()
     detached: ClassVar[bool] = False
+    rank_zero_only: bool = False
     inbox_size: ClassVar[int | None] = None
     blocking: ClassVar[bool] = True
 

@@ -93,6 +93,9 @@ async def _validate(learner: Learner, phase: EvaluationPhase, data: Iterable[Any
     try:
         if mode:
             model.eval()  # before EpochBegin: a custom evaluation step evaluates too
+        strategy = learner.session.strategy  # type: ignore[union-attr]
+        if strategy is not None:  # each rank validates its share; Metrics reduces the values across ranks
+            data = strategy.shard(data, learner.seed or 0)
         await phase.epoch(learner, data)
     finally:
         if mode is not None:

@@ -11,6 +11,8 @@ All of them are importable from the top level (``asyncloop.CheckpointError``). H
     ├── SanityCheckException          a SanityCheck found an error-level problem
     ├── CheckpointError               a checkpoint could not be written or read (names the file)
     ├── StreamError                   a stream server refused a subscription, or the connection broke
+    ├── RuntimeError
+    │   └── RankFailedError           distributed: another rank's session failed (names the rank and error)
     ├── AttributeError
     │   └── ProtectedError            a handler touched learner state outside its state_access
     └── ValueError
@@ -108,6 +110,20 @@ class StreamError(Exception):
 class EventLogFormatError(ValueError):
     """The file is not an asyncloop event log, or one of a newer format version; or, when appending to it, it has
     a corrupt record with more data after it."""
+
+
+class RankFailedError(RuntimeError):
+    """Raised on every other rank when one rank's distributed session ended with an error (docs/distributed.md).
+
+    The message names the failing rank and its error (``"rank 1 failed: ValueError: boom"``); ``rank`` and
+    ``error`` (that text) hold them, ``None`` when the error could not be read. The failing rank itself raises its
+    own error.
+    """
+
+    def __init__(self, message: str, rank: int | None = None, error: str | None = None) -> None:
+        super().__init__(message)
+        self.rank = rank
+        self.error = error
 
 
 class _Aborted(BaseException):

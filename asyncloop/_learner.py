@@ -11,6 +11,7 @@ import torch
 
 from ._callback import Callback
 from ._graph import callback_graph, warn_idle
+from ._distributed import Strategy, resolve as _resolve_strategy
 from ._rng import LearnerRandomState, check_seed
 from .runners._base import Runner
 from .runners._linear import LinearRunner
@@ -162,6 +163,11 @@ class Learner:
             as ``seed_everything(seed)`` would set it, without touching the global generators. Either way its
             fits draw only from its own state (torch CPU/CUDA, ``random``, NumPy), so two fits running at once in
             one process give exactly the weights each gives alone; see ``docs/reproducibility.md``.
+        strategy: how the fit uses several processes (``docs/distributed.md``). ``"auto"`` (default):
+            data-parallel (:class:`asyncloop.DDPStrategy`) when launched by ``torchrun`` with ``WORLD_SIZE`` >= 2,
+            else one process. ``"ddp"``: data-parallel, and a ``RuntimeError`` saying how to launch when there is
+            no distributed environment. ``None``: one process, always. Or a :class:`asyncloop.Strategy` instance
+            such as ``DDPStrategy(backend="gloo", timeout=60)``. Anything else is a ``ValueError``.
 
     Fields: ``model``, ``loss_fn``, ``optimizer``, ``data`` (PropDict), ``step`` (PropDict of the current step),
     ``cbstate`` (PropDict of shared callback state), ``callbacks`` (a copy of the list), ``epoch_data`` (the
@@ -182,8 +188,10 @@ class Learner:
         use_default_callbacks: bool = True,
         runner: Runner | None = None,
         seed: int | None = None,
+        strategy: Strategy | str | None = "auto",
     ) -> None:
         check_seed(seed, "Learner(seed=...)")
+        resolved = _resolve_strategy(strategy)
         if isinstance(model, type):
             raise TypeError(f"model is the class {model.__name__}; pass an instance: {model.__name__}(...)")
         if not callable(model):
@@ -200,6 +208,7 @@ class Learner:
             runner = LinearRunner()
         _check_runner(runner)
         self._session: Session | None = None
+        self._strategy = resolved
         self._seed = seed
         self._random = LearnerRandomState(seed)
         self._model = model
@@ -258,6 +267,13 @@ class Learner:
     def attach_session(self, session: Session | None) -> None:
         """Used by asyncloop's session when a run starts (``session``) and ends (``None``)."""
         self._session = session
+
+    @property
+    def strategy(self) -> Strategy | None:
+        """The distributed strategy (``None``: one process); ``strategy="auto"`` is resolved when the learner is
+        built. A custom training step forwards through ``learner.strategy.training_model(learner)`` so that its
+        gradients are synchronised across ranks."""
+        return self._strategy
 
     @property
     def seed(self) -> int | None:

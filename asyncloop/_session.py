@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional, TypeVar
 
 import outcome
@@ -26,7 +26,8 @@ import torch
 import trio
 
 from ._callback import Callback
-from ._exceptions import CancelEpochException, CancelStepException, _Aborted
+from ._distributed import hold, set_active_strategy
+from ._exceptions import CancelEpochException, CancelFittingException, CancelStepException, _Aborted
 from ._threads import Reply, run_in_thread
 
 if TYPE_CHECKING:
@@ -96,6 +97,20 @@ class Session:
         self.ending_epoch: Phase | None = None
         self.nursery: trio.Nursery | None = None
         self._dispatchers: dict[type, Dispatcher] = {}
+        #: The distributed strategy when this process is one of several ranks, else ``None`` (see _distributed).
+        self.strategy = learner.strategy
+        if self.strategy is not None:
+            self.strategy.prepare()
+            if self.strategy.world_size < 2:
+                self.strategy = None
+        #: Control requests raised on this rank, held until the next agreement point (stop, epoch, step).
+        self.held: list[BaseException | None] = [None, None, None]
+        #: Whether the current step passed its agreement point already (built-in training steps do, before the
+        #: optimizer step; other steps agree at their end).
+        self.agreed = False
+        #: Whether the first training step of the session was checked for a forward pass through the strategy.
+        self.checked_forward = False
+        self._rank_zero: list[Callback] = []
 
     # -- the whole run (host side) -----------------------------------------------------------------------------
     async def run(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
@@ -104,6 +119,7 @@ class Session:
         result: outcome.Outcome | None = None
         body_error: BaseException | None = None
         learner.attach_session(self)
+        self._leave_out_rank_zero()
         try:
             async with _ungrouped(), trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -122,7 +138,7 @@ class Session:
         finally:
             runner.join()  # every actor task has finished: their threads are exiting
             learner.attach_session(None)
-            teardown_error = await _teardown(learner)
+            teardown_error = await _teardown(learner, self._rank_zero)
         if teardown_error is not None and not isinstance(teardown_error, Exception):
             raise teardown_error  # an interrupt or exit during teardown is never swallowed
         if isinstance(result, outcome.Error) and not isinstance(result.error, _Aborted):
@@ -154,6 +170,29 @@ class Session:
         if self.cuda_device is not None:
             torch.cuda.set_device(self.cuda_device)
         self.thread_id = threading.get_ident()
+        strategy = self.strategy
+        if strategy is None:
+            return await self._worker_body(fn, args)
+        set_active_strategy(strategy)
+        try:
+            strategy.setup(self.learner)
+            result = await self._worker_body(fn, args)
+        except (CancelFittingException, CancelEpochException, CancelStepException):
+            strategy.teardown(self.learner)  # agreed by every rank (epoch()/step() let a stop propagate)
+            raise
+        except BaseException as exc:
+            # Every other rank must learn that this one leaves the collectives (see _distributed.DDPStrategy.fail).
+            error = self.error if isinstance(exc, _Aborted) and self.error is not None else exc
+            raised = strategy.fail(error)
+            if raised is error:
+                raise
+            raise raised from error
+        finally:
+            set_active_strategy(None)
+        strategy.teardown(self.learner)
+        return result
+
+    async def _worker_body(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
         with trio.CancelScope() as scope:
             self.worker_scope = scope
             self.worker_token = trio.lowlevel.current_trio_token()
@@ -161,6 +200,29 @@ class Session:
                 scope.cancel()
             return await fn(*args)
         raise _Aborted()
+
+    def _leave_out_rank_zero(self) -> None:
+        """On ranks other than 0, plan this session without the callbacks that act on rank 0 only (they cost
+        nothing there, not even a snapshot). The runner keeps that plan after the session, so that the fit's
+        statistics are this rank's; the next session plans again from ``learner.callbacks``, and changing the
+        callbacks or the runner compiles the full set as always."""
+        strategy = self.strategy
+        if strategy is None or strategy.is_main:
+            return
+        learner = self.learner
+        callbacks = learner.callbacks
+        self._rank_zero = [cb for cb in callbacks if _acts_on_rank_zero_only(cb)]
+        if not self._rank_zero:
+            return
+        from ._graph import callback_graph
+
+        kept = [cb for cb in callbacks if not _acts_on_rank_zero_only(cb)]
+        try:
+            graph = callback_graph(kept, provided=tuple(learner.cbstate))
+        except Exception:  # another callback needs the state one of them writes: keep them all
+            self._rank_zero = []
+            kept, graph = callbacks, learner.graph
+        learner.runner.compile(kept, graph)
 
     # -- worker side -------------------------------------------------------------------------------------------
     def dispatcher(self, phase: Phase) -> Dispatcher:
@@ -182,11 +244,40 @@ class Session:
             plan = plan_of(event.__class__, phase_type)
             return None if plan is None else plan(event, phase)
 
+        if self.strategy is not None:
+            dispatch = self._holding(dispatch)
+
         async def handle(event: Event) -> None:
             if (pending := dispatch(event)) is not None:
                 await pending
 
         return Dispatcher(phase, dispatch, handle)
+
+    def _holding(self, dispatch: Dispatch) -> Dispatch:
+        """Under a distributed strategy, a control request raised on this rank (by a handler, or a detached
+        actor's request delivered here) is held until the loop's next agreement point, where every rank acts on
+        it together; ``FitEnd``'s are not held (nothing follows it)."""
+        from .events import FitEnd
+
+        held = self.held
+
+        async def later(pending: Awaitable[None]) -> None:
+            try:
+                await pending
+            except _CONTROL as exc:
+                hold(held, exc)
+
+        def holding(event: Event) -> Awaitable[None] | None:
+            if event.__class__ is FitEnd:
+                return dispatch(event)
+            try:
+                pending = dispatch(event)
+            except _CONTROL as exc:
+                hold(held, exc)
+                return None
+            return None if pending is None else later(pending)
+
+        return holding
 
     def in_worker(self) -> bool:
         return threading.get_ident() == self.thread_id
@@ -253,9 +344,24 @@ class Session:
             self.worker_scope.cancel()
 
 
-async def _teardown(learner: Learner) -> BaseException | None:
-    """Run every overridden ``Callback.teardown`` in a thread (they may block), shielded; return the first error."""
-    callbacks = [cb for cb in learner.callbacks if type(cb).teardown is not Callback.teardown]
+_CONTROL = (CancelFittingException, CancelEpochException, CancelStepException)
+
+
+def _acts_on_rank_zero_only(cb: Callback) -> bool:
+    """A callback's ``rank_zero_only``: its own (instance) setting, else the wrapped callback's."""
+    own = vars(cb).get("rank_zero_only")
+    if own is not None:
+        return bool(own)
+    return bool(getattr(cb.inner, "rank_zero_only", False))
+
+
+async def _teardown(learner: Learner, skipped: Sequence[Callback] = ()) -> BaseException | None:
+    """Run every overridden ``Callback.teardown`` in a thread (they may block), shielded; return the first error.
+    ``skipped``: callbacks this session left out (rank-zero-only ones on another rank): they did not run."""
+    callbacks = [
+        cb for cb in learner.callbacks
+        if type(cb).teardown is not Callback.teardown and not any(cb is s for s in skipped)
+    ]
     if not callbacks:
         return None
 

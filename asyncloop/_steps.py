@@ -18,12 +18,14 @@ Step-state controls: callbacks with ``Write()`` access to these ``learner.step``
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ._containers import PropDict
+from ._distributed import agree
 from ._exceptions import CancelEpochException, CancelStepException, _Aborted
 from .events import BackwardBegin, BackwardEnd, EpochBegin, EpochEnd, Event, LossBegin, StepBegin, StepEnd
 
@@ -49,6 +51,7 @@ async def run_step(learner: Learner, phase: Phase, body: StepBody, state: PropDi
     assert session is not None, "a step runs inside a session"
     dispatch = session.dispatcher(phase).dispatch
     learner.step = state
+    session.agreed = False
     session.in_step += 1
     try:
         with learner.random_state.region():  # the global generators hold the learner's random state (see _rng)
@@ -61,7 +64,29 @@ async def run_step(learner: Learner, phase: Phase, body: StepBody, state: PropDi
         pass
     finally:
         session.in_step -= 1
+    if session.strategy is not None:
+        if not session.agreed:  # validation and custom steps agree at their end
+            agree(session.strategy, session.held, step=False)
+        if not session.checked_forward:
+            _check_forward(session, phase)
     return state
+
+
+def _check_forward(session: Any, phase: Phase) -> None:
+    """Warn once per session when a distributed training step did not forward through the strategy's model."""
+    from .phases import AbstractTrainingPhase
+
+    if not isinstance(phase, AbstractTrainingPhase):
+        return
+    session.checked_forward = True
+    if getattr(session.strategy, "forwarded", True) is False:
+        name = type(phase).__name__
+        warnings.warn(
+            f"the training step of {name} called the model without going through the distributed strategy, so "
+            f"its gradients are not averaged across ranks and the ranks' weights drift apart; in a custom step, "
+            f"forward with learner.strategy.training_model(learner)(xs) instead of learner.model(xs)",
+            UserWarning, stacklevel=1,
+        )
 
 
 async def run_custom_step(
@@ -90,6 +115,8 @@ async def run_epoch(learner: Learner, phase: Phase, epoch_fn: Callable[[Handle],
             with region():
                 await handle(_EPOCH_BEGIN)
             await epoch_fn(handle)
+            if session.strategy is not None:  # a request held since the last step's agreement point
+                agree(session.strategy, session.held, step=False)
             session.ending_epoch = phase
             with region():
                 await handle(_EPOCH_END)
@@ -97,6 +124,8 @@ async def run_epoch(learner: Learner, phase: Phase, epoch_fn: Callable[[Handle],
             session.ending_epoch = phase
             with region():
                 await handle(_EPOCH_END)
+        if session.strategy is not None:  # e.g. EarlyStopping on one rank: every rank stops after this epoch
+            agree(session.strategy, session.held, step=False, epoch=False)
     finally:
         session.in_epoch -= 1
 
@@ -165,14 +194,17 @@ def _check_loss(loss: Any) -> None:
     )
 
 
-def _forward(learner: Learner, state: PropDict, autocast: Any) -> None:
+def _forward(learner: Learner, state: PropDict, autocast: Any, model: Any = None) -> None:
     """``preds`` from the model, under ``autocast`` when a callback set one (read after ``StepBegin``, so a
-    model replaced by a ``StepBegin`` handler runs this step)."""
+    model replaced by a ``StepBegin`` handler runs this step). ``model``: what to call instead of
+    ``learner.model`` (the ``DistributedDataParallel`` wrapper of a distributed training step)."""
+    if model is None:
+        model = learner.model
     if autocast is None:
-        state["preds"] = learner.model(state["xs"])
+        state["preds"] = model(state["xs"])
     else:
         with autocast:
-            state["preds"] = learner.model(state["xs"])
+            state["preds"] = model(state["xs"])
 
 
 def _loss(learner: Learner, state: PropDict, autocast: Any) -> Any:
@@ -186,9 +218,24 @@ def _loss(learner: Learner, state: PropDict, autocast: Any) -> Any:
 
 
 async def training_body(learner: Learner, phase: Phase, dispatch: Dispatch, state: PropDict) -> None:
-    """Forward, ``LossBegin``, loss, ``BackwardBegin``, backward, ``BackwardEnd``, optimizer step."""
+    """Forward, ``LossBegin``, loss, ``BackwardBegin``, backward, ``BackwardEnd``, optimizer step.
+
+    Distributed: the forward pass goes through the strategy's wrapper (DDP), the step waits at an agreement
+    point before the optimizer step, and a step that only accumulates (``accumulate`` set at ``StepBegin``, as
+    ``GradientAccumulation`` does) runs under the strategy's ``no_sync``: no gradient all-reduce until the last
+    micro-step of the group.
+    """
+    strategy = learner.session.strategy  # type: ignore[union-attr]
+    if strategy is not None and state.get("accumulate", False):
+        with strategy.no_sync(learner):
+            await _training_body(learner, dispatch, state, strategy)
+    else:
+        await _training_body(learner, dispatch, state, strategy)
+
+
+async def _training_body(learner: Learner, dispatch: Dispatch, state: PropDict, strategy: Any) -> None:
     autocast = state.get("autocast")
-    _forward(learner, state, autocast)
+    _forward(learner, state, autocast, None if strategy is None else strategy.training_model(learner))
     if (pending := dispatch(_LOSS_BEGIN)) is not None:
         await pending
     _loss(learner, state, autocast)
@@ -206,6 +253,10 @@ async def training_body(learner: Learner, phase: Phase, dispatch: Dispatch, stat
     state["grads"] = learner.gradients()
     if (pending := dispatch(_BACKWARD_END)) is not None:
         await pending
+    if strategy is not None:  # the step's one agreement point: before the optimizer step, so that a stop (a NaN
+        session = learner.session  # loss on one rank) leaves every rank's weights as they are
+        session.agreed = True  # type: ignore[union-attr]
+        agree(strategy, session.held, step=True)  # type: ignore[union-attr]
     if state.get("accumulate", False):
         return
     if scaler is None:

@@ -276,10 +276,20 @@ def _epochs_done(learner: Learner, phase: Phase, *, required: bool) -> int:
     return 0 if counted is None else counted.epochs
 
 
+def _shard(learner: Learner, batches: PropDict) -> PropDict:
+    """Each rank's share of every phase's data under a distributed strategy (``batches`` itself otherwise)."""
+    strategy = learner.session.strategy  # type: ignore[union-attr]
+    if strategy is None:
+        return batches
+    seed = learner.seed or 0
+    return PropDict({key: strategy.shard(value, seed) for key, value in batches.items()})
+
+
 async def _fit(learner: Learner, plan: _Plan, batches: PropDict) -> FitResult:
     learner.check_optimizer()
     learner.runner.reset_statistics()
     handle = learner.session.dispatcher(_FIT_PHASE).handle  # type: ignore[union-attr]
+    batches = _shard(learner, batches)
     training, validation = plan.training, plan.validation
     if batches.get("validation") is None:
         validation = None
@@ -297,6 +307,9 @@ async def _fit(learner: Learner, plan: _Plan, batches: PropDict) -> FitResult:
             if plan.max_steps is not None:
                 left = plan.max_steps - steps
                 per_epoch = left if per_epoch is None else min(per_epoch, left)
+            set_epoch = getattr(batches["training"], "set_epoch", None)
+            if set_epoch is not None:  # a sharded DataLoader: shuffle as epoch number (across fits and resumes)
+                set_epoch(before + done)
             train = _limit(batches["training"], per_epoch)
             if validation is not None and plan.val_every_n_steps is not None:
                 train.after_step = _validate_every(learner, plan, validation, batches, steps_before + steps, train)
@@ -394,7 +407,14 @@ async def epoch(learner: Learner, phase: Phase, data: Iterable[Any] | None = Non
                 if key is not None
                 else f"{phase!r} has no data_key; pass data to epoch()"
             )
-    await in_session(learner, phase.epoch, learner, data)
+    await in_session(learner, _epoch, learner, phase, data)
+
+
+async def _epoch(learner: Learner, phase: Phase, data: Iterable[Any]) -> None:
+    strategy = learner.session.strategy  # type: ignore[union-attr]
+    if strategy is not None:
+        data = strategy.shard(data, learner.seed or 0)
+    await phase.epoch(learner, data)
 
 
 async def run_epoch(epoch_fn: Callable[[Handle], Awaitable[Any]], learner: Learner, phase: Phase) -> None:

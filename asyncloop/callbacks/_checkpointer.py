@@ -171,6 +171,7 @@ class Checkpointer(Callback):
 
     state_access = {"model": Read(), "optimizer": Read(), "cbstate": Read(), "callbacks": Read()}
     detached = True
+    rank_zero_only = True  # distributed: rank 0 alone acts (docs/distributed.md)
     inbox_size = 4
 
     def __new__(cls, *args: Any, every_n_steps: int | None = None, **kwargs: Any) -> Checkpointer:

@@ -1,13 +1,15 @@
 """Metrics: per-step and per-epoch metric values in ``learner.cbstate.metrics_step/metrics_epoch``.
 
 Epoch values are batch-size-weighted means of the step values (fastai's choice; FluxTraining averaged batches
-unweighted). Step values computed on an accelerator stay there: they are pushed to the history as tensors and
+unweighted). Distributed, each rank's (sum, count) pairs are summed across ranks at ``EpochEnd`` (one
+``all_reduce`` per epoch), so every rank's ``metrics_epoch`` holds the global values; step values stay the rank's. Step values computed on an accelerator stay there: they are pushed to the history as tensors and
 reduced on the device, so the loop syncs with the host once per epoch, not once per step.
 """
 
 from __future__ import annotations
 
 import abc
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,6 +20,7 @@ from ..events import EpochBegin, EpochEnd, StepEnd
 from ..phases import Phase
 from .._access import Read, Write
 from .._containers import PhaseDict, SeriesHistory
+from .._distributed import Strategy, active_strategy
 from ._recorder import Recorder
 
 
@@ -260,15 +263,28 @@ class TorchMetric(AbstractMetric):
 def _as_metric(m: Any) -> AbstractMetric:
     if isinstance(m, AbstractMetric):
         return m
-    try:
-        import torchmetrics
-    except ImportError:  # pragma: no cover - optional
-        torchmetrics = None
+    # Not imported yet: m cannot be one of its metrics (and importing it costs seconds).
+    torchmetrics = sys.modules.get("torchmetrics")
     if torchmetrics is not None and isinstance(m, torchmetrics.Metric):
         return TorchMetric(m)
     if callable(m):
         return Metric(m)
     raise TypeError(f"Metrics takes metric functions fn(preds, targets) or AbstractMetric objects, got {m!r}")
+
+
+def _reduce_across_ranks(metrics: list[AbstractMetric], strategy: Strategy) -> None:
+    """Make every weighted-mean metric's (sum, count) the sum over all ranks: one ``all_reduce`` per epoch, on the
+    worker thread, at the same point on every rank. ``torchmetrics`` metrics sync themselves in ``compute()``;
+    other :class:`AbstractMetric` implementations keep their rank's values."""
+    means = [m for m in metrics if isinstance(m, _WeightedMean)]
+    if not means:
+        return
+    values: list[float] = []
+    for m in means:
+        values += [float(m._sum), float(m._count)]
+    summed = strategy.reduce_sums(values)
+    for i, m in enumerate(means):
+        m._sum, m._count = summed[2 * i], round(summed[2 * i + 1])
 
 
 class Metrics(Callback):
@@ -325,6 +341,9 @@ class Metrics(Callback):
 
     @on(EpochEnd)
     def epoch_end(self, event: EpochEnd, phase: Phase, learner: Any) -> None:
+        strategy = active_strategy()
+        if strategy is not None and strategy.world_size > 1:
+            _reduce_across_ranks(self.metrics, strategy)
         cbstate = learner.cbstate
         index = cbstate.history[phase].epochs
         series = cbstate.metrics_epoch[phase]

@@ -164,6 +164,7 @@ class ProgressPrinter(Callback):
     optional_reads = ("metrics_epoch",)  # without Metrics the bar shows no loss
     run_after = (Recorder, Metrics)
     detached = True
+    rank_zero_only = True  # distributed: rank 0 alone acts (docs/distributed.md)
 
     def __init__(self, *, file: TextIO | None = None, **tqdm_kwargs: Any) -> None:
         self.file = file
@@ -318,6 +319,7 @@ class MetricsPrinter(Callback):
     state_access = {"cbstate": {"metrics_epoch": Read(), "history": Read()}}
     run_after = (Metrics, ProgressPrinter)
     detached = True
+    rank_zero_only = True  # distributed: rank 0 alone acts (docs/distributed.md)
 
     def __init__(self, *, file: TextIO | None = None) -> None:
         self.file = file

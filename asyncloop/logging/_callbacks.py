@@ -85,6 +85,7 @@ class _Logger(Callback):
     """Shared by the logging callbacks: backends, flushing at ``FitEnd``, closing at teardown."""
 
     detached = True
+    rank_zero_only = True  # distributed: rank 0 alone acts (docs/distributed.md)
 
     def __init__(self, *backends: LoggerBackend) -> None:
         self.backends = _check_backends(type(self).__name__, backends)
