@@ -165,3 +165,43 @@ def configs(workload: str, scenarios: set[str], ckpt_every: int, folder: str) ->
             out.append(Config(f"{runner}_checkpointer", "f", lambda b, r=runner: _checkpointed(
                 w, b, r, ckpt_every, folder), drained=True))
     return out
+
+
+def build_counts(workload: str, batches, n_callbacks: int = 50) -> dict:
+    """How often a fit with ``n_callbacks`` trivial callbacks builds the callback graph and compiles a plan,
+    for a fit of ``len(batches)`` steps and one of 10x as many: the counts do not grow with the steps."""
+    import asyncloop._learner as learner_module
+    from asyncloop.runners import _base
+
+    counts = {"graphs": 0, "plans": 0}
+    graph_fn = learner_module.callback_graph
+    runner_classes = {type(_runner("linear")), type(_runner("actor"))}
+    originals = {cls: cls._compile_plan for cls in runner_classes}
+
+    def counting_graph(*args, **kwargs):
+        counts["graphs"] += 1
+        return graph_fn(*args, **kwargs)
+
+    def counting(original):
+        def compile_plan(self, event, phase):
+            counts["plans"] += 1
+            return original(self, event, phase)
+        return compile_plan
+
+    out = {}
+    learner_module.callback_graph = counting_graph
+    for cls, original in originals.items():
+        cls._compile_plan = counting(original)
+    try:
+        long = common.StampedBatches(batches.batches * 10, 0)
+        for runner in ("linear", "actor"):
+            for label, data in (("steps", batches), ("steps_x10", long)):
+                counts.update(graphs=0, plans=0)
+                _fit(workload, data, runner, [Trivial() for _ in range(n_callbacks)], defaults=True)
+                out[f"{runner}_{label}"] = {"steps": len(data), **counts}
+    finally:
+        learner_module.callback_graph = graph_fn
+        for cls, original in originals.items():
+            cls._compile_plan = original
+    assert _base  # the runners' base class defines the plan cache these counts go through
+    return out

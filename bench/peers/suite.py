@@ -34,7 +34,7 @@ import common  # noqa: E402
 PEERS = ("ignite", "lightning", "fastai")
 #: mode -> workload -> (steps, warm-up, rounds, scenarios); "ckpt" is the checkpoint stall (whole fits).
 PLANS = {
-    "full": {"tiny": (600, 100, 5, "abcde"), "small": (400, 80, 5, "abcde"), "medium": (30, 6, 3, "abd"),
+    "full": {"tiny": (300, 50, 9, "abcde"), "small": (200, 40, 7, "abcde"), "medium": (20, 4, 3, "abd"),
              "ckpt": (30, 0, 3, "f")},
     "quick": {"tiny": (300, 60, 3, "abcde"), "small": (200, 40, 3, "abcde"), "medium": (12, 3, 1, "abd"),
               "ckpt": (20, 0, 1, "f")},
@@ -56,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workloads", default=None, help="comma-separated subset of the mode's workloads")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "peers"))
     p.add_argument("--note", default="", help="a line recorded with the results (e.g. the machine's load)")
+    p.add_argument("--report-only", action="store_true",
+                   help="rebuild results.md, the targets and the plots from the measurements in OUT/results.json")
     a = p.parse_args(argv)
+    if a.report_only:
+        return rebuild(Path(a.out))
     a.mode = a.mode or "full"
     frameworks = a.frameworks.split(",") if a.frameworks else (
         ["asyncloop"] if a.mode == "smoke" else ["asyncloop", *PEERS])
@@ -126,6 +130,20 @@ def main(argv: list[str] | None = None) -> int:
     report.plots(summary, out)
     print(md)
     print(f"wrote {out}/results.md, results.json, callbacks.png, observer.png in {meta['seconds']:.0f} s")
+    return 0
+
+
+def rebuild(out: Path) -> int:
+    """The report again from the recorded measurements (no new measurement)."""
+    import report
+
+    data = json.loads((out / "results.json").read_text())
+    summary = report.build(data["meta"], data["runs"])
+    (out / "results.json").write_text(json.dumps({"meta": data["meta"], "summary": summary, "runs": data["runs"]},
+                                                 indent=1))
+    (out / "results.md").write_text(report.markdown(data["meta"], summary))
+    report.plots(summary, out)
+    print(f"rebuilt {out}/results.md, results.json and the plots from the recorded runs")
     return 0
 
 

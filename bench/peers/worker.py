@@ -61,6 +61,9 @@ def main() -> None:
             out["steps"] = a.steps
             if a.framework == "torch":
                 out["torch_save_s"] = time_torch_save(a.workload, folder)
+        if "c" in scenarios and hasattr(fw, "build_counts"):
+            out["build_counts"] = fw.build_counts(a.workload, common.StampedBatches(
+                common.make_batches(a.workload, min(a.steps, 200)), 0))
         if a.memory_steps and hasattr(fw, "memory"):
             every = max(1, a.memory_steps // 50)
             batches = common.StampedBatches(common.make_batches(a.workload, 1000), 0)
