@@ -20,7 +20,14 @@ fi
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
     constraint="$venv/torch-constraint.txt"
     echo "torch==2.13.0" > "$constraint"
-    pip() { "$py" -m pip --disable-pip-version-check --no-input -q install "$@" 2>&1 | grep -v "is ignored" || true; }
+    log="$venv/pip.log"
+    pip() {
+        if ! "$py" -m pip --disable-pip-version-check --no-input -q install "$@" >"$log" 2>&1; then
+            grep -v "is ignored" "$log" >&2
+            say "pip install $* failed (output above)"
+            exit 1
+        fi
+    }
     say "installing torch==2.13.0 (CPU wheel) first"
     pip "torch==2.13.0"
     "$py" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" \
