@@ -235,7 +235,13 @@ class DDPStrategy(Strategy):
             backend = self.backend or ("nccl" if torch.cuda.is_available() else "gloo")
             if backend == "nccl":
                 torch.cuda.set_device(self.local_rank)
-            dist.init_process_group(backend, timeout=self.timeout)
+            store, rank, world_size = _rendezvous_store(self.timeout)
+            # Each group asyncloop makes has keys of its own in the rendezvous store: torch names every default
+            # group "0", so a second group under the same prefix would meet the first one's stale addresses.
+            prefixed = dist.PrefixStore(f"asyncloop/group{next(_group_numbers)}", store)
+            dist.init_process_group(
+                backend, store=prefixed, rank=rank, world_size=world_size, timeout=self.timeout
+            )
             _created_groups.append(dist.group.WORLD)
             if len(_created_groups) == 1:
                 atexit.register(_destroy_created_group)
@@ -286,12 +292,13 @@ class DDPStrategy(Strategy):
         threading.Thread(target=watch, name="asyncloop-ddp-watch", daemon=True).start()
 
     def teardown(self, learner: Learner) -> None:
-        # The process group stays for the next session (a later fit or validate): joining anew would rendezvous
-        # again through the same store, whose keys are those of the old group. asyncloop destroys a group it
-        # made when the interpreter exits; one you made is yours.
+        # A group asyncloop made ends with the session (the next one joins a new group, under keys of its own in
+        # the rendezvous store); one you made is yours. A group given up after a failure is never destroyed
+        # (see _abandon_group).
         self._stop_watching.set()
         self._wrapped = None
         self._shards.clear()
+        _destroy_created_group()
 
     def training_model(self, learner: Learner) -> Any:
         self.forwarded = True
@@ -429,8 +436,23 @@ def _default_store() -> Any:
         return None
 
 
-#: The process group asyncloop made (at most one): destroyed at exit, never at the end of a session.
+#: The process group asyncloop made (at most one): destroyed at the end of its session (or at exit).
 _created_groups: list[Any] = []
+#: Numbers the groups asyncloop makes in this process (the same sequence on every rank: sessions run in order).
+_group_numbers = itertools.count()
+#: The rendezvous store of this process (torchrun's agent store, or rank 0's TCPStore), made once: (store, rank,
+#: world size).
+_rendezvous: list[tuple[Any, int, int]] = []
+
+
+def _rendezvous_store(timeout: datetime.timedelta) -> tuple[Any, int, int]:
+    """The ``env://`` rendezvous (torchrun's variables) of this process, made at its first group and kept."""
+    if not _rendezvous:
+        dist = _dist()
+        store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+        store.set_timeout(timeout)
+        _rendezvous.append((store, rank, world_size))
+    return _rendezvous[0]
 
 
 def _destroy_created_group() -> None:

@@ -114,8 +114,11 @@ def scenario_train(rank: int, out: dict[str, Any], tmp: Path) -> None:
     """2 epochs with DataLoaders under the ActorRunner: weights, metrics, history."""
     learner = make_learner(BATCH, runner=ActorRunner())
     result = trio.run(asyncloop.fit, learner, 2)
+    group_after_fit = torch.distributed.is_initialized()
     validated = trio.run(asyncloop.validate, learner)
     out["train"] = {
+        "group_after_fit": group_after_fit,
+        "group_after_validate": torch.distributed.is_initialized(),
         "validate": validated,
         "weights": weights(learner),
         "metrics": _plain(epoch_metrics(learner)),

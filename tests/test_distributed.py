@@ -71,6 +71,13 @@ def _assert_weights_close(got: dict[str, Any], want: dict[str, Any]) -> None:
 
 
 class TestTwoRanks:
+    def test_the_group_asyncloop_made_ends_with_each_session(self, ranks: Any) -> None:
+        """A process group asyncloop made (from torchrun's variables) is destroyed when its fit or validate ends,
+        and the next session joins a new one (every scenario after the first runs in a fresh group)."""
+        for rank in ranks[:2]:
+            assert rank["train"]["group_after_fit"] is False
+            assert rank["train"]["group_after_validate"] is False
+
     def test_weights_equal_one_process_with_the_global_batch(self, ranks: Any) -> None:
         """2 ranks x batch 8 over a DataLoader (DistributedSampler), under the ActorRunner, train to the weights
         one process reaches with batch 16, on both ranks."""
