@@ -466,7 +466,7 @@ class TestAttributes:
         with pytest.raises(AttributeError, match=exact(
                 "Clash sets self.handler, but Callback reserves 'handler' for its method of that name; rename the "
                 "attribute (e.g. self._handler or self.handler_), or override the method in the class. Reserved: "
-                "handler, handles, init, inner, resolve_conflict, snapshot, teardown")):
+                "handler, handles, init, inner, load_process_state, process_state, resolve_conflict, snapshot, teardown")):
             Clash()
 
     def test_name_must_be_a_str(self) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from operator import attrgetter
@@ -29,12 +30,15 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 import trio
 
+from .._callback import Callback
 from .._exceptions import CancelFittingException, FitException
 from .._graph import CallbackInfo
 from .._threads import ActorThread
 from ..events import EpochBegin, EpochEnd, Event, FitBegin, FitEnd
 from ..phases import Phase
+from .._snapshots import snapshot_tree
 from ._plans import Step, annotate
+from ._process import STARTUP_INBOX_FACTOR, ProcessWorker, check_picklable
 from ._statistics import ActorStatistics
 
 if TYPE_CHECKING:
@@ -67,6 +71,8 @@ class Actor:
         self.capacity = capacity
         self.blocking = cb.blocking
         self.predecessors: list[Actor] = []
+        #: ``capture(event, phase, learner, copy=True)``: what is published (the callback's capture hook).
+        self.capture: Callable[..., Any] = cb.snapshot
         self.reset()
 
     def reset(self) -> None:
@@ -105,13 +111,7 @@ class Actor:
         session = self.delivery.session
         assert session is not None
         try:
-            async for batch in self.recv:
-                last = batch[-1].seq
-                for actor in self.predecessors:
-                    await actor.wait_done(last)
-                if session.error is not None:
-                    return
-                await self._handle_batch(batch)
+            await self._serve()
         except trio.Cancelled:
             if self.thread is not None and self.thread.abandoned:
                 self._report_abandoned()
@@ -119,6 +119,29 @@ class Actor:
         except BaseException as exc:  # an actor's error (even SystemExit) ends the fit, unwrapped
             session.fail(exc)
             self.delivery.wake_all()
+
+    async def _serve(self) -> None:
+        """Handle the inbox's batches in order until it is closed."""
+        session = self.delivery.session
+        assert session is not None
+        async for batch in self.recv:
+            last = batch[-1].seq
+            for actor in self.predecessors:
+                await actor.wait_done(last)
+            if session.error is not None:
+                return
+            await self._handle_batch(batch)
+
+    def _settle(self, run: list[Item], seconds: list[float], errors: list[tuple[int, BaseException]] | None) -> bool:
+        """Account for a handled run: raise its first real error, pass control requests on; whether it all ran."""
+        for index, exc in errors or ():
+            if isinstance(exc, FitException):
+                self.delivery.request(exc)
+            else:
+                annotate(exc, self.callback, run[index].event, run[index].phase, detached=True)
+                raise exc
+        self._finished(run, seconds)
+        return len(seconds) >= len(run)
 
     async def _handle_batch(self, batch: list[Item]) -> None:
         i = 0
@@ -137,14 +160,7 @@ class Actor:
                 seconds, errors = await self.thread.run(self._run_sync, run, grace=self.delivery.cancel_grace)
             else:
                 seconds, errors = self._run_sync(run)
-            for index, exc in errors or ():
-                if isinstance(exc, FitException):
-                    self.delivery.request(exc)
-                else:
-                    annotate(exc, self.callback, run[index].event, run[index].phase, detached=True)
-                    raise exc
-            self._finished(run, seconds)
-            if len(seconds) < len(run):
+            if not self._settle(run, seconds, errors):
                 return
             i = j
 
@@ -200,6 +216,108 @@ class Actor:
             self.stats.peak_lag = lag
 
 
+class ProcessActor(Actor):
+    """A ``detached = "process"`` actor: the same mailbox and task, but its handlers run in a worker process.
+
+    Its actor thread is the courier: per batch it pickles the items, sends them and waits for the worker's
+    answer (per item its time, and the errors), so order, back-pressure and error handling are those of a
+    thread actor. At the start of each fit it sends a fresh pickled copy of the callback; at the end (however
+    the fit ends) the worker runs the copy's ``teardown(None)`` and sends back ``process_state()``, which the
+    parent instance loads. A worker that does not stop within ``cancel_grace`` of a cancellation is killed.
+    """
+
+    def __init__(self, delivery: Delivery, info: CallbackInfo, stats: ActorStatistics, capacity: int) -> None:
+        super().__init__(delivery, info, stats, capacity)
+        self.nominal = capacity
+        cb = self.callback
+        self.wrap = type(cb).snapshot is Callback.snapshot  # send the bare tree; the worker wraps it
+        if self.wrap:
+            access = cb.state_access
+
+            def capture(event: Event, phase: Phase, learner: Any, copy: bool = True) -> Any:
+                return snapshot_tree(learner, access)
+
+            self.capture = capture
+        self.blocking = True
+        self.worker: ProcessWorker | None = None
+        self.payload = b""
+        self.begun = False
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            await self._end()
+
+    async def _serve(self) -> None:
+        assert self.worker is not None
+        try:
+            await self._call(self.worker.begin, self.payload, self.wrap)
+            self.begun = True
+        finally:
+            self.capacity = self.nominal  # start-up is over: the inbox bound applies again
+        await super()._serve()
+
+    async def _handle_batch(self, batch: list[Item]) -> None:
+        assert self.worker is not None and self.thread is not None
+        if self.worker.dead:
+            return
+        self._note_lag(batch[0])
+        seconds, errors = await self._call(self.worker.handle, [(i.event, i.phase, i.view) for i in batch])
+        self._settle(batch, seconds, errors)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, grace: float | None = None) -> Any:
+        """Run a blocking exchange with the worker on the courier thread; on cancellation ask the worker to stop,
+        give it ``grace`` (default ``cancel_grace``) seconds, then kill it."""
+        assert self.thread is not None and self.worker is not None
+        worker = self.worker
+        thread = self.thread
+        grace = self.delivery.cancel_grace if grace is None else grace
+        try:
+            return await thread.run(fn, *args, grace=grace, on_cancel=worker.request_abort)
+        except BaseException:
+            if thread.abandoned:  # the grace ran out: end the worker, the courier's exchange then fails at once
+                worker.kill()
+                thread.abandoned = False
+                self.stats.abandoned = True
+                warnings.warn(
+                    f"asyncloop: detached callback {self.callback.name} did not finish its handler within "
+                    f"{self.delivery.cancel_grace:g} s of the fit being cancelled or failing; its worker process "
+                    f"was terminated (give blocking I/O a timeout)",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
+            raise
+
+    async def _end(self) -> None:
+        """Tear the worker's copy down and load its final state (shielded; bounded unless the fit drained)."""
+        worker, thread, session = self.worker, self.thread, self.delivery.session_at_start
+        try:
+            if not self.begun or worker is None or thread is None or worker.dead or thread.stopped:
+                return
+            with trio.CancelScope(shield=True) as scope:
+                if not self.delivery.drained:
+                    scope.deadline = trio.current_time() + self.delivery.cancel_grace
+                try:
+                    state, error = await self._call(worker.end, grace=0)
+                except trio.Cancelled:  # the grace ran out: the worker was killed
+                    return
+                except Exception as exc:
+                    state, error = None, exc
+                if state is not None and error is None:
+                    try:
+                        self.callback.load_process_state(state)
+                    except Exception as exc:
+                        error = exc
+                if error is not None and session is not None and session.error is None:
+                    error.add_note(f"asyncloop: raised while ending the worker process of {self.callback.name}")
+                    session.fail(error)
+        finally:
+            self.begun = False
+            if thread is not None:
+                thread.stop()
+
+
 class Delivery:
     """The detached half of an :class:`asyncloop.ActorRunner`: its actors and everything between them and the loop.
 
@@ -218,21 +336,53 @@ class Delivery:
         self.outbox: deque[tuple[Actor, Item]] = deque()
         self.flush_scheduled = False
         self.last_flush = 0.0
+        self.drained = False
+        self.session_at_start: Session | None = None
+        #: id(callback) -> (callback, its worker process): kept across the fits of this runner.
+        self.workers: dict[int, tuple[Any, ProcessWorker]] = {}
+        weakref.finalize(self, _stop_workers, self.workers)
 
     def compile(self, learner: Any, infos: Sequence[CallbackInfo], stats: Sequence[ActorStatistics],
                 graph: nx.DiGraph) -> None:
         """One actor per detached callback; each waits per event for the detached actors it runs after."""
         self.learner = learner
         self.actors = {}
+        processes: list[Any] = []
         for info in infos:
-            if info.callback.detached:
+            detached = placement(info.callback)
+            if detached:
                 capacity = info.callback.inbox_size or self.inbox_size
                 if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
                     raise ValueError(f"{info.callback.name}.inbox_size must be an int >= 1, got {capacity!r}")
-                self.actors[info.index] = Actor(self, info, stats[info.index], capacity)
+                kind = ProcessActor if detached == "process" else Actor
+                self.actors[info.index] = kind(self, info, stats[info.index], capacity)
+                if detached == "process":
+                    check_picklable(info.callback)  # fail when the learner is built, not mid-fit
+                    processes.append(info.callback)
+        # Start the workers now (spawn + imports take seconds): they warm up while the user prepares the fit.
+        keep = {id(cb) for cb in processes}
+        for key in [k for k in self.workers if k not in keep]:
+            self.workers.pop(key)[1].stop()
+        for cb in processes:
+            self.worker_for(cb)
         for index, actor in self.actors.items():
             ancestors = nx.ancestors(graph, index)
             actor.predecessors = [a for i, a in self.actors.items() if i in ancestors]
+
+    def worker_for(self, callback: Any) -> ProcessWorker:
+        """``callback``'s worker process: the one kept from an earlier fit, or a fresh one (spawned now)."""
+        known = self.workers.get(id(callback))
+        if known is not None and known[0] is callback and known[1].alive():
+            return known[1]
+        if known is not None:
+            known[1].stop()
+        worker = ProcessWorker(callback.name)
+        self.workers[id(callback)] = (callback, worker)
+        return worker
+
+    def shutdown(self) -> None:
+        """Stop every worker process (they are otherwise kept for the next fit)."""
+        _stop_workers(self.workers)
 
     # -- training thread -------------------------------------------------------------------------------------
     def publish(self, step: Step, event: Event, phase: Phase) -> Actor | None:
@@ -242,7 +392,7 @@ class Delivery:
             return None
         actor: Actor = step.actor
         try:
-            view = actor.callback.snapshot(event, phase, self.learner, copy=True)
+            view = actor.capture(event, phase, self.learner, copy=True)
         except BaseException as exc:
             annotate(exc, actor.callback, event, phase, detached=True)
             raise
@@ -340,14 +490,22 @@ class Delivery:
 
     async def start(self, session: Session) -> None:
         """Spawn one task (and, for blocking actors, one thread) per actor in the session's nursery."""
-        self.session = session
+        for actor in self.actors.values():  # before anything starts: an unpicklable callback fails the fit here
+            if isinstance(actor, ProcessActor):
+                actor.payload = check_picklable(actor.callback)
+        self.session = self.session_at_start = session
         self.seq = 0
         self.outbox.clear()
         self.flush_scheduled = False
+        self.drained = False
         nursery = session.nursery
         assert nursery is not None
         for actor in self.actors.values():
             actor.reset()
+            if isinstance(actor, ProcessActor):
+                actor.worker = self.worker_for(actor.callback)
+                actor.begun = False
+                actor.capacity = actor.nominal * (1 if actor.worker.ready else STARTUP_INBOX_FACTOR)
             if actor.blocking:
                 actor.thread = ActorThread(f"asyncloop-actor-{actor.callback.name}")
             nursery.start_soon(actor.run, name=f"asyncloop-actor-{actor.callback.name}")
@@ -359,12 +517,13 @@ class Delivery:
             t0 = _perf()
             await actor.wait_processed(actor.enqueued)
             actor.stats.loop_wait_time += _perf() - t0
+        self.drained = self.session is not None and self.session.error is None
 
     def close(self) -> None:
         """Close every inbox and ask every thread to stop (never raises); pending events are dropped."""
         for actor in self.actors.values():
             actor.send.close()
-            if actor.thread is not None:
+            if actor.thread is not None and not isinstance(actor, ProcessActor):  # a process actor's ends its own
                 actor.thread.stop()
         self.outbox.clear()
         self.session = None
@@ -374,3 +533,17 @@ class Delivery:
             if actor.thread is not None:
                 actor.thread.join()  # quick: every actor task has finished, so each thread is exiting
                 actor.thread = None
+
+
+def placement(callback: Any) -> bool | str:
+    """A callback's ``detached`` setting, checked: ``False``, ``True`` or ``"process"``."""
+    detached = callback.detached
+    if detached is True or detached is False or detached == "process":
+        return detached
+    raise ValueError(f'{callback.name}.detached must be False, True or "process", got {detached!r}')
+
+
+def _stop_workers(workers: dict[int, tuple[Any, ProcessWorker]]) -> None:
+    for _, worker in workers.values():
+        worker.stop()
+    workers.clear()
