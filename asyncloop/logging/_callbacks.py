@@ -81,13 +81,29 @@ def _number(value: Any) -> int | float | None:
         return None
 
 
+def _check_detached(owner: str, detached: Any) -> bool | str:
+    if detached is True or detached is False or detached == "process":
+        return detached
+    raise ValueError(
+        f'{owner} detached must be True (its own thread), "process" (a worker process) or False (inline), '
+        f"got {detached!r}"
+    )
+
+
 class _Logger(Callback):
-    """Shared by the logging callbacks: backends, flushing at ``FitEnd``, closing at teardown."""
+    """Shared by the logging callbacks: backends, flushing at ``FitEnd``, closing at teardown.
+
+    ``detached`` (every logging callback takes it): ``True`` (the default) handles events on the logger's own
+    thread under the :class:`asyncloop.ActorRunner`; ``"process"`` in a spawned worker process, so that building
+    TensorBoard protobufs or CSV rows never competes with training for the GIL (the backends are pickled to it
+    and write the same files); ``False`` runs it inline. Under the ``LinearRunner`` all three run inline.
+    """
 
     detached = True
 
-    def __init__(self, *backends: LoggerBackend) -> None:
+    def __init__(self, *backends: LoggerBackend, detached: bool | str = True) -> None:
         self.backends = _check_backends(type(self).__name__, backends)
+        self.detached = _check_detached(type(self).__name__, detached)  # type: ignore[misc]
 
     def log(self, loggable: Loggable, name: str, index: int, group: tuple[str, ...]) -> None:
         log_to(self.backends, loggable, name, index, group)
@@ -140,8 +156,8 @@ class _SeriesLogger(_Logger):
 
     _sources: tuple[tuple[type[Event], str], ...] = ()
 
-    def __init__(self, *backends: LoggerBackend) -> None:
-        super().__init__(*backends)
+    def __init__(self, *backends: LoggerBackend, detached: bool | str = True) -> None:
+        super().__init__(*backends, detached=detached)
         self._logged: dict[tuple[str, Phase, str], Any] = {}
 
     def init(self, learner: Any) -> None:
@@ -244,8 +260,8 @@ class LogHyperParams(_Logger):
         "as they change, or use LogConfig(config, backend) to log the optimizer's hyperparameters once"
     )
 
-    def __init__(self, *backends: LoggerBackend) -> None:
-        super().__init__(*backends)
+    def __init__(self, *backends: LoggerBackend, detached: bool | str = True) -> None:
+        super().__init__(*backends, detached=detached)
         self._warned = False
 
     def snapshot(self, event: Event, phase: Phase, learner: Any, *, copy: bool = True) -> Any:
@@ -313,14 +329,16 @@ class LogConfig(_Logger):
     optional_reads = ("metrics_epoch",)  # without Metrics it logs the config alone
     run_after = (Recorder, Metrics, Scheduler)
 
-    def __init__(self, config: Mapping[str, Any], *backends: LoggerBackend, optimizer: bool = True) -> None:
+    def __init__(
+        self, config: Mapping[str, Any], *backends: LoggerBackend, optimizer: bool = True, detached: bool | str = True
+    ) -> None:
         if isinstance(config, LoggerBackend):
             raise TypeError(
                 f"LogConfig takes the config dict first, then the backends: LogConfig({{'lr': 0.1}}, backend); "
                 f"got {config!r} first (use LogConfig({{}}, backend) to log the optimizer's hyperparameters only)"
             )
         self.config = flatten_config(config, what="LogConfig's config")
-        super().__init__(*backends)
+        super().__init__(*backends, detached=detached)
         self.optimizer = bool(optimizer)
         self._hparams: dict[str, Any] = dict(self.config)
 
@@ -350,8 +368,8 @@ class LogConfig(_Logger):
 class _Throttled(_Logger):
     """A logger of training steps with its own ``freq`` counter (which counts training steps only)."""
 
-    def __init__(self, *backends: LoggerBackend, freq: int | None = 100) -> None:
-        super().__init__(*backends)
+    def __init__(self, *backends: LoggerBackend, freq: int | None = 100, detached: bool | str = True) -> None:
+        super().__init__(*backends, detached=detached)
         self.freq = freq
         self._throttle = _check_freq(type(self).__name__, freq)
 
@@ -405,13 +423,16 @@ class LogVisualization(_Throttled):
     state_access = {"step": Read(), "cbstate": {"history": Read()}}
     run_after = (Recorder,)
 
-    def __init__(self, visfn: Callable[[Any], Any], *backends: LoggerBackend, freq: int | None = 100) -> None:
+    def __init__(
+        self, visfn: Callable[[Any], Any], *backends: LoggerBackend, freq: int | None = 100,
+        detached: bool | str = True,
+    ) -> None:
         if not callable(visfn) or isinstance(visfn, LoggerBackend):
             raise TypeError(
                 f"LogVisualization takes visfn(step) first, then the backends: "
                 f"LogVisualization(visfn, backend, ...); got {visfn!r}"
             )
-        super().__init__(*backends, freq=freq)
+        super().__init__(*backends, freq=freq, detached=detached)
         self.visfn = visfn
 
     @on(StepEnd, AbstractTrainingPhase)
@@ -447,8 +468,10 @@ class LogEvents(_Logger):
     state_access = {"cbstate": {"history": Read()}}
     run_after = (Recorder, LogMetrics, LogHyperParams, LogConfig, LogHistograms, LogVisualization, LogTraces)
 
-    def __init__(self, *backends: LoggerBackend, events: Sequence[type[Event]] | None = None) -> None:
-        super().__init__(*backends)
+    def __init__(
+        self, *backends: LoggerBackend, events: Sequence[type[Event]] | None = None, detached: bool | str = True
+    ) -> None:
+        super().__init__(*backends, detached=detached)
         if events is not None:
             events = tuple(events)
             bad = [e for e in events if not (isinstance(e, type) and issubclass(e, Event))]

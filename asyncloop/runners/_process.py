@@ -26,7 +26,6 @@ reductions. The worker ignores SIGINT (Ctrl-C reaches the whole process group): 
 
 from __future__ import annotations
 
-import copyreg
 import io
 import os
 import pickle
@@ -117,7 +116,7 @@ def load_error(payload: Any) -> BaseException:
         exc = pickle.loads(payload[1])
     else:
         exc = ProcessActorError(f"{payload[1]}: {payload[2]}")
-    exc.add_note(f"asyncloop: traceback in the worker process (pid {os.getpid()} is the parent):\n{payload[-1]}")
+    exc.add_note(f"asyncloop: traceback in the worker process:\n{payload[-1]}")
     return exc
 
 
@@ -298,5 +297,3 @@ def _sync(fn: Any) -> Any:
 
     return run
 
-
-copyreg.pickle(ProcessActorError, lambda e: (ProcessActorError, e.args))
