@@ -26,10 +26,12 @@ reductions. The worker ignores SIGINT (Ctrl-C reaches the whole process group): 
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import pickle
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Sequence
@@ -38,9 +40,13 @@ from typing import Any
 import torch
 import torch.multiprocessing as tmp
 from multiprocessing.reduction import ForkingPickler
+from torch.multiprocessing.reductions import reduce_tensor
 
 #: CPU tensors at least this large (bytes) go through shared memory; smaller ones are copied in the message.
 SHARED_MEMORY_MIN_BYTES = 256 * 1024
+#: Workers run at this ``nice`` increment: when the CPUs are busy, training gets them first (an observer that
+#: cannot keep up fills its inbox, and then the loop waits for it: back-pressure, as for a thread actor).
+WORKER_NICE = 10
 #: While the worker starts (spawn + imports: seconds), the actor's inbox holds this many times its bound, so that
 #: the loop does not wait for the start-up.
 STARTUP_INBOX_FACTOR = 64
@@ -53,6 +59,14 @@ class ProcessActorError(RuntimeError):
 
 
 # -- pickling ------------------------------------------------------------------------------------------------
+def _same(value: Any) -> Any:
+    return value
+
+
+def _rebuild_list(values: Any, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype)
+
+
 def _rebuild_small(buffer: bytes, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
     if not buffer:
         return torch.empty(shape, dtype=dtype)
@@ -63,16 +77,57 @@ class _Pickler(ForkingPickler):
     """``ForkingPickler`` (torch registers its shared-memory reductions there) that copies small CPU tensors."""
 
     def reducer_override(self, obj: Any) -> Any:  # noqa: D102 - pickle protocol
-        if obj.__class__ is torch.Tensor and obj.device.type == "cpu" and not obj.requires_grad:
-            nbytes = obj.nelement() * obj.element_size()
-            if nbytes < SHARED_MEMORY_MIN_BYTES and not obj.is_sparse and not obj.is_quantized:
+        if obj.__class__ is type:
+            return _class_reference(obj)
+        if obj.__class__ is torch.Tensor and obj.requires_grad:
+            return _same, (obj.detach(),)  # handlers get values, never autograd graphs
+        if obj.__class__ is torch.Tensor and obj.device.type == "cpu":
+            numel = obj.nelement()
+            if 0 < numel <= 64 and obj.layout is torch.strided and not obj.is_quantized:
+                return _rebuild_list, (obj.tolist(), obj.dtype)  # a loss, a few metrics: the cheapest way
+            nbytes = numel * obj.element_size()
+            if obj.is_sparse or obj.is_quantized or obj.layout is not torch.strided:
+                return NotImplemented  # pragma: no cover - torch's own reductions
+            if nbytes < SHARED_MEMORY_MIN_BYTES:
                 flat = obj.detach().contiguous().reshape(-1)
-                try:
-                    raw = flat.view(torch.uint8).numpy().tobytes() if nbytes else b""
-                except (RuntimeError, TypeError):  # pragma: no cover - exotic layouts: the default reduction
-                    return NotImplemented
+                raw = flat.view(torch.uint8).numpy().tobytes() if nbytes else b""
                 return _rebuild_small, (raw, obj.dtype, tuple(obj.shape))
+            if not obj.is_shared():
+                # One copy into a fresh shared-memory block by copy_, a torch op that releases the GIL, so the
+                # training thread keeps running meanwhile.
+                storage = torch.UntypedStorage._new_shared(nbytes)
+                shared = torch.empty((0,), dtype=obj.dtype).set_(storage, 0, tuple(obj.shape))
+                shared.copy_(obj)
+                return reduce_tensor(shared)
         return NotImplemented
+
+
+def _import_attribute(module: str, name: str) -> Any:
+    return getattr(importlib.import_module(module), name)
+
+
+def _class_reference(cls: type) -> Any:
+    """A class pickles by its module and qualified name; one renamed after its definition (a private subclass
+    that shows its public parent's name) by the module attribute that holds it."""
+    module = sys.modules.get(cls.__module__)
+    if module is None or "." in cls.__qualname__ or getattr(module, cls.__qualname__, None) is cls:
+        return NotImplemented
+    for candidate in _defining_modules(cls):
+        for name, value in vars(candidate).items():
+            if value is cls:
+                return _import_attribute, (candidate.__name__, name)
+    return NotImplemented
+
+
+def _defining_modules(cls: type) -> list[Any]:
+    """Modules that may hold ``cls``: those of the functions defined in its body (their globals)."""
+    found = []
+    for value in vars(cls).values():
+        code_globals = getattr(getattr(value, "__func__", value), "__globals__", None)
+        if code_globals is not None and code_globals.get("__name__") in sys.modules:
+            found.append(sys.modules[code_globals["__name__"]])
+            break
+    return found
 
 
 def dumps(obj: Any) -> bytes:
@@ -219,6 +274,10 @@ class ProcessWorker:
 def worker_main(conn: Any, abort: Any) -> None:
     """The worker process: handle the callback's batches until told to exit or the parent goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the group; the parent decides
+    try:
+        os.nice(WORKER_NICE)
+    except (AttributeError, OSError):  # pragma: no cover - platforms without nice
+        pass
     torch.set_num_threads(1)
     import asyncloop  # noqa: F401 - the callback's classes and the views' compilation
     from .._views import _view
