@@ -107,6 +107,7 @@ from .phases import TrainingPhase as TrainingPhase
 from .phases import ValidationPhase as ValidationPhase
 from .runners import ActorRunner as ActorRunner
 from .runners import LinearRunner as LinearRunner
+from .runners import ProcessActorError as ProcessActorError
 from .state import History as History
 from .state import PropDict as PropDict
 from .state import Read as Read
@@ -205,6 +206,7 @@ __all__ = [
     "PQ",
     "Patience",
     "Phase",
+    "ProcessActorError",
     "ProgressPrinter",
     "PropDict",
     "ProtectedError",

@@ -20,7 +20,8 @@ import trio
 
 import asyncloop as al
 from asyncloop.phases import FitPhase
-from asyncloop.runners._process import SHARED_MEMORY_MIN_BYTES, ProcessActorError, dumps, load_error, error_payload
+from asyncloop import ProcessActorError
+from asyncloop.runners._process import SHARED_MEMORY_MIN_BYTES, dumps, error_payload, load_error
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -207,6 +208,28 @@ async def test_a_handler_that_blocks_past_the_grace_gets_its_worker_killed(share
     reset(probe)
     await al.fit(learner, 1)
     assert worker_of(runner) is not old and len(probe.seen) > 10
+
+
+async def test_a_worker_that_dies_ends_the_fit(shared) -> None:
+    """A worker killed from outside (out of memory, kill -9) ends the fit with a ProcessActorError naming it."""
+    learner, probe, runner = shared
+    reset(probe)
+    await al.fit(learner, 1)  # the worker is up
+    reset(probe, "sleep", 0.05)
+    pid = worker_of(runner).process.pid
+
+    async def kill_soon() -> None:
+        await trio.sleep(0.5)
+        os.kill(pid, signal.SIGKILL)
+
+    caught: list[BaseException] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(kill_soon)
+        try:
+            await al.fit(learner, 5)
+        except ProcessActorError as exc:
+            caught.append(exc)
+    assert [str(e) for e in caught] == ["the worker process of Probe ended unexpectedly (exit code -9)"]
 
 
 def test_under_the_linear_runner_it_runs_inline() -> None:

@@ -55,7 +55,9 @@ _SPAWN = tmp.get_context("spawn")
 
 
 class ProcessActorError(RuntimeError):
-    """Stands for an error raised in a worker process that could not be sent back as itself (unpicklable)."""
+    """A process actor's worker failed in a way its own error cannot say: it died (killed, out of memory), or it
+    raised an exception that cannot be pickled (then the message is ``"module.Type: message"`` and a note holds
+    the worker's traceback)."""
 
 
 # -- pickling ------------------------------------------------------------------------------------------------
@@ -201,6 +203,7 @@ class ProcessWorker:
             return pickle.loads(self.conn.recv_bytes())
         except (EOFError, OSError) as exc:
             self.dead = True
+            self.process.join(1.0)
             code = self.process.exitcode
             raise ProcessActorError(
                 f"the worker process of {self.name} ended unexpectedly (exit code {code})"
