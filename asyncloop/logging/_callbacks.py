@@ -6,6 +6,11 @@ worker thread while training goes on. Under the :class:`asyncloop.LinearRunner` 
 training thread. Either way the same values are logged. Each flushes its backends at ``FitEnd`` and closes them
 when the run ends, however it ends.
 
+Every logging callback takes ``detached=``: ``True`` (the default: its own thread), ``"process"`` (a spawned worker
+process, so that building TensorBoard protobufs or rows never competes with training for the GIL; the backends
+are pickled to it and write the same files, e.g. ``LogMetrics(TensorBoardBackend("runs/a"), detached="process")``;
+see docs/actors.md) or ``False`` (inline, awaited).
+
 Tags (group and name, as TensorBoard shows them):
 
 =====================  =========================================================  =================================
@@ -49,7 +54,6 @@ from ..events import EpochEnd, Event, FitBegin, FitEnd, StepEnd
 from ..loggables import Histogram, Image, Loggable, RuntimeEvent, Value
 from ..phases import AbstractTrainingPhase, FitPhase, Phase, TrainingPhase
 from .._access import Read
-from .._snapshots import snapshot
 from ._backend import LoggerBackend, log_to
 from ._hparams import HParams, flatten_config, optimizer_hparams
 
@@ -140,6 +144,32 @@ class _Captured:
         self.index, self.items = index, items
 
 
+class _LastValues:
+    """The last ``(index, value)`` of every series of a ``SeriesHistory``: all a series logger reads.
+
+    O(number of series) to take and to pickle, where a snapshot of the history itself pickles every value ever
+    recorded (a process actor's snapshot crosses a pipe at every event). The values are shared, as a history's
+    snapshot shares them: the series are append-only.
+    """
+
+    __slots__ = ("_last",)
+
+    def __init__(self, series: Any) -> None:
+        self._last = {name: series.last(name) for name in series.keys()}
+
+    def keys(self) -> list[str]:
+        return list(self._last)
+
+    def last(self, name: str) -> tuple[int, Any]:
+        return self._last[name]
+
+    def __getstate__(self) -> dict[str, tuple[int, Any]]:
+        return self._last
+
+    def __setstate__(self, state: dict[str, tuple[int, Any]]) -> None:
+        self._last = state
+
+
 def _phase_series(learner: Any, key: str, phase: Phase) -> Any:
     """``learner.cbstate[key][phase]`` if it exists (without creating it in the phase dict), else None."""
     histories = learner.cbstate.get(key)
@@ -149,8 +179,8 @@ def _phase_series(learner: Any, key: str, phase: Phase) -> Any:
 class _SeriesLogger(_Logger):
     """Logs the values of per-phase series histories recorded since it last logged them.
 
-    ``_sources`` maps the event types it handles to the ``cbstate`` key it reads then. Its snapshot is a
-    read-only view of that one phase's series (O(number of series)), not a copy of everything it may read;
+    ``_sources`` maps the event types it handles to the ``cbstate`` key it reads then. Its snapshot is the last
+    value of each of that one phase's series (O(number of series)), not a copy of everything it may read;
     inline, the live series.
     """
 
@@ -175,7 +205,7 @@ class _SeriesLogger(_Logger):
     def snapshot(self, event: Event, phase: Phase, learner: Any, *, copy: bool = True) -> Any:
         key = self._source(event)
         series = _phase_series(learner, key, phase) if key is not None else None
-        return _Captured(0, snapshot(series) if copy and series is not None else series)
+        return _Captured(0, _LastValues(series) if copy and series is not None else series)
 
     def _log_new(self, series: Any, phase: Phase, unit: str, category: str) -> None:
         if series is None:
@@ -198,7 +228,8 @@ class LogMetrics(_SeriesLogger):
 
     At every ``StepEnd`` it logs the metric values recorded in that step as ``Step/<Phase>/Metrics/<name>`` at
     the step index; at every ``EpochEnd`` the epoch values as ``Epoch/<Phase>/Metrics/<name>`` at the epoch
-    index. Non-numeric values are skipped. Throttle it with ``throttle(LogMetrics(...), StepEnd, freq=10)``.
+    index. Non-numeric values are skipped. Throttle it with ``throttle(LogMetrics(...), StepEnd, freq=10)``;
+    ``detached="process"`` logs from a worker process (see the module docstring).
 
     Example::
 
@@ -272,7 +303,7 @@ class LogHyperParams(_Logger):
             self._warned = True  # on the training thread: the warning points at no actor thread
             warnings.warn(self.NOTHING_TO_LOG, UserWarning, stacklevel=2)
         if copy and hyperparams:
-            hyperparams = snapshot(hyperparams)
+            hyperparams = _LastValues(hyperparams)
         return _Captured(learner.cbstate.history[phase].steps, hyperparams)
 
     @on(StepEnd, AbstractTrainingPhase)

@@ -44,9 +44,6 @@ from torch.multiprocessing.reductions import reduce_tensor
 
 #: CPU tensors at least this large (bytes) go through shared memory; smaller ones are copied in the message.
 SHARED_MEMORY_MIN_BYTES = 256 * 1024
-#: Workers run at this ``nice`` increment: when the CPUs are busy, training gets them first (an observer that
-#: cannot keep up fills its inbox, and then the loop waits for it: back-pressure, as for a thread actor).
-WORKER_NICE = 10
 #: While the worker starts (spawn + imports: seconds), the actor's inbox holds this many times its bound, so that
 #: the loop does not wait for the start-up.
 STARTUP_INBOX_FACTOR = 64
@@ -277,10 +274,6 @@ class ProcessWorker:
 def worker_main(conn: Any, abort: Any) -> None:
     """The worker process: handle the callback's batches until told to exit or the parent goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the group; the parent decides
-    try:
-        os.nice(WORKER_NICE)
-    except (AttributeError, OSError):  # pragma: no cover - platforms without nice
-        pass
     torch.set_num_threads(1)
     import asyncloop  # noqa: F401 - the callback's classes and the views' compilation
     from .._views import _view
