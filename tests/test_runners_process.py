@@ -232,6 +232,23 @@ async def test_a_worker_that_dies_ends_the_fit(shared) -> None:
     assert [str(e) for e in caught] == ["the worker process of Probe ended unexpectedly (exit code -9)"]
 
 
+async def test_cancelling_while_the_worker_starts_ends_it_at_once() -> None:
+    """A fit cancelled before its worker is ready does not wait for the start-up (nor the grace): the worker is
+    ended, without a warning, and the fit ends promptly."""
+    runner = al.ActorRunner(cancel_grace=30.0)
+    learner = make_learner(Probe(), runner)
+    worker = worker_of(runner)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t0 = time.perf_counter()
+        with trio.move_on_after(0.2):
+            await al.fit(learner, 100)
+        elapsed = time.perf_counter() - t0
+    assert not worker.ready and not worker.process.is_alive()
+    assert elapsed < 20 and not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    runner.shutdown()
+
+
 def test_under_the_linear_runner_it_runs_inline() -> None:
     """Under the LinearRunner a process-detached callback runs inline, in this process, and spawns nothing."""
     probe = Probe()

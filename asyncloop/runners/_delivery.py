@@ -252,7 +252,7 @@ class ProcessActor(Actor):
     async def _serve(self) -> None:
         assert self.worker is not None
         try:
-            await self._call(self.worker.begin, self.payload, self.wrap)
+            await self._call(self.worker.begin, self.payload, self.wrap, on_cancel=self._cancel_start)
             self.begun = True
         finally:
             self.capacity = self.nominal  # start-up is over: the inbox bound applies again
@@ -266,7 +266,18 @@ class ProcessActor(Actor):
         seconds, errors = await self._call(self.worker.handle, [(i.event, i.phase, i.view) for i in batch])
         self._settle(batch, seconds, errors)
 
-    async def _call(self, fn: Callable[..., Any], *args: Any, grace: float | None = None) -> Any:
+    def _cancel_start(self) -> None:
+        """Cancelled while the worker starts: a worker that is not ready yet has nothing to finish; end it now."""
+        assert self.worker is not None
+        if self.worker.ready:
+            self.worker.request_abort()
+        else:
+            self.worker.kill()
+
+    async def _call(
+        self, fn: Callable[..., Any], *args: Any, grace: float | None = None,
+        on_cancel: Callable[[], None] | None = None,
+    ) -> Any:
         """Run a blocking exchange with the worker on the courier thread; on cancellation ask the worker to stop,
         give it ``grace`` (default ``cancel_grace``) seconds, then kill it."""
         assert self.thread is not None and self.worker is not None
@@ -274,7 +285,7 @@ class ProcessActor(Actor):
         thread = self.thread
         grace = self.delivery.cancel_grace if grace is None else grace
         try:
-            return await thread.run(fn, *args, grace=grace, on_cancel=worker.request_abort)
+            return await thread.run(fn, *args, grace=grace, on_cancel=on_cancel or worker.request_abort)
         except BaseException:
             if thread.abandoned:  # the grace ran out: end the worker, the courier's exchange then fails at once
                 worker.kill()

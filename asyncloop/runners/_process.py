@@ -181,13 +181,14 @@ class ProcessWorker:
     def __init__(self, name: str) -> None:
         self.name = name
         self.conn, child = _SPAWN.Pipe()
-        self.abort = _SPAWN.Event()
+        abort_reader, self.abort = _SPAWN.Pipe(duplex=False)  # a pipe, not an Event: no named semaphore to outlive
         self.spawned = time.perf_counter()
         self.process = _SPAWN.Process(
-            target=worker_main, args=(child, self.abort), name=f"asyncloop-process-{name}", daemon=True
+            target=worker_main, args=(child, abort_reader), name=f"asyncloop-process-{name}", daemon=True
         )
         self.process.start()
         child.close()
+        abort_reader.close()
         self.ready = False
         self.startup_seconds: float | None = None
         self.dead = False
@@ -223,11 +224,15 @@ class ProcessWorker:
     def begin(self, callback_bytes: bytes, wrap: bool) -> None:
         """Wait for the worker to be ready, then hand it a fresh copy of the callback for this fit."""
         self.wait_ready()
-        self.abort.clear()
         self._send(dumps(("begin", callback_bytes, wrap)))
         reply = self._recv()
         if reply[0] == "error":
-            raise load_error(reply[1])
+            error = load_error(reply[1])
+            error.add_note(
+                f"asyncloop: the worker process could not unpickle {self.name}: its class must be importable by "
+                f"name there (defined in a module, not in a notebook cell or an unguarded script's __main__)"
+            )
+            raise error
 
     def handle(self, items: Sequence[tuple[Any, Any, Any]]) -> tuple[list[float], list[tuple[int, BaseException]] | None]:
         """Send one batch and wait for its outcome: per handled item its seconds, and the errors by index."""
@@ -243,8 +248,11 @@ class ProcessWorker:
         return reply[1], (load_error(reply[2]) if reply[2] is not None else None)
 
     def request_abort(self) -> None:
-        """Ask the worker to stop after the handler it is in (thread-safe)."""
-        self.abort.set()
+        """Ask the worker to stop after the handler it is in (thread-safe; the worker clears it at its next fit)."""
+        try:
+            self.abort.send_bytes(b"!")
+        except (OSError, ValueError):  # the worker is gone
+            pass
 
     def kill(self) -> None:
         """End the worker now (SIGTERM, then SIGKILL after 1 s); its pipe then reports EOF to any reader."""
@@ -264,10 +272,11 @@ class ProcessWorker:
                 self.conn.send_bytes(dumps(("exit",)))
             except (OSError, ValueError):
                 pass
-        try:
-            self.conn.close()
-        except OSError:  # pragma: no cover
-            pass
+        for conn in (self.conn, self.abort):
+            try:
+                conn.close()
+            except OSError:  # pragma: no cover
+                pass
 
 
 # -- worker side -----------------------------------------------------------------------------------------------
@@ -295,7 +304,7 @@ def worker_main(conn: Any, abort: Any) -> None:
             errors: list[tuple[int, Any]] = []
             t0 = perf()
             for event, phase, view in message[1]:
-                if abort.is_set():
+                if abort.poll():
                     break
                 key = (event.__class__, phase.__class__)
                 fn = handlers.get(key)
@@ -314,6 +323,8 @@ def worker_main(conn: Any, abort: Any) -> None:
                 t0 = t1
             conn.send_bytes(dumps(("done", seconds, errors)))
         elif kind == "begin":
+            while abort.poll():  # a request left from an earlier fit
+                abort.recv_bytes()
             try:
                 callback, wrap, handlers = pickle.loads(message[1]), message[2], {}
                 conn.send_bytes(dumps(("ok",)))
