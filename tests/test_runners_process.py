@@ -249,6 +249,23 @@ async def test_cancelling_while_the_worker_starts_ends_it_at_once() -> None:
     runner.shutdown()
 
 
+async def test_a_throttled_process_callback_gets_its_protected_snapshot() -> None:
+    """throttle() around a process-detached callback with the default snapshot: the worker gets only the events
+    the throttle lets through, each as a protected view (sent as a tree, wrapped in the worker)."""
+    probe = Probe()
+    runner = al.ActorRunner()
+    learner = make_learner(probe, runner)
+    learner.set_callbacks([al.throttle(probe, al.StepEnd, freq=4), al.Recorder()])
+    try:
+        await al.fit(learner, 1)
+    finally:
+        runner.shutdown()
+    steps = [(s[1], s[2]) for s in probe.seen if s[0] == "StepEnd"]
+    assert steps == [("TrainingPhase", 1), ("TrainingPhase", 5), ("TrainingPhase", 9), ("ValidationPhase", 1),
+                     ("ValidationPhase", 5), ("ValidationPhase", 9)]
+    assert probe.pids and os.getpid() not in probe.pids
+
+
 def test_under_the_linear_runner_it_runs_inline() -> None:
     """Under the LinearRunner a process-detached callback runs inline, in this process, and spawns nothing."""
     probe = Probe()

@@ -231,7 +231,10 @@ class ProcessActor(Actor):
         super().__init__(delivery, info, stats, capacity)
         self.nominal = capacity
         cb = self.callback
-        self.wrap = type(cb).snapshot is Callback.snapshot  # send the bare tree; the worker wraps it
+        # The default capture hook (seen through wrappers such as throttle()): send the bare tree, the worker wraps
+        # it in the protected view (a view's class is compiled per process and does not pickle).
+        self.wrap = type(cb.inner).snapshot is Callback.snapshot and (
+            type(cb).snapshot is Callback.snapshot or type(cb).snapshot is _wrapper_snapshot())
         if self.wrap:
             access = cb.state_access
 
@@ -318,7 +321,7 @@ class ProcessActor(Actor):
                     state, error = None, exc
                 if state is not None and error is None:
                     try:
-                        self.callback.load_process_state(state)
+                        self.callback.inner.load_process_state(state)
                     except Exception as exc:
                         error = exc
                 if error is not None and session is not None and session.error is None:
@@ -549,6 +552,12 @@ class Delivery:
             if actor.thread is not None:
                 actor.thread.join()  # quick: every actor task has finished, so each thread is exiting
                 actor.thread = None
+
+
+def _wrapper_snapshot() -> Any:
+    from ..callbacks._conditional import ConditionalCallback
+
+    return ConditionalCallback.snapshot
 
 
 def placement(callback: Any) -> bool | str:

@@ -288,7 +288,10 @@ def worker_main(conn: Any, abort: Any) -> None:
     from .._views import _view
 
     started = time.perf_counter()
-    conn.send_bytes(dumps(("ready", started)))
+    try:
+        conn.send_bytes(dumps(("ready", started)))
+    except OSError:  # the parent stopped this worker while it started
+        return
     callback: Any = None
     wrap = False
     handlers: dict[tuple[type, type], Any] = {}
@@ -335,7 +338,7 @@ def worker_main(conn: Any, abort: Any) -> None:
             try:
                 if callback is not None:
                     callback.teardown(None)
-                    state = callback.process_state()
+                    state = callback.inner.process_state()  # a wrapper's (throttle's) state stays in the parent
                     dumps(state)
             except Exception as exc:
                 state, error = None, error_payload(exc)
