@@ -41,11 +41,11 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402
-import trio  # noqa: E402
+import torch
+import trio
 
-import asyncloop as al  # noqa: E402
-from asyncloop._checkpoint import training_state  # noqa: E402
+import asyncloop as al
+from asyncloop._checkpoint import training_state
 
 DEVNULL = open(os.devnull, "w")  # noqa: SIM115
 

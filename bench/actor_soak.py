@@ -24,11 +24,11 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402
-import trio  # noqa: E402
+import torch
+import trio
 
-import asyncloop as al  # noqa: E402
-from asyncloop.logging import EventLogBackend, read_events  # noqa: E402
+import asyncloop as al
+from asyncloop.logging import EventLogBackend, read_events
 
 DEVNULL = open(os.devnull, "w")  # noqa: SIM115
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -28,11 +28,11 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402
-import trio  # noqa: E402
+import torch
+import trio
 
-import asyncloop as al  # noqa: E402
-from asyncloop.logging import EventLogBackend  # noqa: E402
+import asyncloop as al
+from asyncloop.logging import EventLogBackend
 
 DEVNULL = open(os.devnull, "w")  # noqa: SIM115
 

@@ -39,13 +39,13 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402
-import trio  # noqa: E402
+import torch
+import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
-import overhead as ov  # noqa: E402
+import overhead as ov
 
-import asyncloop as al  # noqa: E402
+import asyncloop as al
 
 DEVNULL = open(os.devnull, "w")  # noqa: SIM115
 
@@ -187,7 +187,7 @@ def measure(configs: dict, batches: Stamped, repeats: int, warmup: int) -> dict:
 
 
 def print_table(rows: dict) -> None:
-    print(f"| config | us/step | paired bare | us over bare (wall) | spread | CPU us over bare | ratio |")
+    print("| config | us/step | paired bare | us over bare (wall) | spread | CPU us over bare | ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in rows.items():
         lo, hi = r["us_over_bare_spread"]

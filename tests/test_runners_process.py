@@ -19,8 +19,8 @@ import torch
 import trio
 
 import asyncloop as al
-from asyncloop.phases import FitPhase
 from asyncloop import ProcessActorError
+from asyncloop.phases import FitPhase
 from asyncloop.runners._process import SHARED_MEMORY_MIN_BYTES, dumps, error_payload, load_error
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -86,7 +86,7 @@ def worker_of(runner: al.ActorRunner):
 async def test_events_arrive_in_order_in_another_process_and_the_state_comes_back(shared) -> None:
     """The worker copy handles every event in the LinearRunner's order, in another process; its final state
     (through the overridden process_state/load_process_state hooks) is on the parent's instance after the fit."""
-    learner, probe, runner = shared
+    learner, probe, _ = shared
     reset(probe)
     loaded = probe.loaded
     result = await al.fit(learner, 2)
@@ -108,7 +108,7 @@ async def test_the_worker_is_reused_and_ignores_ctrl_c(shared) -> None:
     await al.fit(learner, 1)
     pid = worker_of(runner).process.pid
     os.kill(pid, signal.SIGINT)
-    time.sleep(0.2)
+    await trio.sleep(0.2)
     assert worker_of(runner).process.is_alive()
     reset(probe)
     await al.fit(learner, 1)
@@ -118,7 +118,7 @@ async def test_the_worker_is_reused_and_ignores_ctrl_c(shared) -> None:
 async def test_an_error_in_the_worker_ends_the_fit_with_that_error(shared) -> None:
     """A handler's error comes out of fit as itself (type and message), noted with the callback, the event and
     the worker's traceback; the next fit works."""
-    learner, probe, runner = shared
+    learner, probe, _ = shared
     reset(probe, "raise")
     with pytest.raises(KeyError) as info:
         await al.fit(learner, 2)
@@ -134,7 +134,7 @@ async def test_an_error_in_the_worker_ends_the_fit_with_that_error(shared) -> No
 
 async def test_a_full_inbox_makes_the_loop_wait(shared) -> None:
     """Back-pressure: with inbox_size=4 and a slow handler, the loop waits for the worker; nothing is dropped."""
-    learner, probe, runner = shared
+    learner, probe, _ = shared
     reset(probe, "sleep", 0.01)
     result = await al.fit(learner, 1)
     stats = next(s for s in result.statistics if s.name == "Probe")
@@ -146,7 +146,7 @@ async def test_a_full_inbox_makes_the_loop_wait(shared) -> None:
 async def test_an_unpicklable_callback_fails_before_training_starts(shared) -> None:
     """A callback that stops pickling after the learner was built fails the fit before the first event, with a
     message that says what to do."""
-    learner, probe, runner = shared
+    learner, probe, _ = shared
     reset(probe)
     probe.lock = threading.Lock()
     try:

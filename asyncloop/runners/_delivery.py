@@ -34,10 +34,10 @@ import trio
 from .._callback import Callback
 from .._exceptions import CancelFittingException, FitException
 from .._graph import CallbackInfo
+from .._snapshots import snapshot_tree
 from .._threads import ActorThread
 from ..events import EpochBegin, EpochEnd, Event, FitBegin, FitEnd
 from ..phases import Phase
-from .._snapshots import snapshot_tree
 from ._plans import Step, annotate
 from ._process import STARTUP_INBOX_FACTOR, ProcessWorker, check_picklable
 from ._statistics import ActorStatistics

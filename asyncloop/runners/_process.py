@@ -28,18 +28,17 @@ from __future__ import annotations
 
 import importlib
 import io
-import os
 import pickle
 import signal
 import sys
 import time
 import traceback
 from collections.abc import Sequence
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 import torch
 import torch.multiprocessing as tmp
-from multiprocessing.reduction import ForkingPickler
 from torch.multiprocessing.reductions import reduce_tensor
 
 #: CPU tensors at least this large (bytes) go through shared memory; smaller ones are copied in the message.
@@ -75,7 +74,7 @@ def _rebuild_small(buffer: bytes, dtype: torch.dtype, shape: tuple[int, ...]) ->
 class _Pickler(ForkingPickler):
     """``ForkingPickler`` (torch registers its shared-memory reductions there) that copies small CPU tensors."""
 
-    def reducer_override(self, obj: Any) -> Any:  # noqa: D102 - pickle protocol
+    def reducer_override(self, obj: Any) -> Any:
         if obj.__class__ is type:
             return _class_reference(obj)
         if obj.__class__ is torch.Tensor and obj.requires_grad:
@@ -285,6 +284,7 @@ def worker_main(conn: Any, abort: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the group; the parent decides
     torch.set_num_threads(1)
     import asyncloop  # noqa: F401 - the callback's classes and the views' compilation
+
     from .._views import _view
 
     started = time.perf_counter()
