@@ -12,16 +12,20 @@ Wire protocol over one ``multiprocessing`` pipe (bytes pickled by :func:`dumps`,
 ====================================  =================================================================
 parent -> worker                      worker -> parent
 ====================================  =================================================================
-(the worker starts)                   ``("ready", seconds since spawn)``
+(the worker starts)                   ``("ready", its clock)``
 ``("begin", callback bytes, wrap)``   ``("ok",)`` or ``("error", error)``
 ``("batch", [(event, phase, view)])`` ``("done", seconds, errors)``: per handled item, like a thread run
 ``("end",)``                          ``("state", state, error)``: after ``teardown(None)``
 ``("exit",)``                         (the worker returns)
 ====================================  =================================================================
 
-Tensors: small CPU tensors are pickled by value (a raw buffer: cheaper than a shared-memory segment for a loss
-scalar), larger ones and accelerator tensors go through ``torch.multiprocessing``'s shared-memory / CUDA IPC
-reductions. The worker ignores SIGINT (Ctrl-C reaches the whole process group): the parent decides when it ends.
+A second, one-way pipe carries stop requests: the worker checks it between two items of a batch (a cancelled or
+failing fit) and empties it at its next ``begin``.
+
+Tensors: CPU tensors of at most 64 values travel as lists, up to 256 KiB as raw bytes (cheaper than a
+shared-memory segment for a loss scalar), larger ones are copied once into shared memory and accelerator tensors
+go through ``torch.multiprocessing``'s CUDA IPC reductions. Tensors that require grad are sent detached. The
+worker ignores SIGINT (Ctrl-C reaches the whole process group): the parent decides when it ends.
 """
 
 from __future__ import annotations
