@@ -59,7 +59,7 @@ class Probe(al.Callback):
         self.loaded += 1
 
 
-def make_learner(probe: Probe, runner: al.runners.Runner) -> al.Learner:
+def make_learner(probe: al.Callback, runner: al.runners.Runner) -> al.Learner:
     torch.manual_seed(0)
     return al.test_learner(probe, al.Recorder(), runner=runner, n_batches=12)
 
@@ -254,8 +254,7 @@ async def test_a_throttled_process_callback_gets_its_protected_snapshot() -> Non
     the throttle lets through, each as a protected view (sent as a tree, wrapped in the worker)."""
     probe = Probe()
     runner = al.ActorRunner()
-    learner = make_learner(probe, runner)
-    learner.set_callbacks([al.throttle(probe, al.StepEnd, freq=4), al.Recorder()])
+    learner = make_learner(al.throttle(probe, al.StepEnd, freq=4), runner)
     try:
         await al.fit(learner, 1)
     finally:
