@@ -60,6 +60,7 @@ from ._evaluation import predict as predict
 from ._evaluation import validate as validate
 from ._exceptions import CallbackCycleError as CallbackCycleError
 from ._exceptions import CheckpointError as CheckpointError
+from ._exceptions import ProcessActorError as ProcessActorError
 from ._exceptions import EarlyStopped as EarlyStopped
 from ._exceptions import EventLogFormatError as EventLogFormatError
 from ._exceptions import StreamError as StreamError
@@ -107,7 +108,6 @@ from .phases import TrainingPhase as TrainingPhase
 from .phases import ValidationPhase as ValidationPhase
 from .runners import ActorRunner as ActorRunner
 from .runners import LinearRunner as LinearRunner
-from .runners import ProcessActorError as ProcessActorError
 from .state import History as History
 from .state import PropDict as PropDict
 from .state import Read as Read

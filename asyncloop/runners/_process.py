@@ -45,6 +45,8 @@ import torch
 import torch.multiprocessing as tmp
 from torch.multiprocessing.reductions import reduce_tensor
 
+from .._exceptions import ProcessActorError
+
 #: CPU tensors at least this large (bytes) go through shared memory; smaller ones are copied in the message.
 SHARED_MEMORY_MIN_BYTES = 256 * 1024
 #: While the worker starts (spawn + imports: seconds), the actor's inbox holds this many times its bound, so that
@@ -52,12 +54,6 @@ SHARED_MEMORY_MIN_BYTES = 256 * 1024
 STARTUP_INBOX_FACTOR = 64
 
 _SPAWN = tmp.get_context("spawn")
-
-
-class ProcessActorError(RuntimeError):
-    """A process actor's worker failed in a way its own error cannot say: it died (killed, out of memory), or it
-    raised an exception that cannot be pickled (then the message is ``"module.Type: message"`` and a note holds
-    the worker's traceback)."""
 
 
 # -- pickling ------------------------------------------------------------------------------------------------
