@@ -196,13 +196,15 @@ def print_table(rows: dict) -> None:
 
 
 def bare_step_us(batches, warmup: int) -> float:
+    """The bare step at its least disturbed (minimum of 7 runs), as the observer's work is calibrated by its
+    minimum: on a loaded machine a median would make the observer heavier than a step."""
     run = bare_loop(batches)
     run()
     times = []
-    for _ in range(5):
+    for _ in range(7):
         run()
         times.append(batches.us_per_step(warmup))
-    return statistics.median(times)
+    return min(times)
 
 
 def calibrate_burn(target_us: float) -> int:

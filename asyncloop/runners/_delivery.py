@@ -78,6 +78,7 @@ class Actor:
 
     def reset(self) -> None:
         self.enqueued = 0  # written by the training thread only
+        self.early_flush_at = 0  # ``enqueued`` at the last half-full hand-over (training thread)
         self.processed = 0  # written by the host only
         self.pending: deque[int] = deque()  # seqs delivered and not yet handled (host)
         self.send, self.recv = trio.open_memory_channel[list[Item]](math.inf)
@@ -266,6 +267,11 @@ class ProcessActor(Actor):
         assert self.worker is not None and self.thread is not None
         if self.worker.dead:
             return
+        while not self.predecessors:  # batches that queued up while the worker was busy: one exchange
+            try:
+                batch = batch + self.recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
         self._note_lag(batch[0])
         seconds, errors = await self._call(self.worker.handle, [(i.event, i.phase, i.view) for i in batch])
         self._settle(batch, seconds, errors)
@@ -418,7 +424,11 @@ class Delivery:
         if queued * 2 > actor.capacity:
             if queued >= actor.capacity:
                 return actor  # full: the loop waits until there is room for the next event
-            self.schedule_flush()  # half full: hand over now rather than at the next interval
+            # Half full: hand over now rather than at the next interval, but at most once per quarter of the
+            # inbox: an actor that stays busy would otherwise get a wake-up and a batch of one at every event.
+            if actor.enqueued - actor.early_flush_at >= max(1, actor.capacity // 4):
+                actor.early_flush_at = actor.enqueued
+                self.schedule_flush()
         return None
 
     def tail(self, flush: bool) -> Callable[[list[Actor] | None], Awaitable[None] | None]:
