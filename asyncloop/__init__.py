@@ -63,6 +63,7 @@ from ._evaluation import predict as predict
 from ._evaluation import validate as validate
 from ._exceptions import CallbackCycleError as CallbackCycleError
 from ._exceptions import CheckpointError as CheckpointError
+from ._exceptions import ProcessActorError as ProcessActorError
 from ._exceptions import EarlyStopped as EarlyStopped
 from ._exceptions import EventLogFormatError as EventLogFormatError
 from ._exceptions import StreamError as StreamError
@@ -210,6 +211,7 @@ __all__ = [
     "PQ",
     "Patience",
     "Phase",
+    "ProcessActorError",
     "ProgressPrinter",
     "PropDict",
     "ProtectedError",

@@ -19,10 +19,11 @@ not handle. Handlers may be ``async def``.
 from __future__ import annotations
 
 import inspect
+import pickle
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from ._values import ValueClass
 from .events import Event
@@ -38,7 +39,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 _ON_ATTR = "__asyncloop_on__"
 
 #: Attribute names the base class reserves for its methods: assigning one on an instance is an AttributeError.
-RESERVED_ATTRIBUTES = frozenset({"inner", "handler", "handles", "init", "teardown", "resolve_conflict", "snapshot"})
+RESERVED_ATTRIBUTES = frozenset({
+    "inner", "handler", "handles", "init", "teardown", "resolve_conflict", "snapshot", "process_state",
+    "load_process_state",
+})
 
 #: Hook names of other frameworks (Lightning, Keras, fastai, Ignite-style); a method so named without @on warns.
 _FOREIGN_HOOKS = frozenset({
@@ -140,7 +144,10 @@ class Callback:
       ``cbstate`` read that no callback of the set writes is a :class:`asyncloop.MissingStateError` when the
       learner is built.
     * ``detached`` -- under :class:`asyncloop.ActorRunner`, handle events on a snapshot without making the loop
-      wait (read-only callbacks only). ``inbox_size`` and ``blocking`` tune the actor; see docs/actors.md.
+      wait (read-only callbacks only): ``True`` on the actor's own thread, ``"process"`` in a spawned worker
+      process (for handlers that burn pure-Python CPU; the callback must pickle, and :meth:`process_state` /
+      :meth:`load_process_state` bring its final state back). ``inbox_size`` and ``blocking`` tune the actor;
+      see docs/actors.md.
     * ``rank_zero_only`` -- in a distributed run (docs/distributed.md), act on rank 0 only: the other ranks leave
       the callback out of their plans (it costs them nothing) and skip its ``teardown``. True for the printers,
       loggers and ``Checkpointer``; set ``cb.rank_zero_only = False`` on an instance to run it on every rank (or
@@ -161,7 +168,7 @@ class Callback:
     state_access: ClassVar[Mapping[str, Any]] = {}
     run_after: ClassVar[tuple[type, ...]] = ()
     optional_reads: ClassVar[tuple[str, ...]] = ()
-    detached: ClassVar[bool] = False
+    detached: ClassVar[bool | Literal["process"]] = False
     rank_zero_only: bool = False
     inbox_size: ClassVar[int | None] = None
     blocking: ClassVar[bool] = True
@@ -246,6 +253,36 @@ class Callback:
         if copy:
             return _view(snapshot_tree(learner, access), access, "Learner")  # Protected(...) without its __init__
         return _view(learner, access, "Learner")
+
+    def process_state(self) -> dict[str, Any]:
+        """The state a ``detached = "process"`` callback's worker copy sends back when a fit ends (worker side).
+
+        Called in the worker process after the copy's ``teardown(None)``, once per fit under the
+        :class:`asyncloop.ActorRunner`; the parent's instance then gets it through :meth:`load_process_state`
+        before its own ``teardown`` runs. Default: every instance attribute that pickles (others, such as an open
+        file, are left out and keep their parent-side value). Override both to send less or something else, e.g.
+        only a summary::
+
+            def process_state(self):
+                return {"count": self.count}
+        """
+        state: dict[str, Any] = {}
+        for key, value in vars(self).items():
+            try:
+                pickle.dumps(value)
+            except Exception:
+                continue
+            state[key] = value
+        return state
+
+    def load_process_state(self, state: Any) -> None:
+        """Take the final state of this callback's worker copy (what :meth:`process_state` returned; parent side).
+
+        Called in the caller's process when a fit with ``detached = "process"`` under the
+        :class:`asyncloop.ActorRunner` ends, however it ends (if the worker still answers). Default: update the
+        instance's attributes with ``state``.
+        """
+        vars(self).update(state)
 
     @property
     def name(self) -> str:

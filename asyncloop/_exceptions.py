@@ -12,7 +12,8 @@ All of them are importable from the top level (``asyncloop.CheckpointError``). H
     ├── CheckpointError               a checkpoint could not be written or read (names the file)
     ├── StreamError                   a stream server refused a subscription, or the connection broke
     ├── RuntimeError
-    │   └── RankFailedError           distributed: another rank's session failed (names the rank and error)
+    │   ├── RankFailedError           distributed: another rank's session failed (names the rank and error)
+    │   └── ProcessActorError         a process actor's worker died, or raised an error that does not pickle
     ├── AttributeError
     │   └── ProtectedError            a handler touched learner state outside its state_access
     └── ValueError
@@ -34,6 +35,12 @@ if TYPE_CHECKING:
 
 class FitException(Exception):
     """Base of the exceptions that change the control flow of a fit."""
+
+
+class ProcessActorError(RuntimeError):
+    """A process actor's worker (``detached = "process"``) failed in a way its own error cannot say: it died
+    (killed, out of memory), or it raised an exception that cannot be pickled (then the message is
+    ``"module.Type: message"`` and a note holds the worker's traceback)."""
 
 
 class CancelStepException(FitException):

@@ -116,10 +116,14 @@ class ActorThread:
             fn, args, reply = job
             reply.send(outcome.capture(fn, *args))
 
-    async def run(self, fn: Callable[..., T], *args: Any, grace: float = math.inf) -> T:
+    async def run(
+        self, fn: Callable[..., T], *args: Any, grace: float = math.inf, on_cancel: Callable[[], None] | None = None
+    ) -> T:
         """Run ``fn(*args)`` on this thread and wait for it.
 
-        Once the caller is cancelled, the job still gets ``grace`` seconds to finish; after that the thread is
+        Once the caller is cancelled, ``on_cancel()`` is called if given (to ask the job to stop early: a process
+        actor's worker stops after its current handler), and the job still gets ``grace`` seconds to finish; after
+        that the thread is
         *abandoned* (``abandoned`` is set, :meth:`join` no longer waits for it: it runs on as a daemon thread and
         exits after its job) and the cancellation propagates. Must not be called after :meth:`stop` (the job
         would never run): check ``stopped`` first. Both run in the caller's trio thread, so the check cannot race
@@ -130,7 +134,16 @@ class ActorThread:
         reply: Reply[T] = Reply()
         self._jobs.put((fn, args, reply))
         try:
-            return await reply.receive(grace=grace)
+            if on_cancel is None:
+                return await reply.receive(grace=grace)
+            try:
+                return await reply.receive(grace=0)
+            except BaseException:
+                if reply.received:
+                    raise
+                on_cancel()
+                await reply.outcome(grace=grace)
+                raise
         except BaseException:
             if not reply.received:
                 self.abandoned = True

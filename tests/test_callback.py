@@ -466,10 +466,36 @@ class TestAttributes:
         with pytest.raises(AttributeError, match=exact(
                 "Clash sets self.handler, but Callback reserves 'handler' for its method of that name; rename the "
                 "attribute (e.g. self._handler or self.handler_), or override the method in the class. Reserved: "
-                "handler, handles, init, inner, resolve_conflict, snapshot, teardown")):
+                "handler, handles, init, inner, load_process_state, process_state, resolve_conflict, snapshot, teardown")):
             Clash()
 
     def test_name_must_be_a_str(self) -> None:
         """A non-string name is a TypeError."""
         with pytest.raises(TypeError, match=exact("Callback.name must be a non-empty str, got 3")):
             Callback().name = 3  # type: ignore[assignment]
+
+
+class TestProcessState:
+    def test_default_process_state_sends_the_attributes_that_pickle(self) -> None:
+        """The default final state of a process actor's worker copy is every instance attribute that pickles."""
+        import threading
+
+        class Counter(Callback):
+            def __init__(self) -> None:
+                self.count = 3
+                self.lock = threading.Lock()
+
+        state = Counter().process_state()
+        assert state == {"count": 3}
+
+    def test_default_load_process_state_updates_the_attributes(self) -> None:
+        """The parent instance takes the worker copy's state as attributes, keeping the others."""
+
+        class Counter(Callback):
+            def __init__(self) -> None:
+                self.count = 0
+                self.keep = "parent"
+
+        cb = Counter()
+        cb.load_process_state({"count": 7})
+        assert (cb.count, cb.keep) == (7, "parent")

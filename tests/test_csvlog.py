@@ -168,3 +168,23 @@ class TestHParamsSidecar:
         (tmp_path / "runs.hparams.csv").write_text("a,b\n")
         with pytest.raises(ValueError, match="runs.hparams.csv exists and its header is not run,stage,name,value,time"):
             log_to(CSVBackend(tmp_path / "runs.csv"), HParams({"a": 1}), "config", 0, "HParams")
+
+
+def test_a_pickled_backend_appends_to_the_same_file(tmp_path) -> None:
+    """A CSVBackend pickles even while open (a process actor's copy): the copy starts closed and appends rows with
+    the same run name to the same file."""
+    import csv as _csv
+    import pickle
+
+    from asyncloop import CSVBackend
+    from asyncloop.loggables import Value
+
+    backend = CSVBackend(tmp_path / "m.csv", run="r")
+    backend.log_to(Value(1.0), "Loss", 1, ("Step", "TrainingPhase", "Metrics"))
+    copy = pickle.loads(pickle.dumps(backend))
+    copy.log_to(Value(2.0), "Loss", 2, ("Step", "TrainingPhase", "Metrics"))
+    copy.close()
+    backend.close()
+    with open(tmp_path / "m.csv", newline="") as f:
+        rows = list(_csv.reader(f))
+    assert [(r[0], r[3], r[5]) for r in rows[1:]] == [("r", "1", "1.0"), ("r", "2", "2.0")]

@@ -788,3 +788,19 @@ class TestFailedWrites:
         t0 = time.perf_counter()
         assert eventlog._is_torn_tail(io.BytesIO(torn), len(LOG), len(torn))
         assert time.perf_counter() - t0 < 5
+
+
+def test_a_pickled_backend_starts_closed_and_continues_the_run(tmp_path: Path) -> None:
+    """An EventLogBackend pickles even while open (a process actor's copy): the copy starts closed, and its opening
+    continues the run's seq in the same file."""
+    import pickle
+
+    backend = EventLogBackend(tmp_path / "run.alog", run="r")
+    backend.log_to(Value(1.0), "Loss", 1, ("Step",))
+    copy = pickle.loads(pickle.dumps(backend))
+    backend.close()
+    copy.log_to(Value(2.0), "Loss", 2, ("Step",))
+    copy.close()
+    records = list(read_events(tmp_path / "run.alog"))
+    assert [r["kind"] for r in records] == ["open", "value", "close", "open", "value", "close"]
+    assert [r["seq"] for r in records] == list(range(6))

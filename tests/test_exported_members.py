@@ -21,7 +21,7 @@ EXPORTED = [
     "LogVisualization", "LoggerBackend", "Loss",
     "LossBegin", "Metric", "Metrics", "MetricsPrinter", "MissingStateError", "MixedPrecision",
     "Never", "NoConflict", "NotDefined",
-    "NumberLimit", "NumberSinceBest", "PQ", "Patience", "Phase", "ProgressPrinter", "PropDict", "ProtectedError",
+    "NumberLimit", "NumberSinceBest", "PQ", "Patience", "Phase", "ProcessActorError", "ProgressPrinter", "PropDict", "ProtectedError",
     "RankFailedError", "Read", "Recorder", "RunFirst", "SanityCheck", "SanityCheckException", "Scheduler", "StepBegin", "StepEnd",
     "StopOnNaNLoss", "Strategy", "StreamBackend", "StreamError", "StreamServer", "TensorBoardBackend", "Text", "Threshold", "TimeLimit",
     "TimeThrottle", "ToDevice", "ToGPU", "Traces", "TrainingPhase", "Unresolvable", "ValidationPhase", "Value",

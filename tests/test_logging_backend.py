@@ -151,3 +151,19 @@ class TestLazyResource:
         with res.lock:
             assert res.use() == 1
         assert calls == ["open", "flush 0", "close 0", "open"]
+
+
+class TestPickling:
+    def test_a_pickled_lazy_resource_starts_closed_with_its_own_lock(self) -> None:
+        """A LazyResource pickles (for a process actor's copy): the copy is closed, has a lock of its own and opens
+        with the same opener."""
+        import pickle
+
+        from asyncloop.logging._backend import LazyResource
+
+        res = LazyResource(list, flush=len, close=len)
+        res.use().append(1)
+        copy = pickle.loads(pickle.dumps(res))
+        assert copy.value is None and copy.lock is not res.lock
+        with copy.lock:
+            assert copy.use() == []

@@ -47,7 +47,7 @@ from asyncloop import (
 )
 from asyncloop.loggables import Histogram, Image, Loggable, RuntimeEvent, Value
 from asyncloop._checkpoint import save_checkpoint
-from asyncloop.logging import EventLogBackend, HParams, LogEvents, read_events
+from asyncloop.logging import CSVBackend, EventLogBackend, HParams, LogEvents, read_events
 from matchers import exact
 
 RUNNERS = [pytest.param(LinearRunner, id="linear"), pytest.param(ActorRunner, id="actor")]
@@ -549,3 +549,49 @@ class TestLogHyperParamsWarning:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             await fit(test_learner(Recorder(), Scheduler(), LogHyperParams(Recording()), n_batches=2), 1)
+
+
+def _tensorboard_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    return {tag: [(s.step, s.value) for s in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def _csv_rows(path: Path) -> list[list[str]]:
+    import csv
+
+    with open(path, newline="") as f:
+        return [row[:-1] for row in csv.reader(f)]  # without the time column
+
+
+class TestProcessPlacement:
+    async def test_a_logger_in_a_worker_process_writes_the_same_files(self, tmp_path: Path) -> None:
+        """LogMetrics(..., detached="process") writes the same TensorBoard scalars, CSV rows and event-log records
+        as the thread-detached logger, and its backends are closed when the fit ends."""
+        written = {}
+        for placement in (True, "process"):
+            torch.manual_seed(0)
+            folder = tmp_path / str(placement)
+            logger = LogMetrics(TensorBoardBackend(folder / "tb"), CSVBackend(folder / "m.csv", run="r"),
+                                EventLogBackend(folder / "m.alog", run="r"), detached=placement)
+            runner = ActorRunner()
+            learner = test_learner(Recorder(), Metrics(), logger, n_batches=6, runner=runner)
+            await fit(learner, 2)
+            runner.shutdown()
+            written[placement] = (
+                _tensorboard_scalars(folder / "tb"),
+                _csv_rows(folder / "m.csv"),
+                [strip(r) for r in read_events(folder / "m.alog") if r["kind"] not in ("open", "close")],
+                [r["kind"] for r in read_events(folder / "m.alog")][-1],
+            )
+        thread, process = written[True], written["process"]
+        assert len(thread[0]["Step/TrainingPhase/Metrics/Loss"]) == 12 and len(thread[1]) == 1 + 2 * 2 * (6 + 1)
+        assert process == thread
+        assert process[3] == "close"
+
+    def test_detached_must_be_true_false_or_process(self) -> None:
+        """Another detached value is rejected with a message listing the three choices."""
+        with pytest.raises(ValueError, match=exact(
+                'LogMetrics detached must be True (its own thread), "process" (a worker process) or False (inline), '
+                "got 'thread'")):
+            LogMetrics(Recording(), detached="thread")

@@ -23,7 +23,10 @@ class LoggerBackend(abc.ABC):
     * it may be called from several threads at once (one per logging callback): guard shared state with a lock;
     * it opens its resources lazily and :meth:`close` is idempotent; a closed backend reopens on the next
       ``log_to`` (one backend object can serve several fits);
-    * it logs the loggable kinds it can show and silently skips the others.
+    * it logs the loggable kinds it can show and silently skips the others;
+    * it pickles (for a logger with ``detached="process"``, whose copy runs in a worker process): a pickled copy
+      starts closed. :class:`LazyResource` does this for the resource it holds; a backend with other locks or open
+      handles drops them in ``__getstate__``.
 
     The logging callbacks call :meth:`flush` at ``FitEnd`` and :meth:`close` when the run ends, however it ends
     (``Callback.teardown``).
@@ -73,6 +76,15 @@ class LazyResource(Generic[R]):
         if value is None:
             value = self.value = self._open()
         return value
+
+    def __getstate__(self) -> tuple[Any, Any, Any]:
+        # Pickled (a process actor's copy): the copy starts closed, with a lock of its own.
+        return self._open, self._flush, self._close
+
+    def __setstate__(self, state: tuple[Any, Any, Any]) -> None:
+        self.lock = threading.Lock()
+        self.value = None
+        self._open, self._flush, self._close = state
 
     def flush(self) -> None:
         """Flush the resource if it is open."""

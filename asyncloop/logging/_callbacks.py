@@ -6,6 +6,11 @@ worker thread while training goes on. Under the :class:`asyncloop.LinearRunner` 
 training thread. Either way the same values are logged. Each flushes its backends at ``FitEnd`` and closes them
 when the run ends, however it ends.
 
+Every logging callback takes ``detached=``: ``True`` (the default: its own thread), ``"process"`` (a spawned worker
+process, so that building TensorBoard protobufs or rows never competes with training for the GIL; the backends
+are pickled to it and write the same files, e.g. ``LogMetrics(TensorBoardBackend("runs/a"), detached="process")``;
+see docs/actors.md) or ``False`` (inline, awaited).
+
 Tags (group and name, as TensorBoard shows them):
 
 =====================  =========================================================  =================================
@@ -49,7 +54,6 @@ from ..events import EpochEnd, Event, FitBegin, FitEnd, StepEnd
 from ..loggables import Histogram, Image, Loggable, RuntimeEvent, Value
 from ..phases import AbstractTrainingPhase, FitPhase, Phase, TrainingPhase
 from .._access import Read
-from .._snapshots import snapshot
 from ._backend import LoggerBackend, log_to
 from ._hparams import HParams, flatten_config, optimizer_hparams
 
@@ -81,14 +85,30 @@ def _number(value: Any) -> int | float | None:
         return None
 
 
+def _check_detached(owner: str, detached: Any) -> bool | str:
+    if detached is True or detached is False or detached == "process":
+        return detached
+    raise ValueError(
+        f'{owner} detached must be True (its own thread), "process" (a worker process) or False (inline), '
+        f"got {detached!r}"
+    )
+
+
 class _Logger(Callback):
-    """Shared by the logging callbacks: backends, flushing at ``FitEnd``, closing at teardown."""
+    """Shared by the logging callbacks: backends, flushing at ``FitEnd``, closing at teardown.
+
+    ``detached`` (every logging callback takes it): ``True`` (the default) handles events on the logger's own
+    thread under the :class:`asyncloop.ActorRunner`; ``"process"`` in a spawned worker process, so that building
+    TensorBoard protobufs or CSV rows never competes with training for the GIL (the backends are pickled to it
+    and write the same files); ``False`` runs it inline. Under the ``LinearRunner`` all three run inline.
+    """
 
     detached = True
     rank_zero_only = True  # distributed: rank 0 alone acts (docs/distributed.md)
 
-    def __init__(self, *backends: LoggerBackend) -> None:
+    def __init__(self, *backends: LoggerBackend, detached: bool | str = True) -> None:
         self.backends = _check_backends(type(self).__name__, backends)
+        self.detached = _check_detached(type(self).__name__, detached)  # type: ignore[misc]
 
     def log(self, loggable: Loggable, name: str, index: int, group: tuple[str, ...]) -> None:
         log_to(self.backends, loggable, name, index, group)
@@ -125,6 +145,32 @@ class _Captured:
         self.index, self.items = index, items
 
 
+class _LastValues:
+    """The last ``(index, value)`` of every series of a ``SeriesHistory``: all a series logger reads.
+
+    O(number of series) to take and to pickle, where a snapshot of the history itself pickles every value ever
+    recorded (a process actor's snapshot crosses a pipe at every event). The values are shared, as a history's
+    snapshot shares them: the series are append-only.
+    """
+
+    __slots__ = ("_last",)
+
+    def __init__(self, series: Any) -> None:
+        self._last = {name: series.last(name) for name in series.keys()}
+
+    def keys(self) -> list[str]:
+        return list(self._last)
+
+    def last(self, name: str) -> tuple[int, Any]:
+        return self._last[name]
+
+    def __getstate__(self) -> dict[str, tuple[int, Any]]:
+        return self._last
+
+    def __setstate__(self, state: dict[str, tuple[int, Any]]) -> None:
+        self._last = state
+
+
 def _phase_series(learner: Any, key: str, phase: Phase) -> Any:
     """``learner.cbstate[key][phase]`` if it exists (without creating it in the phase dict), else None."""
     histories = learner.cbstate.get(key)
@@ -134,15 +180,15 @@ def _phase_series(learner: Any, key: str, phase: Phase) -> Any:
 class _SeriesLogger(_Logger):
     """Logs the values of per-phase series histories recorded since it last logged them.
 
-    ``_sources`` maps the event types it handles to the ``cbstate`` key it reads then. Its snapshot is a
-    read-only view of that one phase's series (O(number of series)), not a copy of everything it may read;
+    ``_sources`` maps the event types it handles to the ``cbstate`` key it reads then. Its snapshot is the last
+    value of each of that one phase's series (O(number of series)), not a copy of everything it may read;
     inline, the live series.
     """
 
     _sources: tuple[tuple[type[Event], str], ...] = ()
 
-    def __init__(self, *backends: LoggerBackend) -> None:
-        super().__init__(*backends)
+    def __init__(self, *backends: LoggerBackend, detached: bool | str = True) -> None:
+        super().__init__(*backends, detached=detached)
         self._logged: dict[tuple[str, Phase, str], Any] = {}
 
     def init(self, learner: Any) -> None:
@@ -160,7 +206,7 @@ class _SeriesLogger(_Logger):
     def snapshot(self, event: Event, phase: Phase, learner: Any, *, copy: bool = True) -> Any:
         key = self._source(event)
         series = _phase_series(learner, key, phase) if key is not None else None
-        return _Captured(0, snapshot(series) if copy and series is not None else series)
+        return _Captured(0, _LastValues(series) if copy and series is not None else series)
 
     def _log_new(self, series: Any, phase: Phase, unit: str, category: str) -> None:
         if series is None:
@@ -183,7 +229,8 @@ class LogMetrics(_SeriesLogger):
 
     At every ``StepEnd`` it logs the metric values recorded in that step as ``Step/<Phase>/Metrics/<name>`` at
     the step index; at every ``EpochEnd`` the epoch values as ``Epoch/<Phase>/Metrics/<name>`` at the epoch
-    index. Non-numeric values are skipped. Throttle it with ``throttle(LogMetrics(...), StepEnd, freq=10)``.
+    index. Non-numeric values are skipped. Throttle it with ``throttle(LogMetrics(...), StepEnd, freq=10)``;
+    ``detached="process"`` logs from a worker process (see the module docstring).
 
     Example::
 
@@ -245,8 +292,8 @@ class LogHyperParams(_Logger):
         "as they change, or use LogConfig(config, backend) to log the optimizer's hyperparameters once"
     )
 
-    def __init__(self, *backends: LoggerBackend) -> None:
-        super().__init__(*backends)
+    def __init__(self, *backends: LoggerBackend, detached: bool | str = True) -> None:
+        super().__init__(*backends, detached=detached)
         self._warned = False
 
     def snapshot(self, event: Event, phase: Phase, learner: Any, *, copy: bool = True) -> Any:
@@ -257,7 +304,7 @@ class LogHyperParams(_Logger):
             self._warned = True  # on the training thread: the warning points at no actor thread
             warnings.warn(self.NOTHING_TO_LOG, UserWarning, stacklevel=2)
         if copy and hyperparams:
-            hyperparams = snapshot(hyperparams)
+            hyperparams = _LastValues(hyperparams)
         return _Captured(learner.cbstate.history[phase].steps, hyperparams)
 
     @on(StepEnd, AbstractTrainingPhase)
@@ -314,14 +361,16 @@ class LogConfig(_Logger):
     optional_reads = ("metrics_epoch",)  # without Metrics it logs the config alone
     run_after = (Recorder, Metrics, Scheduler)
 
-    def __init__(self, config: Mapping[str, Any], *backends: LoggerBackend, optimizer: bool = True) -> None:
+    def __init__(
+        self, config: Mapping[str, Any], *backends: LoggerBackend, optimizer: bool = True, detached: bool | str = True
+    ) -> None:
         if isinstance(config, LoggerBackend):
             raise TypeError(
                 f"LogConfig takes the config dict first, then the backends: LogConfig({{'lr': 0.1}}, backend); "
                 f"got {config!r} first (use LogConfig({{}}, backend) to log the optimizer's hyperparameters only)"
             )
         self.config = flatten_config(config, what="LogConfig's config")
-        super().__init__(*backends)
+        super().__init__(*backends, detached=detached)
         self.optimizer = bool(optimizer)
         self._hparams: dict[str, Any] = dict(self.config)
 
@@ -351,8 +400,8 @@ class LogConfig(_Logger):
 class _Throttled(_Logger):
     """A logger of training steps with its own ``freq`` counter (which counts training steps only)."""
 
-    def __init__(self, *backends: LoggerBackend, freq: int | None = 100) -> None:
-        super().__init__(*backends)
+    def __init__(self, *backends: LoggerBackend, freq: int | None = 100, detached: bool | str = True) -> None:
+        super().__init__(*backends, detached=detached)
         self.freq = freq
         self._throttle = _check_freq(type(self).__name__, freq)
 
@@ -406,13 +455,16 @@ class LogVisualization(_Throttled):
     state_access = {"step": Read(), "cbstate": {"history": Read()}}
     run_after = (Recorder,)
 
-    def __init__(self, visfn: Callable[[Any], Any], *backends: LoggerBackend, freq: int | None = 100) -> None:
+    def __init__(
+        self, visfn: Callable[[Any], Any], *backends: LoggerBackend, freq: int | None = 100,
+        detached: bool | str = True,
+    ) -> None:
         if not callable(visfn) or isinstance(visfn, LoggerBackend):
             raise TypeError(
                 f"LogVisualization takes visfn(step) first, then the backends: "
                 f"LogVisualization(visfn, backend, ...); got {visfn!r}"
             )
-        super().__init__(*backends, freq=freq)
+        super().__init__(*backends, freq=freq, detached=detached)
         self.visfn = visfn
 
     @on(StepEnd, AbstractTrainingPhase)
@@ -448,8 +500,10 @@ class LogEvents(_Logger):
     state_access = {"cbstate": {"history": Read()}}
     run_after = (Recorder, LogMetrics, LogHyperParams, LogConfig, LogHistograms, LogVisualization, LogTraces)
 
-    def __init__(self, *backends: LoggerBackend, events: Sequence[type[Event]] | None = None) -> None:
-        super().__init__(*backends)
+    def __init__(
+        self, *backends: LoggerBackend, events: Sequence[type[Event]] | None = None, detached: bool | str = True
+    ) -> None:
+        super().__init__(*backends, detached=detached)
         if events is not None:
             events = tuple(events)
             bad = [e for e in events if not (isinstance(e, type) and issubclass(e, Event))]

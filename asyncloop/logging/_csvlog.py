@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import time
+from functools import partial
 from typing import IO, Any
 
 from ..loggables import Loggable, Value
@@ -60,9 +61,9 @@ class CSVBackend(LoggerBackend):
         #: The configuration sidecar file (see the class docstring).
         self.hparams_path = hparams_path(self.path)
         self._out: LazyResource[tuple[IO[str], Any]] = LazyResource(
-            lambda: _open_csv(self.path, CSV_COLUMNS), flush=_flush, close=_close)
+            partial(_open_csv, self.path, CSV_COLUMNS), flush=_flush, close=_close)  # partial: it pickles
         self._hparams: LazyResource[tuple[IO[str], Any]] = LazyResource(
-            lambda: _open_csv(self.hparams_path, HPARAMS_COLUMNS), flush=_flush, close=_close)
+            partial(_open_csv, self.hparams_path, HPARAMS_COLUMNS), flush=_flush, close=_close)
 
     def _log_hparams(self, loggable: HParams) -> None:
         now = time.time()

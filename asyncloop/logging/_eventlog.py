@@ -34,7 +34,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from typing import IO, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from .._exceptions import EventLogFormatError
 from ..loggables import Loggable
@@ -466,6 +466,18 @@ class EventLogBackend(LoggerBackend):
                 self._file = None
                 self._stopped = None
                 f.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled (a process actor's copy): the copy starts closed, with a lock of its own.
+        state = dict(vars(self))
+        del state["_lock"]
+        state["_file"] = None
+        state["_stopped"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"EventLogBackend({self.path!r}, run={self.run!r})"

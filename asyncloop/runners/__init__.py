@@ -3,5 +3,6 @@
 from ._actor import ActorRunner
 from ._base import ActorStatistics, Runner
 from ._linear import LinearRunner
+from .._exceptions import ProcessActorError
 
-__all__ = ["ActorRunner", "ActorStatistics", "LinearRunner", "Runner"]
+__all__ = ["ActorRunner", "ActorStatistics", "LinearRunner", "ProcessActorError", "Runner"]

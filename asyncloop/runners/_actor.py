@@ -94,6 +94,15 @@ class ActorRunner(Runner):
     def _is_detached(self, info: CallbackInfo) -> bool:
         return bool(info.callback.detached)
 
+    def shutdown(self) -> None:
+        """Stop the worker processes of the ``detached = "process"`` callbacks now.
+
+        They are kept between the fits of this runner (a worker's start-up costs seconds) and otherwise stopped
+        when their callback leaves the learner, when the runner is garbage-collected, or at interpreter exit. A
+        later fit starts fresh ones.
+        """
+        self._delivery.shutdown()
+
     def compile(self, callbacks: Sequence[Callback], graph: nx.DiGraph) -> None:
         super().compile(callbacks, graph)
         self._descendants = {n: nx.descendants(graph, n) for n in graph.nodes}

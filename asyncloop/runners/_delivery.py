@@ -9,7 +9,8 @@ on its own :class:`ActorThread` (one hand-off per run; on the loop itself with `
 handlers as the task. A ``run_after`` path between two detached actors holds per event.
 
 Back-pressure: an inbox holds at most ``capacity`` events; a publication that fills it makes the loop wait (at
-the end of the event) until the actor made room. Nothing is dropped. Statistics: ``peak_inbox`` at delivery,
+the end of the event) until the actor has handled half of them (one hop per ``capacity / 2`` events from a slow
+actor, not one per event). Nothing is dropped. Statistics: ``peak_inbox`` at delivery,
 ``peak_lag`` when a handler starts, handler times when handled, ``loop_wait_time`` while the loop waits.
 
 Thread ownership: ``enqueued``/``seq``/the outbox's right end are written by the training thread; ``processed``,
@@ -21,6 +22,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from operator import attrgetter
@@ -29,12 +31,15 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 import trio
 
+from .._callback import Callback
 from .._exceptions import CancelFittingException, FitException
 from .._graph import CallbackInfo
+from .._snapshots import snapshot_tree
 from .._threads import ActorThread
 from ..events import EpochBegin, EpochEnd, Event, FitBegin, FitEnd
 from ..phases import Phase
 from ._plans import Step, annotate
+from ._process import STARTUP_INBOX_FACTOR, ProcessWorker, check_picklable
 from ._statistics import ActorStatistics
 
 if TYPE_CHECKING:
@@ -67,10 +72,13 @@ class Actor:
         self.capacity = capacity
         self.blocking = cb.blocking
         self.predecessors: list[Actor] = []
+        #: ``capture(event, phase, learner, copy=True)``: what is published (the callback's capture hook).
+        self.capture: Callable[..., Any] = cb.snapshot
         self.reset()
 
     def reset(self) -> None:
         self.enqueued = 0  # written by the training thread only
+        self.early_flush_at = 0  # ``enqueued`` at the last half-full hand-over (training thread)
         self.processed = 0  # written by the host only
         self.pending: deque[int] = deque()  # seqs delivered and not yet handled (host)
         self.send, self.recv = trio.open_memory_channel[list[Item]](math.inf)
@@ -105,13 +113,7 @@ class Actor:
         session = self.delivery.session
         assert session is not None
         try:
-            async for batch in self.recv:
-                last = batch[-1].seq
-                for actor in self.predecessors:
-                    await actor.wait_done(last)
-                if session.error is not None:
-                    return
-                await self._handle_batch(batch)
+            await self._serve()
         except trio.Cancelled:
             if self.thread is not None and self.thread.abandoned:
                 self._report_abandoned()
@@ -119,6 +121,29 @@ class Actor:
         except BaseException as exc:  # an actor's error (even SystemExit) ends the fit, unwrapped
             session.fail(exc)
             self.delivery.wake_all()
+
+    async def _serve(self) -> None:
+        """Handle the inbox's batches in order until it is closed."""
+        session = self.delivery.session
+        assert session is not None
+        async for batch in self.recv:
+            last = batch[-1].seq
+            for actor in self.predecessors:
+                await actor.wait_done(last)
+            if session.error is not None:
+                return
+            await self._handle_batch(batch)
+
+    def _settle(self, run: list[Item], seconds: list[float], errors: list[tuple[int, BaseException]] | None) -> bool:
+        """Account for a handled run: raise its first real error, pass control requests on; whether it all ran."""
+        for index, exc in errors or ():
+            if isinstance(exc, FitException):
+                self.delivery.request(exc)
+            else:
+                annotate(exc, self.callback, run[index].event, run[index].phase, detached=True)
+                raise exc
+        self._finished(run, seconds)
+        return len(seconds) >= len(run)
 
     async def _handle_batch(self, batch: list[Item]) -> None:
         i = 0
@@ -137,14 +162,7 @@ class Actor:
                 seconds, errors = await self.thread.run(self._run_sync, run, grace=self.delivery.cancel_grace)
             else:
                 seconds, errors = self._run_sync(run)
-            for index, exc in errors or ():
-                if isinstance(exc, FitException):
-                    self.delivery.request(exc)
-                else:
-                    annotate(exc, self.callback, run[index].event, run[index].phase, detached=True)
-                    raise exc
-            self._finished(run, seconds)
-            if len(seconds) < len(run):
+            if not self._settle(run, seconds, errors):
                 return
             i = j
 
@@ -200,6 +218,127 @@ class Actor:
             self.stats.peak_lag = lag
 
 
+class ProcessActor(Actor):
+    """A ``detached = "process"`` actor: the same mailbox and task, but its handlers run in a worker process.
+
+    Its actor thread is the courier: per batch it pickles the items, sends them and waits for the worker's
+    answer (per item its time, and the errors), so order, back-pressure and error handling are those of a
+    thread actor. At the start of each fit it sends a fresh pickled copy of the callback; at the end (however
+    the fit ends) the worker runs the copy's ``teardown(None)`` and sends back ``process_state()``, which the
+    parent instance loads. A worker that does not stop within ``cancel_grace`` of a cancellation is killed.
+    """
+
+    def __init__(self, delivery: Delivery, info: CallbackInfo, stats: ActorStatistics, capacity: int) -> None:
+        super().__init__(delivery, info, stats, capacity)
+        self.nominal = capacity
+        cb = self.callback
+        # The default capture hook (seen through wrappers such as throttle()): send the bare tree, the worker wraps
+        # it in the protected view (a view's class is compiled per process and does not pickle).
+        self.wrap = type(cb.inner).snapshot is Callback.snapshot and (
+            type(cb).snapshot is Callback.snapshot or type(cb).snapshot is _wrapper_snapshot())
+        if self.wrap:
+            access = cb.state_access
+
+            def capture(event: Event, phase: Phase, learner: Any, copy: bool = True) -> Any:
+                return snapshot_tree(learner, access)
+
+            self.capture = capture
+        self.blocking = True
+        self.worker: ProcessWorker | None = None
+        self.payload = b""
+        self.begun = False
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            await self._end()
+
+    async def _serve(self) -> None:
+        assert self.worker is not None
+        try:
+            await self._call(self.worker.begin, self.payload, self.wrap, on_cancel=self._cancel_start)
+            self.begun = True
+        finally:
+            self.capacity = self.nominal  # start-up is over: the inbox bound applies again
+        await super()._serve()
+
+    async def _handle_batch(self, batch: list[Item]) -> None:
+        assert self.worker is not None and self.thread is not None
+        if self.worker.dead:
+            return
+        while not self.predecessors:  # batches that queued up while the worker was busy: one exchange
+            try:
+                batch = batch + self.recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        self._note_lag(batch[0])
+        seconds, errors = await self._call(self.worker.handle, [(i.event, i.phase, i.view) for i in batch])
+        self._settle(batch, seconds, errors)
+
+    def _cancel_start(self) -> None:
+        """Cancelled while the worker starts: a worker that is not ready yet has nothing to finish; end it now."""
+        assert self.worker is not None
+        if self.worker.ready:
+            self.worker.request_abort()
+        else:
+            self.worker.kill()
+
+    async def _call(
+        self, fn: Callable[..., Any], *args: Any, grace: float | None = None,
+        on_cancel: Callable[[], None] | None = None,
+    ) -> Any:
+        """Run a blocking exchange with the worker on the courier thread; on cancellation ask the worker to stop,
+        give it ``grace`` (default ``cancel_grace``) seconds, then kill it."""
+        assert self.thread is not None and self.worker is not None
+        worker = self.worker
+        thread = self.thread
+        grace = self.delivery.cancel_grace if grace is None else grace
+        try:
+            return await thread.run(fn, *args, grace=grace, on_cancel=on_cancel or worker.request_abort)
+        except BaseException:
+            if thread.abandoned:  # the grace ran out: end the worker, the courier's exchange then fails at once
+                worker.kill()
+                thread.abandoned = False
+                self.stats.abandoned = True
+                warnings.warn(
+                    f"asyncloop: detached callback {self.callback.name} did not finish its handler within "
+                    f"{self.delivery.cancel_grace:g} s of the fit being cancelled or failing; its worker process "
+                    f"was terminated (give blocking I/O a timeout)",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
+            raise
+
+    async def _end(self) -> None:
+        """Tear the worker's copy down and load its final state (shielded; bounded unless the fit drained)."""
+        worker, thread, session = self.worker, self.thread, self.delivery.session_at_start
+        try:
+            if not self.begun or worker is None or thread is None or worker.dead or thread.stopped:
+                return
+            with trio.CancelScope(shield=True) as scope:
+                if not self.delivery.drained:
+                    scope.deadline = trio.current_time() + self.delivery.cancel_grace
+                try:
+                    state, error = await self._call(worker.end, grace=0)
+                except trio.Cancelled:  # the grace ran out: the worker was killed
+                    return
+                except Exception as exc:
+                    state, error = None, exc
+                if state is not None and error is None:
+                    try:
+                        self.callback.inner.load_process_state(state)
+                    except Exception as exc:
+                        error = exc
+                if error is not None and session is not None and session.error is None:
+                    error.add_note(f"asyncloop: raised while ending the worker process of {self.callback.name}")
+                    session.fail(error)
+        finally:
+            self.begun = False
+            if thread is not None:
+                thread.stop()
+
+
 class Delivery:
     """The detached half of an :class:`asyncloop.ActorRunner`: its actors and everything between them and the loop.
 
@@ -218,21 +357,53 @@ class Delivery:
         self.outbox: deque[tuple[Actor, Item]] = deque()
         self.flush_scheduled = False
         self.last_flush = 0.0
+        self.drained = False
+        self.session_at_start: Session | None = None
+        #: id(callback) -> (callback, its worker process): kept across the fits of this runner.
+        self.workers: dict[int, tuple[Any, ProcessWorker]] = {}
+        weakref.finalize(self, _stop_workers, self.workers)
 
     def compile(self, learner: Any, infos: Sequence[CallbackInfo], stats: Sequence[ActorStatistics],
                 graph: nx.DiGraph) -> None:
         """One actor per detached callback; each waits per event for the detached actors it runs after."""
         self.learner = learner
         self.actors = {}
+        processes: list[Any] = []
         for info in infos:
-            if info.callback.detached:
+            detached = placement(info.callback)
+            if detached:
                 capacity = info.callback.inbox_size or self.inbox_size
                 if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
                     raise ValueError(f"{info.callback.name}.inbox_size must be an int >= 1, got {capacity!r}")
-                self.actors[info.index] = Actor(self, info, stats[info.index], capacity)
+                kind = ProcessActor if detached == "process" else Actor
+                self.actors[info.index] = kind(self, info, stats[info.index], capacity)
+                if detached == "process":
+                    check_picklable(info.callback)  # fail when the learner is built, not mid-fit
+                    processes.append(info.callback)
+        # Start the workers now (spawn + imports take seconds): they warm up while the user prepares the fit.
+        keep = {id(cb) for cb in processes}
+        for key in [k for k in self.workers if k not in keep]:
+            self.workers.pop(key)[1].stop()
+        for cb in processes:
+            self.worker_for(cb)
         for index, actor in self.actors.items():
             ancestors = nx.ancestors(graph, index)
             actor.predecessors = [a for i, a in self.actors.items() if i in ancestors]
+
+    def worker_for(self, callback: Any) -> ProcessWorker:
+        """``callback``'s worker process: the one kept from an earlier fit, or a fresh one (spawned now)."""
+        known = self.workers.get(id(callback))
+        if known is not None and known[0] is callback and known[1].alive():
+            return known[1]
+        if known is not None:
+            known[1].stop()
+        worker = ProcessWorker(callback.name)
+        self.workers[id(callback)] = (callback, worker)
+        return worker
+
+    def shutdown(self) -> None:
+        """Stop every worker process (they are otherwise kept for the next fit)."""
+        _stop_workers(self.workers)
 
     # -- training thread -------------------------------------------------------------------------------------
     def publish(self, step: Step, event: Event, phase: Phase) -> Actor | None:
@@ -242,7 +413,7 @@ class Delivery:
             return None
         actor: Actor = step.actor
         try:
-            view = actor.callback.snapshot(event, phase, self.learner, copy=True)
+            view = actor.capture(event, phase, self.learner, copy=True)
         except BaseException as exc:
             annotate(exc, actor.callback, event, phase, detached=True)
             raise
@@ -253,7 +424,11 @@ class Delivery:
         if queued * 2 > actor.capacity:
             if queued >= actor.capacity:
                 return actor  # full: the loop waits until there is room for the next event
-            self.schedule_flush()  # half full: hand over now rather than at the next interval
+            # Half full: hand over now rather than at the next interval, but at most once per quarter of the
+            # inbox: an actor that stays busy would otherwise get a wake-up and a batch of one at every event.
+            if actor.enqueued - actor.early_flush_at >= max(1, actor.capacity // 4):
+                actor.early_flush_at = actor.enqueued
+                self.schedule_flush()
         return None
 
     def tail(self, flush: bool) -> Callable[[list[Actor] | None], Awaitable[None] | None]:
@@ -268,11 +443,15 @@ class Delivery:
         return tail
 
     async def wait_for_room(self, actors: list[Actor]) -> None:
-        """Block the loop until each full inbox has room again (a hop to the caller's loop)."""
+        """Block the loop until each full inbox is at most half full again (a hop to the caller's loop).
+
+        Half, not one free slot: an actor slower than the loop would otherwise cost a hop (~100-150 us of CPU) at
+        every event once its inbox filled; this way one hop per ``capacity / 2`` events, for the same total wait.
+        """
         session = self.session
         assert session is not None
         for actor in actors:
-            target = actor.enqueued - actor.capacity + 1
+            target = actor.enqueued - actor.capacity // 2
             t0 = _perf()
 
             async def wait(actor: Actor = actor, target: int = target) -> None:
@@ -340,14 +519,22 @@ class Delivery:
 
     async def start(self, session: Session) -> None:
         """Spawn one task (and, for blocking actors, one thread) per actor in the session's nursery."""
-        self.session = session
+        for actor in self.actors.values():  # before anything starts: an unpicklable callback fails the fit here
+            if isinstance(actor, ProcessActor):
+                actor.payload = check_picklable(actor.callback)
+        self.session = self.session_at_start = session
         self.seq = 0
         self.outbox.clear()
         self.flush_scheduled = False
+        self.drained = False
         nursery = session.nursery
         assert nursery is not None
         for actor in self.actors.values():
             actor.reset()
+            if isinstance(actor, ProcessActor):
+                actor.worker = self.worker_for(actor.callback)
+                actor.begun = False
+                actor.capacity = actor.nominal * (1 if actor.worker.ready else STARTUP_INBOX_FACTOR)
             if actor.blocking:
                 actor.thread = ActorThread(f"asyncloop-actor-{actor.callback.name}")
             nursery.start_soon(actor.run, name=f"asyncloop-actor-{actor.callback.name}")
@@ -359,12 +546,13 @@ class Delivery:
             t0 = _perf()
             await actor.wait_processed(actor.enqueued)
             actor.stats.loop_wait_time += _perf() - t0
+        self.drained = self.session is not None and self.session.error is None
 
     def close(self) -> None:
         """Close every inbox and ask every thread to stop (never raises); pending events are dropped."""
         for actor in self.actors.values():
             actor.send.close()
-            if actor.thread is not None:
+            if actor.thread is not None and not isinstance(actor, ProcessActor):  # a process actor's ends its own
                 actor.thread.stop()
         self.outbox.clear()
         self.session = None
@@ -374,3 +562,23 @@ class Delivery:
             if actor.thread is not None:
                 actor.thread.join()  # quick: every actor task has finished, so each thread is exiting
                 actor.thread = None
+
+
+def _wrapper_snapshot() -> Any:
+    from ..callbacks._conditional import ConditionalCallback
+
+    return ConditionalCallback.snapshot
+
+
+def placement(callback: Any) -> bool | str:
+    """A callback's ``detached`` setting, checked: ``False``, ``True`` or ``"process"``."""
+    detached = callback.detached
+    if detached is True or detached is False or detached == "process":
+        return detached
+    raise ValueError(f'{callback.name}.detached must be False, True or "process", got {detached!r}')
+
+
+def _stop_workers(workers: dict[int, tuple[Any, ProcessWorker]]) -> None:
+    for _, worker in workers.values():
+        worker.stop()
+    workers.clear()
