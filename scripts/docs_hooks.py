@@ -3,6 +3,8 @@
 * **Examples as pages.** Every ``examples/**/*.py`` becomes a generated page ``examples/<path>.md`` (its module
   docstring, then its source), listed under "Examples" in the nav, and a docs link to an example file
   (``../examples/gan.py``, ``../examples``) is rewritten to that page. On GitHub the same links open the files.
+  Likewise the benchmarks' plots (``bench/results/**/*.png``) are copied into the site, and links to them
+  rewritten.
 * **Callback graphs drawn from code.** A line ``<!-- callback-graph: NAME -->`` in a page is replaced by a
   Mermaid flowchart of the callback graph of the learner ``NAME``, built by running the page's python blocks that
   come before the line (as the tests run them, in a temporary folder, their output discarded). So the picture is
@@ -77,6 +79,8 @@ def on_files(files: Any, config: Any) -> Any:
         "| example | what it shows |\n|---|---|\n" + "\n".join(rows) + "\n"
     )
     files.append(File.generated(config, "examples/index.md", content=index))
+    for plot in sorted((ROOT / "bench" / "results").rglob("*.png")):  # the benchmarks' plots, as images
+        files.append(File.generated(config, plot.relative_to(ROOT).as_posix(), content=plot.read_bytes()))
     return files
 
 
@@ -95,6 +99,8 @@ def _rewrite_links(markdown: str, src_uri: str) -> str:
             site = "examples/index.md"
         elif repo_path.startswith("examples/") and repo_path.endswith(".py") and (ROOT / repo_path).is_file():
             site = example_page(ROOT / repo_path)
+        elif repo_path.startswith("bench/results/") and repo_path.endswith(".png") and (ROOT / repo_path).is_file():
+            site = repo_path
         else:
             return match[0]
         rel = posixpath.relpath(site, page_dir or ".")
