@@ -775,6 +775,20 @@ class TestStepCheckpoints:
         assert (tmp_path / "last.pt").exists()
         assert same_tree(torch.load(tmp_path / "last.pt", weights_only=True)["model"], learner.model.state_dict())
 
+    def test_only_due_steps_reach_the_actor(self, tmp_path: Path) -> None:
+        """Under the ActorRunner a step checkpointer's actor gets only the due StepEnds (steps 3 and 6 of 8), so a
+        long write never fills its inbox with the steps in between; resumed counts stay right (step 6 is due)."""
+        handled = {}
+        for every in (None, 3):
+            learner = test_learner(Checkpointer(tmp_path / str(every), every_n_steps=every), Recorder(), Metrics(),
+                                   n_batches=4, runner=ActorRunner())
+            result = trio.run(fit, learner, 2)
+            (stats,) = [s for s in result.statistics if s.name == "Checkpointer"]
+            handled[every] = stats.events
+        assert handled[3] - handled[None] == 2
+        assert [n for n in checkpoints(tmp_path / "3") if n.startswith("checkpoint_step_")] == [
+            "checkpoint_step_0000006.pt"]
+
     def test_save_last_is_the_newest_state(self, tmp_path: Path) -> None:
         """save_last keeps last.pt with the state of the newest checkpoint."""
         learner = test_learner(Checkpointer(tmp_path, save_last=True), Recorder(), Metrics(), n_batches=2)

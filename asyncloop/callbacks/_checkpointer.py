@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._callback import Callback, on
+from .._callback import Callback, Handler, on
 from .._checkpoint import training_state
 from .._checkpoint_files import LATEST, write_latest
 from .._durable import describe_write_error, fsync_dir, save_file
@@ -386,7 +386,27 @@ class Checkpointer(Callback):
 
 class _StepCheckpointer(Checkpointer):
     """A :class:`Checkpointer` with ``every_n_steps``: it also handles training ``StepEnd`` (a plain one does not,
-    so that it costs nothing per step)."""
+    so that it costs nothing per step). Only the due steps reach it: the others are skipped on the training thread
+    before any snapshot, so under the ``ActorRunner`` a write that lasts many steps never fills its inbox with
+    the steps in between (they would make training wait for the write)."""
+
+    _steps_seen = 0  # training steps done, as the Recorder counts them (set at each training EpochBegin)
+
+    def handler(self, event: type[Event], phase: type[Phase]) -> Handler | None:
+        found = super().handler(event, phase)
+        if found is None or not issubclass(event, StepEnd):
+            return found
+        return Handler(found.fn, found.is_async, self._step_due)
+
+    def _step_due(self, event: Event, phase: Phase) -> bool:
+        self._steps_seen += 1
+        return self._steps_seen % self.every_n_steps == 0  # type: ignore[operator]
+
+    def snapshot(self, event: Event, phase: Phase, learner: Any, *, copy: bool = True) -> _Job | None:
+        if isinstance(event, EpochBegin):
+            history = learner.cbstate.get("history")
+            self._steps_seen = history[phase].steps if history is not None else 0
+        return super().snapshot(event, phase, learner, copy=copy)
 
     @on(StepEnd, AbstractTrainingPhase)
     def step_checkpoint(self, event: Event, phase: Phase, job: _Job | None) -> None:
