@@ -72,7 +72,9 @@ def make_learner(folder: Path, runner: str, *extra: Callback) -> asyncloop.Learn
             asyncloop.Recorder(),
             asyncloop.Metrics(asyncloop.accuracy),
             Checkpointer(folder / "checkpoints"),
-            LogMetrics(EventLogBackend(folder / "events.alog", run="crashy")),
+            # inline (detached=False): every point is in the file before the crash; a detached logger's pending
+            # points would die with the process, and the log could end before the checkpoint's step
+            LogMetrics(EventLogBackend(folder / "events.alog", run="crashy"), detached=False),
             *extra,
         ],
         runner=asyncloop.ActorRunner() if runner == "actor" else asyncloop.LinearRunner(),
