@@ -30,6 +30,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
+from ._demo import add_demo_command, at_least
+
 
 TOKEN_ENV = "ASYNCLOOP_STREAM_TOKEN"
 
@@ -207,17 +209,6 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
-def _count(text: str) -> int:
-    """An argparse ``type``: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
 def _add_serve_command(commands: Any) -> None:
     serve = commands.add_parser(
         "serve", help="run the training service: an HTTP API and a web page over concurrent fits",
@@ -231,9 +222,9 @@ def _add_serve_command(commands: Any) -> None:
                        help="port to listen on (default 8000; 0 picks a free one and prints it)")
     serve.add_argument("--dir", default="runs/service", help="folder for the jobs' event logs and checkpoints "
                        "(default runs/service)")
-    serve.add_argument("--max-running", type=_count, default=2, metavar="N",
+    serve.add_argument("--max-running", type=at_least(1), default=2, metavar="N",
                        help="jobs that train at the same time (default 2); later jobs wait their turn")
-    serve.add_argument("--max-queued", type=_count, default=16, metavar="N",
+    serve.add_argument("--max-queued", type=at_least(1), default=16, metavar="N",
                        help="jobs that may wait (default 16); more are refused with 429")
     serve.add_argument("--stream-port", type=lambda t: 0 if t == "0" else _port(t), default=None, metavar="P",
                        help=f"also publish every job on asyncloop's live stream on this port (for "
@@ -270,9 +261,7 @@ def _port(text: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asyncloop", description="asyncloop command line tools")
     commands = parser.add_subparsers(dest="command", required=True)
-    from ._demo import add_demo_command  # its options live with the demo, which examples/demo.py shares
-
-    add_demo_command(commands)
+    add_demo_command(commands)  # its options live with the demo, which examples/demo.py shares
     _add_serve_command(commands)
     log = commands.add_parser("log", help="read asyncloop event logs and live streams")
     actions = log.add_subparsers(dest="action", required=True)

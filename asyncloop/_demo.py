@@ -64,7 +64,7 @@ MISSING_EXTRA = (
 )
 
 
-def _at_least(low: int) -> Any:
+def at_least(low: int) -> Any:
     """An argparse ``type``: an int >= ``low``."""
 
     def parse(text: str) -> int:
@@ -101,7 +101,7 @@ def _folder(text: str) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the demo's options to ``parser`` (shared by ``asyncloop demo`` and ``examples/demo.py``)."""
-    parser.add_argument("--epochs", type=_at_least(1), default=None, metavar="N",
+    parser.add_argument("--epochs", type=at_least(1), default=None, metavar="N",
                         help=f"training epochs (default {EPOCHS}, or {QUICK_EPOCHS} with --quick); early stopping "
                              "may end the run sooner")
     parser.add_argument("--runner", choices=("actor", "linear"), default="actor",
