@@ -163,9 +163,14 @@ def is_training_step(group: tuple[str, ...]) -> bool:
     of ``validate()``'s ``EvaluationPhase`` or of any other phase are not training steps: a ``validate()`` after a
     fit must not look like the fit restarting at step 1.
     """
-    if not group or group[0] != "Step":
-        return False
-    return len(group) == 1 or group[1] in _training_phase_names()
+    return training_step_test()(group)
+
+
+def training_step_test() -> Callable[[tuple[str, ...]], bool]:
+    """:func:`is_training_step` with the training phases' names looked up once, for a loop over many groups (the
+    records of a log being reopened)."""
+    names = _training_phase_names()
+    return lambda group: bool(group) and group[0] == "Step" and (len(group) == 1 or group[1] in names)
 
 
 def _training_phase_names() -> set[str]:

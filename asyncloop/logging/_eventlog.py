@@ -38,7 +38,7 @@ from typing import IO, Any, BinaryIO
 
 from .._exceptions import EventLogFormatError
 from ..loggables import Loggable
-from ._backend import LoggerBackend, default_run_name, is_training_step
+from ._backend import LoggerBackend, default_run_name, is_training_step, training_step_test
 from ._records import FORMAT_VERSION, control_record, is_record, make_record, open_value, pack, unpack
 
 
@@ -241,12 +241,13 @@ def _scan(f: IO[bytes], run: str) -> tuple[int, int, int | None]:
     """
     f.seek(HEADER_SIZE)
     end, seq, step = HEADER_SIZE, 0, None
+    is_training = training_step_test()
     while (found := _next_record(f)) is not None:
         record, size = found
         end += size
         if record["run"] == run:
             seq = max(seq, record["seq"] + 1)
-            if record["kind"] not in ("open", "close", "rewind") and is_training_step(tuple(record["group"])):
+            if record["kind"] not in ("open", "close", "rewind") and is_training(tuple(record["group"])):
                 step = record["index"] if step is None else max(step, record["index"])
     return end, seq, step
 
