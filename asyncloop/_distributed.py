@@ -572,7 +572,6 @@ class RoundRobin:
                 yield mine
 
 
-
 class SizedRoundRobin(RoundRobin):
     """:class:`RoundRobin` over data with a ``len``: ``len(data) // world_size`` steps per pass."""
 
