@@ -29,7 +29,7 @@ from ._durable import save_file
 from ._exceptions import CheckpointError
 from ._plaindata import SKIP, a_type, decode_cbstate, encode, is_plain, malformed
 from ._rng import global_state, set_global_state
-from ._snapshots import _clone_tree
+from ._snapshots import TensorPool, _clone_tree
 from .phases import TrainingPhase
 
 if TYPE_CHECKING:
@@ -65,23 +65,24 @@ def callback_key(callbacks: list[Callback], index: int) -> str:
     return name if occurrence == 0 else f"{name}#{occurrence}"
 
 
-def training_state(learner: Learner, *, clone: bool = True) -> dict[str, Any]:
+def training_state(learner: Learner, *, clone: bool = True, pool: TensorPool | None = None) -> dict[str, Any]:
     """The full training state of ``learner`` as plain data (``Learner.state_dict()``).
 
     With ``clone`` every tensor is a copy, so the result stays valid while training goes on (what a detached
-    :class:`asyncloop.Checkpointer` needs). ``cbstate`` entries that are not plain data nor known histories are
-    left out with a warning.
+    :class:`asyncloop.Checkpointer` needs); with a ``pool`` (between its ``begin`` and ``end``) the model's and
+    optimizer's tensors are copied into its spare buffers. ``cbstate`` entries that are not plain data nor known
+    histories are left out with a warning.
     """
     model = learner.model
     state: dict[str, Any] = {"format": FORMAT, "version": VERSION}
     if isinstance(model, torch.nn.Module):
         weights = model.state_dict()
-        state["model"] = {k: v.detach().clone() for k, v in weights.items()} if clone else dict(weights)
+        state["model"] = _clone_tree(dict(weights), pool, ("model",)) if clone else dict(weights)
     if learner._optimizer is not None or (
         learner._optimizer_factory is not None and isinstance(model, torch.nn.Module)
     ):
         opt = learner.optimizer.state_dict()
-        state["optimizer"] = _clone_tree(opt) if clone else opt
+        state["optimizer"] = _clone_tree(opt, pool, ("optimizer",)) if clone else opt
         state["optimizer_class"] = type(learner.optimizer).__qualname__
     callbacks = learner._callbacks
     cb_states: dict[str, Any] = {}

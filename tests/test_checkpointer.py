@@ -789,6 +789,51 @@ class TestStepCheckpoints:
         assert [n for n in checkpoints(tmp_path / "3") if n.startswith("checkpoint_step_")] == [
             "checkpoint_step_0000006.pt"]
 
+    def test_detached_copies_reuse_the_written_ones_and_hold_each_steps_weights(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Under the ActorRunner a step checkpoint copies the state into the buffers of the previous one once
+        it is written (no fresh allocation), each file holds the weights of its own step, and no copy is kept
+        after the fit."""
+        import asyncloop.callbacks._checkpointer as module
+
+        saved: list[tuple[int, dict[str, torch.Tensor], torch.Tensor]] = []
+        real_save = module.save_file
+
+        def recording_save(state: Any, path: Path) -> None:
+            if Path(path).name.startswith("checkpoint_step_"):
+                weight = next(iter(state["model"].values()))
+                saved.append((state["step"], {k: v.clone() for k, v in state["model"].items()}, weight))
+            real_save(state, path)
+
+        monkeypatch.setattr(module, "save_file", recording_save)
+        cb = Checkpointer(tmp_path, every_n_steps=2)
+        weights: dict[int, dict[str, torch.Tensor]] = {}
+
+        class Watch(Callback):
+            """Inline: keeps each step's weights, and before a due step waits until the last copy came back."""
+
+            state_access = {"model": Read(), "cbstate": {"history": Read()}}
+
+            @on(StepEnd, AbstractTrainingPhase)
+            def step_end(self, event: Any, phase: Any, learner: Any) -> None:
+                steps = learner.cbstate.history[phase].steps
+                weights[steps] = {k: v.detach().clone() for k, v in learner.model.state_dict().items()}
+                time.sleep(0.002)  # longer than the flush interval: every event hands the outbox over
+                deadline = time.monotonic() + 10
+                while steps % 2 == 1 and steps > 1 and cb._pool._spare is None and time.monotonic() < deadline:
+                    time.sleep(0.001)
+
+        runner = ActorRunner(flush_interval=0.001)
+        learner = test_learner(cb, Recorder(), Metrics(), Watch(), n_batches=6, runner=runner)
+        trio.run(fit, learner, 1)
+        assert [step for step, _, _ in saved] == [2, 4, 6]
+        for step, model, _ in saved:
+            assert same_tree(model, weights[step])
+        # the written tensors are kept alive here, so a fresh copy could not land at the same address
+        assert saved[1][2] is saved[0][2] and saved[2][2] is saved[1][2]
+        assert cb._pool._spare is None
+
     def test_save_last_is_the_newest_state(self, tmp_path: Path) -> None:
         """save_last keeps last.pt with the state of the newest checkpoint."""
         learner = test_learner(Checkpointer(tmp_path, save_last=True), Recorder(), Metrics(), n_batches=2)

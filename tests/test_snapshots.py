@@ -11,7 +11,7 @@ import torch
 from asyncloop import History, PropDict, Read, Recorder, TrainingPhase, test_learner
 from asyncloop._access import FIELD_TABLE, LEARNER_FIELDS
 from asyncloop._containers import PhaseDict
-from asyncloop._snapshots import OptimizerSnapshot, snapshot, snapshot_tree
+from asyncloop._snapshots import OptimizerSnapshot, TensorPool, snapshot, snapshot_tree
 
 # ----------------------------------------------------------------------------------------------------------------
 # snapshot / snapshot_tree
@@ -151,3 +151,56 @@ class TestFieldTableDrivesSnapshots:
         out = snapshot_tree(learner, MappingProxyType({"cbstate": MappingProxyType({"history": Read(), "nope": Read()})}))
         assert set(out) == {"cbstate"} and set(out.cbstate) == {"history"}
         assert out.cbstate.history is not learner.cbstate.history
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# TensorPool
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class TestTensorPool:
+    def _copy(self, pool: TensorPool, state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+        pool.begin()
+        copied = {k: pool.copy(("model", k), v) for k, v in state.items()}
+        return copied, pool.end()
+
+    def test_a_recycled_copy_is_reused_for_the_next(self) -> None:
+        """After recycle, the next copy writes into the same memory and holds the new values."""
+        pool = TensorPool()
+        weight = torch.randn(4, 3, requires_grad=True)
+        first, buffers = self._copy(pool, {"w": weight})
+        assert torch.equal(first["w"], weight) and not first["w"].requires_grad
+        assert first["w"].data_ptr() != weight.data_ptr()
+        pool.recycle(buffers)
+        with torch.no_grad():
+            weight.add_(1.0)
+        second, _ = self._copy(pool, {"w": weight})
+        assert second["w"].data_ptr() == first["w"].data_ptr()
+        assert torch.equal(second["w"], weight)
+
+    def test_without_a_recycled_copy_it_allocates(self) -> None:
+        """A copy taken while the previous one is still out (not recycled) gets fresh memory."""
+        pool = TensorPool()
+        weight = torch.randn(5)
+        first, _ = self._copy(pool, {"w": weight})
+        second, _ = self._copy(pool, {"w": weight})
+        assert second["w"].data_ptr() != first["w"].data_ptr() and torch.equal(second["w"], weight)
+
+    def test_a_buffer_that_does_not_fit_is_not_used(self) -> None:
+        """A tensor whose shape or dtype changed is cloned, never written into a mismatched buffer."""
+        pool = TensorPool()
+        first, buffers = self._copy(pool, {"w": torch.randn(5), "v": torch.randn(2)})
+        pool.recycle(buffers)
+        second, _ = self._copy(pool, {"w": torch.randn(6), "v": torch.randn(2).double()})
+        assert second["w"].shape == (6,) and second["v"].dtype == torch.float64
+        assert second["w"].data_ptr() != first["w"].data_ptr()
+        assert second["v"].data_ptr() != first["v"].data_ptr()
+
+    def test_clear_drops_the_spare_copy(self) -> None:
+        """clear() forgets the recycled buffers: the next copy allocates."""
+        pool = TensorPool()
+        first, buffers = self._copy(pool, {"w": torch.randn(5)})
+        pool.recycle(buffers)
+        pool.clear()
+        second, _ = self._copy(pool, {"w": torch.randn(5)})
+        assert second["w"].data_ptr() != first["w"].data_ptr()
