@@ -212,3 +212,36 @@ class TestLateStop:
         assert result.stopped is True
         assert result.reason is reason
         assert result.epochs == 2
+
+
+class TestEarlyHandOver:
+    async def test_an_idle_slow_actor_gets_its_events_before_the_interval(self) -> None:
+        """A detached actor that caught up (idle) with at least a millisecond of work queued (by its average
+        handler time) is handed its events at once, not at the next flush interval: with a 0.2 s interval and
+        1 ms steps it lags a few steps behind the loop, not a whole interval's worth (~200 steps)."""
+        import time
+
+        done: list[int] = []
+        lags: list[int] = []
+
+        class Pace(al.Callback):
+            @al.on(al.StepEnd, al.AbstractTrainingPhase)
+            def step_end(self, event, phase, learner) -> None:
+                time.sleep(0.001)
+                done.append(1)
+
+        class Slow(al.Callback):
+            detached = True
+            state_access = {"step": {"loss": al.Read()}}
+            run_after = (Pace,)
+
+            @al.on(al.StepEnd, al.AbstractTrainingPhase)
+            def step_end(self, event, phase, learner) -> None:
+                lags.append(len(done))
+                time.sleep(0.0005)
+
+        lrn = al.test_learner(Pace(), Slow(), n_batches=600, runner=al.ActorRunner(flush_interval=0.2))
+        await al.fit(lrn, 1)
+        assert len(lags) == 600
+        behind = sorted(seen - i for i, seen in enumerate(lags, 1))
+        assert behind[len(behind) // 2] <= 20, behind[len(behind) // 2]

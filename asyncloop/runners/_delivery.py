@@ -2,9 +2,9 @@
 
 The training thread *publishes*: it takes the callback's snapshot (``snapshot(..., copy=True)``) at the
 callback's turn in the event's order and appends it to the outbox, a ``deque`` (no lock, no wake-up). When
-``flush_interval`` seconds passed since the last hand-off, when an inbox is half full, and at every epoch/fit
-boundary, it asks the caller's trio loop (``run_sync_soon``) to *flush*: deliver the outbox as one batch per
-actor. Each :class:`Actor` is a task in the caller's loop that handles its batches in order: runs of sync handlers
+``flush_interval`` seconds passed since the last hand-off, when an inbox is half full, when an idle actor has a
+millisecond of work queued (``EARLY_WORK``), and at every epoch/fit boundary, it asks the caller's trio loop
+(``run_sync_soon``) to *flush*: deliver the outbox as one batch per actor. Each :class:`Actor` is a task in the caller's loop that handles its batches in order: runs of sync handlers
 on its own :class:`ActorThread` (one hand-off per run; on the loop itself with ``blocking = False``), async
 handlers as the task. A ``run_after`` path between two detached actors holds per event.
 
@@ -47,6 +47,10 @@ if TYPE_CHECKING:
 
 _perf = time.perf_counter
 _SEQ = attrgetter("seq")
+#: An idle actor gets its queued events before the next flush interval once they hold this many seconds of work
+#: (by its moving-average handler time): a slow observer never waits for an interval with work queued, while a
+#: trivial one (a printer: microseconds per event) costs no extra wake-up.
+EARLY_WORK = 0.001
 #: Events that hand the outbox over at once (epoch and fit boundaries).
 FLUSH_EVENTS = (EpochBegin, EpochEnd, FitBegin, FitEnd)
 
@@ -80,6 +84,8 @@ class Actor:
         self.enqueued = 0  # written by the training thread only
         self.early_flush_at = 0  # ``enqueued`` at the last half-full hand-over (training thread)
         self.processed = 0  # written by the host only
+        self.delivered = 0  # events handed to the actor so far (host)
+        self.mean_seconds = 0.0  # a moving average of its handler time (host)
         self.pending: deque[int] = deque()  # seqs delivered and not yet handled (host)
         self.send, self.recv = trio.open_memory_channel[list[Item]](math.inf)
         self.lot = trio.lowlevel.ParkingLot()
@@ -106,6 +112,8 @@ class Actor:
             elif item.seq in pending:  # pragma: no cover - defensive: an earlier run stopped short
                 pending.remove(item.seq)
         self.processed += len(seconds)
+        if seconds:
+            self.mean_seconds += (sum(seconds) / len(seconds) - self.mean_seconds) * 0.25
         self.lot.unpark_all()
 
     # -- the actor's task (host) -----------------------------------------------------------------------------
@@ -420,6 +428,11 @@ class Delivery:
         self.seq += 1
         self.outbox.append((actor, Item(self.seq, event, phase, view, step.fn, step.is_async)))
         actor.enqueued += 1
+        waiting = actor.enqueued - actor.delivered
+        if actor.processed >= actor.delivered and waiting * actor.mean_seconds >= EARLY_WORK:
+            # An idle actor with work waiting (a slow observer that caught up): hand over now, not at the next
+            # interval, so that it does not sit idle while its events pile up in the outbox.
+            self.schedule_flush()
         queued = actor.enqueued - actor.processed
         if queued * 2 > actor.capacity:
             if queued >= actor.capacity:
@@ -491,6 +504,7 @@ class Delivery:
                     batch = batches[actor] = []
                 batch.append(item)
             for actor, batch in batches.items():
+                actor.delivered += len(batch)
                 actor.pending.extend(map(_SEQ, batch))
                 depth = actor.enqueued - actor.processed
                 if depth > actor.stats.peak_inbox:
