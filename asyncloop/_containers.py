@@ -14,6 +14,7 @@ recursively, is :func:`asyncloop.state.snapshot`'s own rule. This module imports
 
 from __future__ import annotations
 
+from array import array
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -78,17 +79,37 @@ def _as_python(value: Any) -> Any:
     return value
 
 
+#: Column storage: an index column is an ``array("q")`` while every index is an int, a value column an
+#: ``array("d")`` while every value is a float (8 bytes per entry, where a list holds a pointer and a boxed
+#: number: ~70 bytes per step of a per-step metric); a push of anything else turns that column into a list.
+_INDEX, _VALUE = "q", "d"
+
+
+def _column(items: Any, code: str) -> Any:
+    """``items`` as the compact column of type ``code`` when every item fits it exactly, else as a list."""
+    items = list(items)
+    kind = int if code == _INDEX else float
+    if all(item.__class__ is kind for item in items):
+        try:
+            return array(code, items)
+        except OverflowError:  # an int beyond 64 bits
+            pass
+    return items
+
+
 class SeriesHistory:
     """Named series of ``(index, value)`` pairs, appended in order (FluxTraining's ``MVHistory``).
 
     Values may be pushed as one-element tensors so that no host sync happens while training; they are
-    converted to Python numbers when read with :meth:`last` or :meth:`values`.
+    converted to Python numbers when read with :meth:`last` or :meth:`values`. Storage is compact while the
+    indices are ints and the values floats (8 bytes each per entry): a per-step loss over 100k steps holds
+    ~1.6 MB, not ~8 MB.
     """
 
     __slots__ = ("_series", "_len", "_frozen")
 
     def __init__(self) -> None:
-        self._series: dict[str, tuple[list[Any], list[Any]]] = {}
+        self._series: dict[str, tuple[Any, Any]] = {}
         self._len: dict[str, int] = {}
         self._frozen = False
 
@@ -98,19 +119,42 @@ class SeriesHistory:
             raise TypeError("this SeriesHistory is a read-only snapshot; it cannot be pushed to")
         series = self._series.get(name)
         if series is None:
-            series = self._series[name] = ([], [])
-        series[0].append(index)
-        series[1].append(value)
-        self._len[name] = len(series[0])
+            series = self._series[name] = (array(_INDEX), array(_VALUE))
+        indices, values = series
+        if (indices.__class__ is array and index.__class__ is not int) or (
+            values.__class__ is array and value.__class__ is not float
+        ):
+            series = self._widen(name, index, value)
+            indices, values = series
+        try:
+            indices.append(index)
+        except OverflowError:
+            indices, values = series = self._widen(name, index, 0.0, indices=True)
+            indices.append(index)
+        values.append(value)
+        self._len[name] = len(indices)
+
+    def _widen(self, name: str, index: Any, value: Any, indices: bool = False) -> tuple[Any, Any]:
+        """Turn the column of ``name`` that cannot hold ``index`` / ``value`` into a list (copy-on-write:
+        snapshots keep the columns they saw)."""
+        old_indices, old_values = self._series[name]
+        if indices or (old_indices.__class__ is array and index.__class__ is not int):
+            old_indices = list(old_indices)
+        if old_values.__class__ is array and value.__class__ is not float:
+            old_values = list(old_values)
+        series = (old_indices, old_values)
+        self._series = {**self._series, name: series}
+        return series
 
     def replace_last(self, name: str, index: int, value: Any) -> None:
         """Replace the last ``(index, value)`` of ``name`` (copy-on-write: earlier snapshots keep the old pair)."""
         if self._frozen:
             raise TypeError("this SeriesHistory is a read-only snapshot; it cannot be changed")
         indices, values, n = self._get(name)
-        self._series = {**self._series, name: ([*indices[: n - 1], index], [*values[: n - 1], value])}
+        pair = (_column([*indices[: n - 1], index], _INDEX), _column([*values[: n - 1], value], _VALUE))
+        self._series = {**self._series, name: pair}
 
-    def _get(self, name: str) -> tuple[list[Any], list[Any], int]:
+    def _get(self, name: str) -> tuple[Any, Any, int]:
         try:
             n = self._len[name]
         except KeyError:
@@ -122,12 +166,15 @@ class SeriesHistory:
     def last(self, name: str) -> tuple[int, Any]:
         """The last ``(index, value)`` pushed to ``name``; ``KeyError`` if there is none."""
         indices, values, n = self._get(name)
-        values[n - 1] = _as_python(values[n - 1])
+        if values.__class__ is not array:
+            values[n - 1] = _as_python(values[n - 1])
         return indices[n - 1], values[n - 1]
 
     def values(self, name: str) -> list[Any]:
         """All values of ``name``, in push order."""
         _, values, n = self._get(name)
+        if values.__class__ is array:
+            return values[:n].tolist()
         for i in range(n):
             values[i] = _as_python(values[i])
         return values[:n]
@@ -135,7 +182,7 @@ class SeriesHistory:
     def indices(self, name: str) -> list[int]:
         """All indices of ``name``, in push order."""
         indices, _, n = self._get(name)
-        return indices[:n]
+        return indices[:n].tolist() if indices.__class__ is array else indices[:n]
 
     def keys(self) -> list[str]:
         """The series names, in the order they were first pushed."""
@@ -167,7 +214,7 @@ class SeriesHistory:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Replace all series with ``state`` (as returned by :meth:`state_dict`)."""
-        self._series = {name: (list(idx), list(vals)) for name, (idx, vals) in state.items()}
+        self._series = {name: (_column(idx, _INDEX), _column(vals, _VALUE)) for name, (idx, vals) in state.items()}
         self._len = {name: len(idx) for name, (idx, _) in self._series.items()}
 
 

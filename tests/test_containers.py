@@ -204,6 +204,64 @@ class TestSeriesHistory:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+class TestSeriesHistoryStorage:
+    def test_int_indices_and_float_values_take_8_bytes_each(self) -> None:
+        """A series of int indices and float values is stored compactly: 100k pushes allocate ~16 bytes each
+        (a list of boxed numbers: ~70), and reads give Python ints and floats."""
+        import tracemalloc
+
+        h = SeriesHistory()
+        h.push("Loss", 0, 0.5)
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1, 100_001):
+            h.push("Loss", i, 1.0 / i)
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        assert grown / 100_000 < 20
+        assert h.last("Loss") == (100_000, 1.0 / 100_000)
+        assert h.indices("Loss")[:3] == [0, 1, 2] and type(h.indices("Loss")[1]) is int
+        assert h.values("Loss")[:2] == [0.5, 1.0] and type(h.values("Loss")) is list
+
+    @pytest.mark.parametrize("value", [3, True, torch.tensor(2.0), "x", None])
+    def test_other_values_keep_their_type(self, value) -> None:
+        """A value that is not a float (an int, a bool, a tensor, anything) turns the column into a list: every
+        value reads back as pushed (one-element tensors as numbers), the floats before it too."""
+        h = SeriesHistory()
+        h.push("m", 1, 0.25)
+        h.push("m", 2, value)
+        h.push("m", 3, 0.75)
+        got = h.values("m")
+        expected = value.item() if isinstance(value, torch.Tensor) else value
+        assert got == [0.25, expected, 0.75] and type(got[1]) is type(expected)
+
+    def test_big_and_non_int_indices_are_kept(self) -> None:
+        """Indices beyond 64 bits, and indices that are not ints, read back as pushed."""
+        h = SeriesHistory()
+        h.push("a", 1, 1.0)
+        h.push("a", 2**70, 2.0)
+        h.push("b", 1, 1.0)
+        h.push("b", (2, "x"), 2.0)
+        assert h.indices("a") == [1, 2**70] and h.indices("b") == [1, (2, "x")]
+
+    def test_a_snapshot_taken_before_a_change_of_column_keeps_its_values(self) -> None:
+        """A snapshot taken before the column became a list (or before replace_last) reads what it saw."""
+        h = SeriesHistory()
+        h.push("m", 1, 0.5)
+        view = snapshot(h)
+        h.push("m", 2, 7)
+        h.replace_last("m", 2, 8)
+        assert view.values("m") == [0.5] and h.values("m") == [0.5, 8]
+
+    def test_state_round_trip_stays_compact(self) -> None:
+        """load_state_dict from plain lists gives the same series, stored compactly when they fit."""
+        h = SeriesHistory()
+        h.load_state_dict({"Loss": ([1, 2], [0.5, 0.25]), "n": ([1], [3])})
+        assert h.state_dict() == {"Loss": ([1, 2], [0.5, 0.25]), "n": ([1], [3])}
+        h.push("Loss", 3, 0.125)
+        assert h.values("Loss") == [0.5, 0.25, 0.125] and type(h.values("n")[0]) is int
+
+
 class TestGradients:
     @pytest.fixture
     def model(self) -> torch.nn.Module:
