@@ -43,6 +43,8 @@ def _measure(batches: common.StampedBatches, fn, drained: bool, whole: bool) -> 
     the process's and its waited-for children's, until the last batch (until the fit returned for ``drained``
     and ``whole``: a detached observer's CPU counts)."""
     common.LAST_DONE[0] = 0.0
+    if whole:  # the last fit's files reach the disk now, not as writeback stealing CPU from this one
+        os.sync()
     gc.collect()
     children0 = common._cpu() - time.process_time()
     model = fn(batches)
