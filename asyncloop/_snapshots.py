@@ -58,10 +58,10 @@ class TensorPool:
     A fresh copy of a large tensor costs mostly page faults: the allocator maps new memory and the kernel zeroes
     every page before the copy touches it (a 100 MB ``clone`` ~26 ms here, a ``copy_`` into a buffer already
     mapped ~5 ms). The owner copies with :meth:`begin`, :meth:`copy` per tensor (keyed by its path in the state)
-    and :meth:`end`, which returns the CPU buffers used (an accelerator tensor is cloned and not kept); once nothing reads them any more (the checkpoint is
-    written) it hands them back with :meth:`recycle` -- from any thread: the hand-back is one attribute store,
-    and a copy taken meanwhile simply allocates. Pitfall: between two copies the pool keeps one copy's worth of
-    memory; :meth:`clear` drops it.
+    and :meth:`end`, which returns the CPU buffers used (an accelerator tensor is cloned and not kept); once
+    nothing reads them any more (the checkpoint is written) it hands them back with :meth:`recycle` -- from any
+    thread: the hand-back is one attribute store, and a copy taken meanwhile simply allocates. Pitfall: between
+    two copies the pool keeps one copy's worth of memory; :meth:`clear` drops it.
     """
 
     __slots__ = ("_spare", "_taking", "_given")

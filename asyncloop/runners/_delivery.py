@@ -4,9 +4,10 @@ The training thread *publishes*: it takes the callback's snapshot (``snapshot(..
 callback's turn in the event's order and appends it to the outbox, a ``deque`` (no lock, no wake-up). When
 ``flush_interval`` seconds passed since the last hand-off, when an inbox is half full, when an idle actor has a
 millisecond of work queued (``EARLY_WORK``), and at every epoch/fit boundary, it asks the caller's trio loop
-(``run_sync_soon``) to *flush*: deliver the outbox as one batch per actor. Each :class:`Actor` is a task in the caller's loop that handles its batches in order: runs of sync handlers
-on its own :class:`ActorThread` (one hand-off per run; on the loop itself with ``blocking = False``), async
-handlers as the task. A ``run_after`` path between two detached actors holds per event.
+(``run_sync_soon``) to *flush*: deliver the outbox as one batch per actor. Each :class:`Actor` is a task in the
+caller's loop that handles its batches in order: runs of sync handlers on its own :class:`ActorThread` (one
+hand-off per run; on the loop itself with ``blocking = False``), async handlers as the task. A ``run_after``
+path between two detached actors holds per event.
 
 Back-pressure: an inbox holds at most ``capacity`` events; a publication that fills it makes the loop wait (at
 the end of the event) until the actor has handled half of them (one hop per ``capacity / 2`` events from a slow
@@ -48,8 +49,8 @@ if TYPE_CHECKING:
 _perf = time.perf_counter
 _SEQ = attrgetter("seq")
 #: An idle actor gets its queued events before the next flush interval once they hold this many seconds of work
-#: (by its moving-average handler time): a slow observer never waits for an interval with work queued, while a
-#: trivial one (a printer: microseconds per event) costs no extra wake-up.
+#: (by its moving-average handler time): a slow observer sits idle less while its events wait for the interval,
+#: while a trivial one (a printer: microseconds per event) costs no extra wake-up (bench/early_handover.py).
 EARLY_WORK = 0.001
 #: Events that hand the outbox over at once (epoch and fit boundaries).
 FLUSH_EVENTS = (EpochBegin, EpochEnd, FitBegin, FitEnd)
