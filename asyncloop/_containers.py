@@ -79,17 +79,44 @@ def _as_python(value: Any) -> Any:
     return value
 
 
-#: Column storage: an index column is an ``array("q")`` while every index is an int, a value column an
-#: ``array("d")`` while every value is a float (8 bytes per entry, where a list holds a pointer and a boxed
+#: Column storage: an index column is a :class:`_Run` while the indices are consecutive ints (no memory per
+#: entry: steps and epochs count up by one), then an ``array("q")`` while every index is an int; a value column
+#: an ``array("d")`` while every value is a float (8 bytes per entry, where a list holds a pointer and a boxed
 #: number: ~70 bytes per step of a per-step metric); a push of anything else turns that column into a list.
 _INDEX, _VALUE = "q", "d"
 
 
-def _column(items: Any, code: str) -> Any:
-    """``items`` as the compact column of type ``code`` when every item fits it exactly, else as a list."""
+class _Run:
+    """An index column ``start, start + 1, ...``: what a per-step or per-epoch series holds, in two ints."""
+
+    __slots__ = ("start", "n")
+
+    def __init__(self, start: int, n: int = 0) -> None:
+        self.start, self.n = start, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return list(range(self.start, self.start + self.n)[i])
+        return range(self.start, self.start + self.n)[i]
+
+    def append(self, index: int) -> None:  # only ever called with the next index (see SeriesHistory.push)
+        self.n += 1
+
+    def tolist(self) -> list[int]:
+        return list(range(self.start, self.start + self.n))
+
+
+def _column(items: Any, code: str, runs: bool = True) -> Any:
+    """``items`` as the compact column of type ``code`` when every item fits it exactly (consecutive indices as
+    a :class:`_Run` unless ``runs`` is false), else as a list."""
     items = list(items)
     kind = int if code == _INDEX else float
     if all(item.__class__ is kind for item in items):
+        if runs and code == _INDEX and items and items == list(range(items[0], items[0] + len(items))):
+            return _Run(items[0], len(items))
         try:
             return array(code, items)
         except OverflowError:  # an int beyond 64 bits
@@ -119,13 +146,16 @@ class SeriesHistory:
             raise TypeError("this SeriesHistory is a read-only snapshot; it cannot be pushed to")
         series = self._series.get(name)
         if series is None:
-            series = self._series[name] = (array(_INDEX), array(_VALUE))
+            first = _Run(index) if index.__class__ is int else []
+            series = self._series[name] = (first, array(_VALUE))
         indices, values = series
-        if (indices.__class__ is array and index.__class__ is not int) or (
-            values.__class__ is array and value.__class__ is not float
-        ):
-            series = self._widen(name, index, value)
-            indices, values = series
+        if indices.__class__ is _Run:
+            if index.__class__ is not int or index != indices.start + indices.n:
+                indices, values = series = self._widen(name, index, value, run=True)
+        elif indices.__class__ is array and index.__class__ is not int:
+            indices, values = series = self._widen(name, index, value)
+        if values.__class__ is array and value.__class__ is not float:
+            indices, values = series = self._widen(name, index, value)
         try:
             indices.append(index)
         except OverflowError:
@@ -134,11 +164,15 @@ class SeriesHistory:
         values.append(value)
         self._len[name] = len(indices)
 
-    def _widen(self, name: str, index: Any, value: Any, indices: bool = False) -> tuple[Any, Any]:
-        """Turn the column of ``name`` that cannot hold ``index`` / ``value`` into a list (copy-on-write:
-        snapshots keep the columns they saw)."""
+    def _widen(self, name: str, index: Any, value: Any, indices: bool = False, run: bool = False) -> tuple[Any, Any]:
+        """Turn the column of ``name`` that cannot hold ``index`` / ``value`` into a wider one: a run of
+        consecutive indices into an array (or a list), an array into a list (copy-on-write: snapshots keep the
+        columns they saw)."""
         old_indices, old_values = self._series[name]
-        if indices or (old_indices.__class__ is array and index.__class__ is not int):
+        if run:
+            old_indices = _column(old_indices.tolist(), _INDEX, runs=False) if index.__class__ is int \
+                else old_indices.tolist()
+        elif indices or (old_indices.__class__ is array and index.__class__ is not int):
             old_indices = list(old_indices)
         if old_values.__class__ is array and value.__class__ is not float:
             old_values = list(old_values)
@@ -182,7 +216,7 @@ class SeriesHistory:
     def indices(self, name: str) -> list[int]:
         """All indices of ``name``, in push order."""
         indices, _, n = self._get(name)
-        return indices[:n].tolist() if indices.__class__ is array else indices[:n]
+        return indices[:n].tolist() if indices.__class__ is array else indices[:n]  # a list or a _Run: a list
 
     def keys(self) -> list[str]:
         """The series names, in the order they were first pushed."""

@@ -206,8 +206,8 @@ class TestSeriesHistory:
 
 class TestSeriesHistoryStorage:
     def test_int_indices_and_float_values_take_8_bytes_each(self) -> None:
-        """A series of int indices and float values is stored compactly: 100k pushes allocate ~16 bytes each
-        (a list of boxed numbers: ~70), and reads give Python ints and floats."""
+        """A series of int indices and float values is stored compactly: 100k pushes at scattered indices
+        allocate ~16 bytes each (a list of boxed numbers: ~70), and reads give Python ints and floats."""
         import tracemalloc
 
         h = SeriesHistory()
@@ -215,12 +215,12 @@ class TestSeriesHistoryStorage:
         tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
         for i in range(1, 100_001):
-            h.push("Loss", i, 1.0 / i)
+            h.push("Loss", 2 * i, 1.0 / i)
         grown = tracemalloc.get_traced_memory()[0] - before
         tracemalloc.stop()
         assert grown / 100_000 < 20
-        assert h.last("Loss") == (100_000, 1.0 / 100_000)
-        assert h.indices("Loss")[:3] == [0, 1, 2] and type(h.indices("Loss")[1]) is int
+        assert h.last("Loss") == (200_000, 1.0 / 100_000)
+        assert h.indices("Loss")[:3] == [0, 2, 4] and type(h.indices("Loss")[1]) is int
         assert h.values("Loss")[:2] == [0.5, 1.0] and type(h.values("Loss")) is list
 
     @pytest.mark.parametrize("value", [3, True, torch.tensor(2.0), "x", None])
@@ -234,6 +234,35 @@ class TestSeriesHistoryStorage:
         got = h.values("m")
         expected = value.item() if isinstance(value, torch.Tensor) else value
         assert got == [0.25, expected, 0.75] and type(got[1]) is type(expected)
+
+    def test_consecutive_indices_take_no_memory_per_entry(self) -> None:
+        """Indices that count up by one (steps, epochs) are stored as a run: 100k pushes allocate ~8 bytes each
+        (the value); a gap or a repeat turns them into an array with every index kept."""
+        import tracemalloc
+
+        h = SeriesHistory()
+        h.push("Loss", 1, 0.5)
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(2, 100_002):
+            h.push("Loss", i, 0.5)
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        assert grown / 100_000 < 12
+        view = snapshot(h)
+        h.push("Loss", 100_005, 0.25)
+        h.push("Loss", 100_005, 0.125)
+        assert h.indices("Loss")[-4:] == [100_000, 100_001, 100_005, 100_005]
+        assert h.last("Loss") == (100_005, 0.125) and len(h.values("Loss")) == 100_003
+        assert view.indices("Loss")[-1] == 100_001 and len(view.indices("Loss")) == 100_001
+
+    def test_a_huge_first_index_then_a_gap(self) -> None:
+        """A run that starts beyond 64 bits and then breaks keeps its indices (as a list)."""
+        h = SeriesHistory()
+        h.push("a", 2**70, 1.0)
+        h.push("a", 2**70 + 1, 2.0)
+        h.push("a", 3, 3.0)
+        assert h.indices("a") == [2**70, 2**70 + 1, 3] and h.values("a") == [1.0, 2.0, 3.0]
 
     def test_big_and_non_int_indices_are_kept(self) -> None:
         """Indices beyond 64 bits, and indices that are not ints, read back as pushed."""
