@@ -149,6 +149,17 @@ class SeriesHistory:
             first = _Run(index) if index.__class__ is int else []
             series = self._series[name] = (first, array(_VALUE))
         indices, values = series
+        if (  # the hot path (a per-step metric): the next index of a run and a float, no Python-level call
+            indices.__class__ is _Run
+            and index.__class__ is int
+            and index == indices.start + indices.n
+            and values.__class__ is array
+            and value.__class__ is float
+        ):
+            values.append(value)
+            indices.n += 1
+            self._len[name] = indices.n
+            return
         if indices.__class__ is _Run:
             if index.__class__ is not int or index != indices.start + indices.n:
                 indices, values = series = self._widen(name, index, value, run=True)
