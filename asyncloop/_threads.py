@@ -8,12 +8,16 @@ thread; it wakes the receiver's loop with ``run_sync_soon``. Everything else her
 * :class:`ActorThread`: a detached actor's own thread for its blocking handlers.
 
 No pooled thread is used: when a run ends, its threads are gone.
+
+:class:`SwitchInterval` lowers the interpreter's GIL switch interval while detached actors' threads run (and
+puts it back after).
 """
 
 from __future__ import annotations
 
 import math
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -159,3 +163,40 @@ class ActorThread:
         """Wait for the thread to exit (after :meth:`stop`), unless it was abandoned."""
         if not self.abandoned:
             self._thread.join()
+
+
+class SwitchInterval:
+    """The interpreter's GIL switch interval (``sys.setswitchinterval``), lowered while at least one user holds it.
+
+    A thread that wants the GIL waits up to the switch interval (5 ms by default) before the holder is asked to
+    drop it; a detached actor's thread that wakes from a blocking call (a write, a sleep) every step waits that
+    long, in the worst case, while the training thread holds the GIL, and falls behind. :meth:`acquire` lowers
+    the interval to ``seconds`` if it is higher; when the last user calls :meth:`release` it goes back to what it
+    was, unless someone else changed it meanwhile. Thread-safe; users may overlap (concurrent fits).
+    """
+
+    _lock = threading.Lock()
+    _users = 0
+    _saved: float | None = None
+    _set: float | None = None
+
+    @classmethod
+    def acquire(cls, seconds: float) -> None:
+        with cls._lock:
+            if cls._users == 0:
+                current = sys.getswitchinterval()
+                if current > seconds:
+                    sys.setswitchinterval(seconds)
+                    cls._saved, cls._set = current, sys.getswitchinterval()
+                else:
+                    cls._saved = cls._set = None
+            cls._users += 1
+
+    @classmethod
+    def release(cls) -> None:
+        with cls._lock:
+            cls._users -= 1
+            if cls._users == 0 and cls._saved is not None:
+                if sys.getswitchinterval() == cls._set:  # nobody changed it meanwhile
+                    sys.setswitchinterval(cls._saved)
+                cls._saved = cls._set = None

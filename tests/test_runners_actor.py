@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import re
+import sys
 import threading
 import time
 
@@ -69,6 +71,13 @@ class TestConstruction:
         """A non-positive flush interval is rejected."""
         with pytest.raises(ValueError, match=r"^flush_interval must be a number of seconds > 0, got 0$"):
             al.ActorRunner(flush_interval=0)
+
+    @pytest.mark.parametrize("bad", [0, -1.0, True, "1ms"])
+    def test_switch_interval_must_be_none_or_positive(self, bad) -> None:
+        """A switch interval that is not None or a positive number is rejected, saying what is allowed."""
+        with pytest.raises(ValueError, match=r"^switch_interval must be None \(leave the interpreter's alone\) or "
+                                             rf"a number of seconds > 0, got {re.escape(repr(bad))}$"):
+            al.ActorRunner(switch_interval=bad)
 
     def test_detached_writer_is_an_error_at_construction(self) -> None:
         """A detached callback that declares Write() access fails when the learner is built."""
@@ -640,3 +649,62 @@ def test_progress_bar_throttles_ticks_by_time_and_ends_full(runner) -> None:
     assert out.getvalue().count("7/7") >= 2  # training and validation bars
     stats = {s.name: s for s in result.statistics}["ProgressPrinter"]
     assert stats.events == 1 + 2 * 2 + 1  # one step tick in 60 s, EpochBegin/EpochEnd per phase, FitEnd
+
+
+class TestSwitchInterval:
+    class Probe(al.Callback):
+        """A detached observer that records the interpreter's switch interval from its thread."""
+
+        state_access = {"step": {"loss": al.Read()}}
+        detached = True
+
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        @al.on(al.StepEnd, al.AbstractTrainingPhase)
+        def step_end(self, event, phase, learner) -> None:
+            self.seen.append(sys.getswitchinterval())
+
+    def fit(self, runner: al.ActorRunner, callback: al.Callback | None = None) -> None:
+        callbacks = [callback] if callback is not None else []
+        trio.run(al.fit, al.test_learner(*callbacks, n_batches=3, runner=runner), 1)
+
+    def test_lowered_while_thread_actors_run_and_put_back(self) -> None:
+        """With a detached thread actor the GIL switch interval is 0.5 ms during the fit and what it was after."""
+        before = sys.getswitchinterval()
+        probe = self.Probe()
+        self.fit(al.ActorRunner(), probe)
+        assert probe.seen and all(abs(v - 0.0005) < 1e-9 for v in probe.seen)
+        assert sys.getswitchinterval() == before
+
+    def test_none_leaves_it_alone(self) -> None:
+        """switch_interval=None never touches the interpreter's setting."""
+        before = sys.getswitchinterval()
+        probe = self.Probe()
+        self.fit(al.ActorRunner(switch_interval=None), probe)
+        assert probe.seen and all(v == before for v in probe.seen)
+
+    def test_a_lower_setting_is_kept(self) -> None:
+        """An interval already below the runner's stays as the user set it, during and after the fit."""
+        before = sys.getswitchinterval()
+        sys.setswitchinterval(0.0001)
+        try:
+            low = sys.getswitchinterval()
+            probe = self.Probe()
+            self.fit(al.ActorRunner(), probe)
+            assert all(v == low for v in probe.seen) and sys.getswitchinterval() == low
+        finally:
+            sys.setswitchinterval(before)
+
+    def test_put_back_after_a_failing_fit(self) -> None:
+        """A fit that fails still restores the interval."""
+        before = sys.getswitchinterval()
+
+        class Boom(self.Probe):
+            @al.on(al.StepEnd, al.AbstractTrainingPhase)
+            def step_end(self, event, phase, learner) -> None:
+                raise ValueError("boom")
+
+        with pytest.raises(ValueError, match="^boom"):
+            self.fit(al.ActorRunner(), Boom())
+        assert sys.getswitchinterval() == before

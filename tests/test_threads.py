@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -10,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from asyncloop._threads import ActorThread, Reply, run_in_thread
+from asyncloop._threads import ActorThread, Reply, SwitchInterval, run_in_thread
 from matchers import exact
 
 
@@ -86,3 +87,27 @@ class TestActorThread:
         thread.join()
         with pytest.raises(RuntimeError, match=exact("this actor thread was stopped; no more jobs")):
             await thread.run(print)
+
+
+class TestSwitchInterval:
+    def test_overlapping_users_restore_once_the_last_leaves(self) -> None:
+        """Two overlapping users: lowered by the first, restored only when the second releases it."""
+        before = sys.getswitchinterval()
+        SwitchInterval.acquire(0.0005)
+        SwitchInterval.acquire(0.0002)  # the second user shares the first one's setting
+        assert abs(sys.getswitchinterval() - 0.0005) < 1e-9
+        SwitchInterval.release()
+        assert abs(sys.getswitchinterval() - 0.0005) < 1e-9
+        SwitchInterval.release()
+        assert sys.getswitchinterval() == before
+
+    def test_a_change_made_meanwhile_is_not_undone(self) -> None:
+        """If someone else sets the interval while it is lowered, release leaves their value."""
+        before = sys.getswitchinterval()
+        try:
+            SwitchInterval.acquire(0.0005)
+            sys.setswitchinterval(0.002)
+            SwitchInterval.release()
+            assert abs(sys.getswitchinterval() - 0.002) < 1e-9
+        finally:
+            sys.setswitchinterval(before)

@@ -61,12 +61,26 @@ class ActorRunner(Runner):
             (a hung upload, a slow write), the fit waits at most this many seconds for it, then abandons the
             actor's thread (it runs on in the background; ``ActorStatistics.abandoned`` and a ``RuntimeWarning``
             say so) and ends. A fit that returns normally always waits for every handler.
+        switch_interval: while a fit has detached actors on threads, the interpreter's GIL switch interval
+            (``sys.setswitchinterval``, 5 ms by default) is lowered to this many seconds, and put back when the
+            fit ends (unless something else changed it meanwhile; overlapping fits share it). A thread waiting
+            for the GIL -- an observer waking from a write or a sleep every step -- waits up to that interval
+            while the training thread runs Python, so a lower one keeps it from falling behind
+            (``bench/switch_interval.py``). Pitfall: it is process-wide, and a shorter interval means more GIL
+            hand-offs between CPU-bound threads. ``None``: leave it alone. A lower value already set is kept.
 
     See the module docstring and docs/actors.md for semantics. For the same seeded run it produces the same
     weights, history and metrics as :class:`LinearRunner`.
     """
 
-    def __init__(self, *, inbox_size: int = 1024, flush_interval: float = 0.05, cancel_grace: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        inbox_size: int = 1024,
+        flush_interval: float = 0.05,
+        cancel_grace: float = 5.0,
+        switch_interval: float | None = 0.0005,
+    ) -> None:
         super().__init__()
         if isinstance(inbox_size, bool) or not isinstance(inbox_size, int) or inbox_size < 1:
             raise ValueError(f"inbox_size must be an int >= 1, got {inbox_size!r}")
@@ -74,7 +88,18 @@ class ActorRunner(Runner):
             raise ValueError(f"flush_interval must be a number of seconds > 0, got {flush_interval!r}")
         if isinstance(cancel_grace, bool) or not isinstance(cancel_grace, (int, float)) or not cancel_grace >= 0:
             raise ValueError(f"cancel_grace must be a number of seconds >= 0, got {cancel_grace!r}")
-        self._delivery = Delivery(inbox_size, float(flush_interval), float(cancel_grace))
+        if switch_interval is not None and (
+            isinstance(switch_interval, bool) or not isinstance(switch_interval, (int, float))
+            or not switch_interval > 0
+        ):
+            raise ValueError(
+                f"switch_interval must be None (leave the interpreter's alone) or a number of seconds > 0, "
+                f"got {switch_interval!r}"
+            )
+        self._delivery = Delivery(
+            inbox_size, float(flush_interval), float(cancel_grace),
+            None if switch_interval is None else float(switch_interval),
+        )
 
     @property
     def inbox_size(self) -> int:
@@ -87,6 +112,10 @@ class ActorRunner(Runner):
     @property
     def cancel_grace(self) -> float:
         return self._delivery.cancel_grace
+
+    @property
+    def switch_interval(self) -> float | None:
+        return self._delivery.switch_interval
 
     @property
     def _actors(self) -> dict[int, Actor]:

@@ -36,7 +36,7 @@ from .._callback import Callback
 from .._exceptions import CancelFittingException, FitException
 from .._graph import CallbackInfo
 from .._snapshots import snapshot_tree
-from .._threads import ActorThread
+from .._threads import ActorThread, SwitchInterval
 from ..events import EpochBegin, EpochEnd, Event, FitBegin, FitEnd
 from ..phases import Phase
 from ._plans import Step, annotate
@@ -355,10 +355,14 @@ class Delivery:
     ``drain``, ``close`` and ``join`` in the caller's loop.
     """
 
-    def __init__(self, inbox_size: int, flush_interval: float, cancel_grace: float) -> None:
+    def __init__(
+        self, inbox_size: int, flush_interval: float, cancel_grace: float, switch_interval: float | None = None
+    ) -> None:
         self.inbox_size = inbox_size
         self.flush_interval = flush_interval
         self.cancel_grace = cancel_grace
+        self.switch_interval = switch_interval
+        self.switch_lowered = False
         self.actors: dict[int, Actor] = {}
         self.session: Session | None = None
         self.learner: Any = None
@@ -552,6 +556,9 @@ class Delivery:
                 actor.capacity = actor.nominal * (1 if actor.worker.ready else STARTUP_INBOX_FACTOR)
             if actor.blocking:
                 actor.thread = ActorThread(f"asyncloop-actor-{actor.callback.name}")
+                if self.switch_interval is not None and not self.switch_lowered:
+                    SwitchInterval.acquire(self.switch_interval)
+                    self.switch_lowered = True
             nursery.start_soon(actor.run, name=f"asyncloop-actor-{actor.callback.name}")
 
     async def drain(self) -> None:
@@ -573,10 +580,15 @@ class Delivery:
         self.session = None
 
     def join(self) -> None:
-        for actor in self.actors.values():
-            if actor.thread is not None:
-                actor.thread.join()  # quick: every actor task has finished, so each thread is exiting
-                actor.thread = None
+        try:
+            for actor in self.actors.values():
+                if actor.thread is not None:
+                    actor.thread.join()  # quick: every actor task has finished, so each thread is exiting
+                    actor.thread = None
+        finally:
+            if self.switch_lowered:
+                self.switch_lowered = False
+                SwitchInterval.release()
 
 
 def _wrapper_snapshot() -> Any:
