@@ -1,13 +1,8 @@
 """A/B of the ActorRunner's early hand-over: an idle detached actor with ``EARLY_WORK`` seconds of work queued gets
 it at once instead of at the next ``flush_interval``.
 
-One process, one learner per configuration, rounds interleaved: in each round, for each setting of
-``asyncloop.runners._delivery.EARLY_WORK`` (1 ms, the shipped value, and "never"), a bare torch loop, then a fit with
-the defaults, then a bare loop, then a fit with the defaults plus a detached observer that sleeps one bare step at
-every ``StepEnd`` (calibrated: the ``time.sleep`` argument whose measured duration is one bare step). Per setting:
-the median over rounds of (fit - paired bare) in us per step, for the defaults, for the observer until it handled
-its last event (its backlog counts) and for the loop alone (until the last batch); *hidden* = 1 - (observer -
-defaults) / one bare step.
+Settings of ``asyncloop.runners._delivery.EARLY_WORK``: 1 ms (the shipped value) and "never"; the method is
+``_observer_ab``'s.
 
 Run: ``.venv/bin/python bench/early_handover.py --workload small --steps 600 --rounds 9`` (and ``--workload tiny
 --steps 1500``); prints a table and writes bench/results/early_handover_<workload>.json.
@@ -15,125 +10,24 @@ Run: ``.venv/bin/python bench/early_handover.py --workload small --steps 600 --r
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import statistics
-import sys
-import time
-from pathlib import Path
+import _observer_ab
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+import asyncloop.runners._delivery as delivery
 
-import torch  # noqa: E402
-import trio  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent / "peers"))
-import common  # noqa: E402
-
-import asyncloop as al  # noqa: E402
-import asyncloop.runners._delivery as delivery  # noqa: E402
-
-DEVNULL = open(os.devnull, "w")  # noqa: SIM115
-SETTINGS = {"early 1 ms": 0.001, "never": float("inf")}
+SHIPPED = delivery.EARLY_WORK
 
 
-class Stamped:
-    """The batches, stamping when the first timed one (after the warm-up) and the end are reached."""
+def _early_work(seconds: float):
+    def apply(on: bool) -> None:
+        delivery.EARLY_WORK = seconds if on else SHIPPED
 
-    def __init__(self, batches: list, warmup: int) -> None:
-        self.batches, self.warmup = batches, warmup
-        self.t0 = self.t1 = 0.0
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self):
-        for i, batch in enumerate(self.batches):
-            if i == self.warmup:
-                self.t0 = time.perf_counter()
-            yield batch
-        self.t1 = time.perf_counter()
+    return apply
 
 
-class Observer(al.Callback):
-    """Sleeps ``seconds`` at every StepEnd on its actor thread; remembers when it finished the last one."""
-
-    state_access = {"step": {"loss": al.Read()}}
-    detached = True
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds, self.last = seconds, 0.0
-
-    @al.on(al.StepEnd)
-    def step_end(self, event, phase, learner) -> None:
-        time.sleep(self.seconds)
-        self.last = time.perf_counter()
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workload", choices=["tiny", "small"], default="small")
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--rounds", type=int, default=9)
-    a = p.parse_args()
-    torch.set_num_threads(1)
-    w, n = a.workload, a.steps
-    data = Stamped(common.make_batches(w, n), n // 8)
-    steps = n - n // 8
-
-    def per_step(end: float | None = None) -> float:
-        return ((end or data.t1) - data.t0) / steps * 1e6
-
-    def bare() -> float:
-        common.bare(w, data)
-        return per_step()
-
-    for _ in range(2):
-        bare()
-    base = statistics.median(bare() for _ in range(3)) / 1e6
-    sleep = common.calibrate_sleep(base)
-    observer = Observer(sleep)
-
-    def learner(callbacks: list) -> al.Learner:
-        printers = [al.ProgressPrinter(file=DEVNULL), al.MetricsPrinter(file=DEVNULL)]
-        return al.Learner(common.make_model(w), common.loss_fn, data=(data, None), optimizer=common.make_optimizer,
-                          callbacks=printers + callbacks, runner=al.ActorRunner())
-
-    learners = {"defaults": learner([]), "observer": learner([observer])}
-    rows: dict[str, dict[str, list[float]]] = {s: {"defaults": [], "observer": [], "loop": []} for s in SETTINGS}
-    t_start = time.perf_counter()
-    try:
-        for _ in range(a.rounds):
-            for setting, value in SETTINGS.items():
-                delivery.EARLY_WORK = value
-                for name, lrn in learners.items():
-                    b = bare()
-                    trio.run(al.fit, lrn, 1)
-                    if name == "observer":
-                        rows[setting]["observer"].append(per_step(max(data.t1, observer.last)) - b)
-                        rows[setting]["loop"].append(per_step() - b)
-                    else:
-                        rows[setting]["defaults"].append(per_step() - b)
-    finally:
-        delivery.EARLY_WORK = 0.001
-    print(f"## early hand-over, {w} workload: {n} steps (warm-up {n // 8}), {a.rounds} interleaved rounds, bare step "
-          f"{base * 1e6:.0f} us, observer sleeps {common.measured_sleep(sleep, 200) * 1e6:.0f} us per step; "
-          f"{time.perf_counter() - t_start:.0f} s")
-    print("| setting | defaults over bare (us) | observer over bare (us) | loop alone over bare (us) | hidden |")
-    print("|---|---:|---:|---:|---:|")
-    summary = {}
-    for setting, r in rows.items():
-        d, o, lp = (statistics.median(r[k]) for k in ("defaults", "observer", "loop"))
-        hidden = 1 - (o - d) / (base * 1e6)
-        summary[setting] = {"defaults_us": d, "observer_us": o, "loop_us": lp, "hidden": hidden, "rounds": r}
-        print(f"| {setting} | {d:+.0f} | {o:+.0f} | {lp:+.0f} | {hidden:.0%} |")
-    out = Path(__file__).parent / "results" / f"early_handover_{w}.json"
-    out.write_text(json.dumps({"workload": w, "steps": n, "rounds": a.rounds, "bare_step_us": base * 1e6,
-                               "machine": platform.platform(), "load": os.getloadavg(), "results": summary}, indent=1))
-    print(f"wrote {out}")
-
+SETTINGS: dict[str, _observer_ab.Setting] = {
+    "early 1 ms": ({}, _early_work(0.001)),
+    "never": ({}, _early_work(float("inf"))),
+}
 
 if __name__ == "__main__":
-    main()
+    _observer_ab.main("early hand-over", "early_handover", SETTINGS, __doc__.splitlines()[0])
