@@ -135,6 +135,10 @@ def _fresh_gradients(self: Any) -> dict[str, torch.Tensor]:
     return {name: p.grad for name, p in self.model.named_parameters() if p.grad is not None}
 
 
+def _never_takes_learner(self: Any) -> bool:
+    return False
+
+
 def _walk_snapshot_tree(obj: Any, perms: Any, top: bool = True, clone: bool = False) -> PropDict:
     """``snapshot_tree`` without its compiled walk: the tree is normalised and walked at every call."""
     out = PropDict()
@@ -168,6 +172,11 @@ TRICKS: dict[str, tuple[str, str, dict[str, Any], tuple[tuple[Any, str, Any], ..
     "lazy gradient mapping": (
         "step.grads is one lazy mapping per model (off: a dict of gradients built per step)",
         "linear_defaults", {}, ((_learner.Learner, "gradients", _fresh_gradients),)),
+    "built-ins get the learner itself": (
+        "Recorder, StopOnNaNLoss and a loss-only Metrics get the Learner (off: a protected view, like every other "
+        "callback)", "linear_defaults", {},
+        tuple((cls, "_takes_learner", _never_takes_learner)
+              for cls in (asyncloop.Recorder, asyncloop.Metrics, asyncloop.StopOnNaNLoss))),
     "batched hand-off": (
         "detached events reach the caller's loop in batches every flush_interval (off: a wake-up per event)",
         "actor_reader", {"flush_interval": 1e-9}, ()),
@@ -193,7 +202,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--workload", choices=["tiny", "small"], default="tiny")
     parser.add_argument("--only", default=None, help="measure only the tricks whose name contains this")
-    parser.add_argument("--out", default=None, help="default: bench/results/ablation_<workload>.json")
+    parser.add_argument("--out", default=None, help="default: bench/results/ablation_<workload>.json (written "
+                        "with --only too when given)")
     args = parser.parse_args()
     ov.WORKLOAD = args.workload
     torch.set_num_threads(1)
@@ -233,7 +243,7 @@ def main() -> None:
     meta = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "python": platform.python_version(),
             "torch": torch.__version__, "trio": trio.__version__, "bare_step_us": bare,
             "date": time.strftime("%Y-%m-%d %H:%M"), "workload": args.workload}
-    if args.only is None:
+    if args.only is None or args.out:
         out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
         print(f"wrote {out}")
 

@@ -319,6 +319,49 @@ class TestDispatchInFit:
         assert len(cb.losses) == 1
         assert info.value.__notes__ == [note]
 
+    def test_builtin_per_step_callbacks_get_the_learner_itself(self) -> None:
+        """Recorder, StopOnNaNLoss and Metrics (loss only), exactly as shipped, get the Learner itself at every
+        event (no view: their access is fixed), and a fit with them records what it did before."""
+        learner = test_learner(n_batches=3, use_default_callbacks=True)
+        for cb in learner.callbacks:
+            if type(cb) in (Recorder, asyncloop.Metrics, asyncloop.StopOnNaNLoss):
+                assert cb._takes_learner()
+        # The runner decided at compile time: the handlers receive the learner object itself.
+        views = learner.runner._views
+        kinds = {type(cb).__name__: type(views[i]) for i, cb in enumerate(learner.callbacks)}
+        assert kinds["Recorder"] is Learner and kinds["Metrics"] is Learner and kinds["StopOnNaNLoss"] is Learner
+        assert issubclass(kinds["ProgressPrinter"], Protected)
+        trio.run(fit, learner, 2)
+        history = learner.cbstate.history[TrainingPhase()]
+        assert (history.steps, history.epochs) == (6, 2)
+        assert learner.cbstate.metrics_step[TrainingPhase()].indices("Loss") == [1, 2, 3, 4, 5, 6]
+
+    def test_subclass_of_a_builtin_gets_a_protected_view(self) -> None:
+        """A subclass of a built-in may add handlers reading undeclared state: it gets a view like any callback,
+        so the read raises ProtectedError."""
+
+        class NosyRecorder(Recorder):
+            @on(StepEnd)
+            def step_end(self, event: Event, phase: Phase, learner: Any) -> None:
+                learner.model
+
+        cb = NosyRecorder()
+        assert not cb._takes_learner()
+        with pytest.raises(ProtectedError, match="Read access to Learner.model disallowed."):
+            trio.run(fit, test_learner(cb, n_batches=1), 1)
+
+    def test_builtin_with_a_handler_replaced_on_the_instance_gets_a_protected_view(self) -> None:
+        """A handler set as an instance attribute of a built-in replaces the shipped one: a view again."""
+
+        def peek(event: Event, phase: Phase, learner: Any) -> None:
+            learner.model
+
+        cb = Recorder()
+        cb.step_end = peek  # type: ignore[method-assign]
+        assert not cb._takes_learner()
+        with pytest.raises(ProtectedError, match="Read access to Learner.model disallowed."):
+            trio.run(fit, test_learner(cb, n_batches=1), 1)
+
     def test_init_receives_the_unprotected_learner(self) -> None:
         """init(learner) is called once at construction with the Learner itself."""
 

@@ -16,6 +16,7 @@ from asyncloop import (
     Metric,
     Metrics,
     Phase,
+    ProtectedError,
     Read,
     Recorder,
     TrainingPhase,
@@ -115,6 +116,35 @@ class TestMetrics:
         metrics = Metrics(accuracy, Metric(mae, name="MAE")).metrics
         assert [m.name for m in metrics] == ["Loss", "Accuracy", "MAE"]
         assert isinstance(metrics[1], Metric) and metrics[1].fn is accuracy
+
+    def test_only_a_loss_only_metrics_gets_the_learner_itself(self) -> None:
+        """Metrics() with just the loss gets the Learner itself (no view); with another metric, or as a subclass,
+        its handlers get a protected view, so a custom metric reading undeclared state raises ProtectedError."""
+        assert Metrics()._takes_learner()
+        assert not Metrics(accuracy)._takes_learner()
+
+        class Sub(Metrics):
+            pass
+
+        assert not Sub()._takes_learner()
+
+        class Nosy(AbstractMetric):
+            name = "Nosy"
+
+            def reset(self) -> None:
+                pass
+
+            def update(self, learner: Any, phase: Phase) -> None:
+                learner.model
+
+            def step_value(self) -> Any:
+                return None
+
+            def epoch_value(self) -> Any:
+                return None
+
+        with pytest.raises(ProtectedError, match="Read access to Learner.model disallowed."):
+            trio.run(fit, test_learner(Recorder(), Metrics(Nosy()), n_batches=1), 1)
 
     def test_phase_restriction(self) -> None:
         """Seed #10: a metric restricted to ValidationPhase is tracked in validation only, per step and per epoch."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .._callback import Callback, on
+from .._callback import Callback, on, pristine
 from ..events import EpochBegin, EpochEnd, StepEnd
 from ..phases import Phase
 from .._access import Read, Write
@@ -351,6 +351,10 @@ class Metrics(Callback):
             value = metric.epoch_value()
             if value is not None:
                 series.push(metric.name, index, value)
+
+    def _takes_learner(self) -> bool:
+        # Only the loss: a Metric's fn would get the step's containers themselves instead of read-only views.
+        return pristine(self, Metrics) and all(type(m) is Loss for m in self.metrics)
 
     def __repr__(self) -> str:
         return f"Metrics({', '.join(m.name for m in self.metrics)})"

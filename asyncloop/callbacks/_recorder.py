@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._callback import Callback, on
+from .._callback import Callback, on, pristine
 from ..events import EpochBegin, EpochEnd, StepEnd
 from ..phases import Phase
 from .._access import Write
@@ -43,6 +43,9 @@ class Recorder(Callback):
     @on(EpochEnd)
     def epoch_end(self, event: EpochEnd, phase: Phase, learner: Any) -> None:
         learner.cbstate.history[phase].epochs += 1
+
+    def _takes_learner(self) -> bool:
+        return pristine(self, Recorder)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .._callback import Callback, on
+from .._callback import Callback, on, pristine
 from ..events import BackwardEnd
 from .._exceptions import CancelFittingException
 from ..phases import AbstractTrainingPhase, Phase
@@ -31,3 +31,6 @@ class StopOnNaNLoss(Callback):
         if not math.isfinite(value):
             kind = "NaN" if math.isnan(value) else ("Inf" if value > 0 else "-Inf")
             raise CancelFittingException(f"Encountered {kind} loss")
+
+    def _takes_learner(self) -> bool:
+        return pristine(self, StopOnNaNLoss)

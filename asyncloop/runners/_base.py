@@ -71,7 +71,11 @@ class Runner:
         self._order = linear_order(graph)
         self._plans = {}
         self._stats = [ActorStatistics(info.callback.name, self._is_detached(info)) for info in self._infos]
-        self._views = [Protected(self._learner, info.access, "Learner") for info in self._infos]
+        # asyncloop's own per-step callbacks get the learner itself (their access is fixed; see _takes_learner).
+        self._views = [
+            self._learner if info.callback._takes_learner() else Protected(self._learner, info.access, "Learner")
+            for info in self._infos
+        ]
         # The capture hook's live result for callbacks that shape it; the others get the cached view as is.
         self._hooks = [
             None if type(info.callback).snapshot is Callback.snapshot else info.callback.snapshot
