@@ -216,9 +216,10 @@ class TestLateStop:
 
 class TestEarlyHandOver:
     async def test_an_idle_slow_actor_gets_its_events_before_the_interval(self) -> None:
-        """A detached actor that caught up (idle) with at least a millisecond of work queued (by its average
-        handler time) is handed its events at once, not at the next flush interval: with a 0.2 s interval and
-        1 ms steps it lags a few steps behind the loop, not a whole interval's worth (~200 steps)."""
+        """A detached actor that caught up (idle) with EARLY_WORK (10 ms) of work queued (by its average handler
+        time) is handed its events at once, not at the next flush interval: with a 0.2 s interval, 1 ms steps and
+        0.5 ms handlers it lags about 20 steps (10 ms of its work) behind the loop, not a whole interval's worth
+        (~200 steps)."""
         import time
 
         done: list[int] = []
@@ -244,4 +245,4 @@ class TestEarlyHandOver:
         await al.fit(lrn, 1)
         assert len(lags) == 600
         behind = sorted(seen - i for i, seen in enumerate(lags, 1))
-        assert behind[len(behind) // 2] <= 20, behind[len(behind) // 2]
+        assert behind[len(behind) // 2] <= 40, behind[len(behind) // 2]  # twice EARLY_WORK's 20 events, not ~200

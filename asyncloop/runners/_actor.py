@@ -55,8 +55,8 @@ class ActorRunner(Runner):
             overrides it). A full inbox makes the training loop wait.
         flush_interval: the loop hands queued events to the detached actors at most this often (seconds), and
             at every epoch and fit boundary. Each hand-off wakes the caller's event loop, which competes with
-            the training thread for the GIL: smaller is fresher, larger is cheaper. An idle actor with a
-            millisecond of work queued (by its average handler time) gets it at once, whatever the interval.
+            the training thread for the GIL: smaller is fresher, larger is cheaper. An idle actor with
+            10 ms of work queued (by its average handler time) gets it at once, whatever the interval.
         cancel_grace: when a fit is cancelled (or fails) while a detached actor's sync handler is still running
             (a hung upload, a slow write), the fit waits at most this many seconds for it, then abandons the
             actor's thread (it runs on in the background; ``ActorStatistics.abandoned`` and a ``RuntimeWarning``

@@ -2,8 +2,8 @@
 
 The training thread *publishes*: it takes the callback's snapshot (``snapshot(..., copy=True)``) at the
 callback's turn in the event's order and appends it to the outbox, a ``deque`` (no lock, no wake-up). When
-``flush_interval`` seconds passed since the last hand-off, when an inbox is half full, when an idle actor has a
-millisecond of work queued (``EARLY_WORK``), and at every epoch/fit boundary, it asks the caller's trio loop
+``flush_interval`` seconds passed since the last hand-off, when an inbox is half full, when an idle actor has
+10 ms of work queued (``EARLY_WORK``), and at every epoch/fit boundary, it asks the caller's trio loop
 (``run_sync_soon``) to *flush*: deliver the outbox as one batch per actor. Each :class:`Actor` is a task in the
 caller's loop that handles its batches in order: runs of sync handlers on its own :class:`ActorThread` (one
 hand-off per run; on the loop itself with ``blocking = False``), async handlers as the task. A ``run_after``
@@ -50,8 +50,10 @@ _perf = time.perf_counter
 _SEQ = attrgetter("seq")
 #: An idle actor gets its queued events before the next flush interval once they hold this many seconds of work
 #: (by its moving-average handler time): a slow observer sits idle less while its events wait for the interval,
-#: while a trivial one (a printer: microseconds per event) costs no extra wake-up (bench/early_handover.py).
-EARLY_WORK = 0.001
+#: while a trivial one (a printer: microseconds per event) costs no extra wake-up. Each hand-off wakes the
+#: caller's loop and the actor's thread, which take the GIL from training: 10 ms (a hand-off per ~40 tiny steps)
+#: lost less of a slow observer's time than 1 ms (one per ~4) on both workloads (bench/early_handover.py).
+EARLY_WORK = 0.01
 #: Events that hand the outbox over at once (epoch and fit boundaries).
 FLUSH_EVENTS = (EpochBegin, EpochEnd, FitBegin, FitEnd)
 
