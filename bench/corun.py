@@ -8,7 +8,9 @@ timed alone and while a background thread loops over one kind of GIL-free work o
 * ``sleep``: wakes every 10 ms and does nothing (the cost of a second thread existing);
 * ``crc``: ``zlib.crc32`` over the tensor's bytes (a streaming read; what ``torch.save`` does per record);
 * ``copy``: ``dst.copy_(src)`` (a streaming read and write; a checkpoint's snapshot copy);
-* ``write``: writes the bytes to a file (the page-cache copy of a save); ``write+fsync``: and fsyncs it.
+* ``write``: writes the bytes to a file (the page-cache copy of a save); ``write+fsync``: and fsyncs it;
+* ``python process``: another *process* running pure-Python work non-stop (what a process actor's worker does
+  with a GIL-bound observer): it shares no GIL with training, only the machine.
 
 Conditions run interleaved, ``--rounds`` times; the table gives the median us/step and its ratio to ``none``
 (median of per-round ratios). Run: ``.venv/bin/python bench/corun.py --workload small --rounds 7`` (writes
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -27,6 +30,7 @@ import threading
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -35,7 +39,15 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent / "peers"))
 import common  # noqa: E402
 
-KINDS = ("none", "sleep", "crc", "copy", "write", "write+fsync")
+KINDS = ("none", "sleep", "crc", "copy", "write", "write+fsync", "python process")
+
+
+def _python_work(stop: Any) -> None:
+    """Pure-Python work until ``stop`` is set (runs in a spawned process)."""
+    while not stop.is_set():
+        total = 0
+        for i in range(20000):
+            total += i * i % 7
 
 
 def main() -> None:
@@ -82,6 +94,15 @@ def main() -> None:
             for kind in order:
                 stop = threading.Event()
                 thread = None
+                if kind == "python process":
+                    mp_stop = multiprocessing.get_context("spawn").Event()
+                    thread = multiprocessing.get_context("spawn").Process(target=_python_work, args=(mp_stop,))
+                    thread.start()
+                    time.sleep(1.0)  # past the spawn and its imports
+                    got[kind] = train()
+                    mp_stop.set()
+                    thread.join()
+                    continue
                 if kind != "none":
                     thread = threading.Thread(target=background, args=(kind, stop))
                     thread.start()
