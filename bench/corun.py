@@ -95,13 +95,14 @@ def main() -> None:
                 stop = threading.Event()
                 thread = None
                 if kind == "python process":
-                    mp_stop = multiprocessing.get_context("spawn").Event()
-                    thread = multiprocessing.get_context("spawn").Process(target=_python_work, args=(mp_stop,))
-                    thread.start()
+                    spawn = multiprocessing.get_context("spawn")
+                    process_stop = spawn.Event()
+                    process = spawn.Process(target=_python_work, args=(process_stop,))
+                    process.start()
                     time.sleep(1.0)  # past the spawn and its imports
                     got[kind] = train()
-                    mp_stop.set()
-                    thread.join()
+                    process_stop.set()
+                    process.join()
                     continue
                 if kind != "none":
                     thread = threading.Thread(target=background, args=(kind, stop))
@@ -117,7 +118,7 @@ def main() -> None:
     finally:
         scratch.unlink(missing_ok=True)
     print(f"{a.workload} workload, {a.steps} steps, {a.rounds} interleaved rounds; background work on a 105 MB tensor")
-    print("| background thread | us/step (median) | ratio to none (median of rounds) |")
+    print("| beside the training loop | us/step (median) | ratio to none (median of rounds) |")
     print("|---|---:|---:|")
     rows = []
     for kind in KINDS:
