@@ -246,3 +246,162 @@ class TestEarlyHandOver:
         assert len(lags) == 600
         behind = sorted(seen - i for i, seen in enumerate(lags, 1))
         assert behind[len(behind) // 2] <= 40, behind[len(behind) // 2]  # ~10 measured; ~200 without it
+
+    async def test_through_the_callers_loop_an_idle_actor_is_handed_its_events_early(self, monkeypatch) -> None:
+        """With direct delivery off (every actor's events go through the outbox and the caller's loop), the
+        same slow actor still gets its events once EARLY_WORK (10 ms) of them are queued: it lags ~15 steps
+        (median, measured), not the ~200 of a 0.2 s flush interval."""
+        import time
+
+        from asyncloop.runners import _delivery
+
+        monkeypatch.setattr(_delivery, "DIRECT", False)
+        done: list[int] = []
+        lags: list[int] = []
+
+        class Pace(al.Callback):
+            @al.on(al.StepEnd, al.AbstractTrainingPhase)
+            def step_end(self, event, phase, learner) -> None:
+                time.sleep(0.001)
+                done.append(1)
+
+        class Slow(al.Callback):
+            detached = True
+            run_after = (Pace,)
+
+            @al.on(al.StepEnd, al.AbstractTrainingPhase)
+            def step_end(self, event, phase, learner) -> None:
+                lags.append(len(done))
+                time.sleep(0.0005)
+
+        runner = al.ActorRunner(flush_interval=0.2)
+        lrn = al.test_learner(Pace(), Slow(), n_batches=600, runner=runner)
+        await al.fit(lrn, 1)
+        assert [a.direct for a in runner._delivery.actors.values()] == [False]
+        assert len(lags) == 600
+        behind = sorted(seen - i for i, seen in enumerate(lags, 1))
+        assert behind[len(behind) // 2] <= 40, behind[len(behind) // 2]
+
+
+class Observer(al.Callback):
+    """A detached observer with sync handlers: records the steps it saw and the threads it ran on."""
+
+    detached = True
+    state_access = {"step": {"loss": al.Read()}, "cbstate": {"history": al.Read()}}
+    run_after = (al.Recorder,)
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.seconds, self.steps, self.threads = seconds, [], set()
+
+    @al.on(al.StepEnd, al.AbstractTrainingPhase)
+    def step_end(self, event, phase, learner) -> None:
+        import threading
+        import time
+
+        self.threads.add(threading.get_ident())
+        self.steps.append(learner.cbstate.history[phase].steps)
+        if self.seconds:
+            time.sleep(self.seconds)
+
+
+class TestDirectDelivery:
+    def test_which_actors_take_their_events_straight_from_the_training_thread(self) -> None:
+        """Direct delivery is for thread actors with sync handlers only and no run_after path to or from another
+        detached actor; async handlers, ``blocking = False`` and a detached-to-detached order keep the caller's
+        loop in between."""
+
+        class AsyncObserver(al.Callback):
+            detached = True
+
+            @al.on(al.StepEnd)
+            async def step_end(self, event, phase, learner) -> None:
+                await trio.lowlevel.checkpoint()
+
+        class OnTheLoop(Observer):
+            blocking = False
+
+        class After(Observer):
+            run_after = (Observer,)
+
+        def eligible(*callbacks: al.Callback) -> dict[str, bool]:
+            runner = al.ActorRunner()
+            al.test_learner(al.Recorder(), *callbacks, runner=runner)
+            return {a.callback.name: a.can_direct for a in runner._delivery.actors.values()}
+
+        assert eligible(Observer()) == {"Observer": True}
+        assert eligible(AsyncObserver(), OnTheLoop()) == {"AsyncObserver": False, "OnTheLoop": False}
+        assert eligible(Observer(), After()) == {"Observer": False, "After": False}
+        assert eligible(al.throttle(Observer(), al.StepEnd, freq=2)) == {"ConditionalCallback(Observer)": True}
+
+    async def test_a_direct_actor_sees_every_event_in_order_on_its_own_thread(self) -> None:
+        """Every event reaches a direct actor, in order, on one thread that is not the training thread's."""
+        import threading
+
+        obs = Observer()
+        runner = al.ActorRunner()
+        lrn = al.test_learner(al.Recorder(), obs, n_batches=40, runner=runner)
+        result = await al.fit(lrn, 3)
+        assert [a.direct for a in runner._delivery.actors.values()] == [True]
+        assert obs.steps == list(range(1, 121))
+        assert len(obs.threads) == 1 and threading.get_ident() not in obs.threads
+        stats = next(s for s in result.statistics if s.name == "Observer")
+        assert stats.events == 120 and stats.detached
+
+    async def test_an_idle_slow_actor_is_woken_after_about_one_ms_of_work(self) -> None:
+        """An idle direct actor is woken as soon as DIRECT_WORK (1 ms) of its events are queued (by its average
+        handler time), and at its first event (no handler time yet), whatever the flush interval: with 1 ms steps
+        and 0.5 ms handlers it trails the loop by 0-1 steps (median; at most ~6, measured), where the caller's-loop
+        path lags ~15 (at most ~135) and a 0.2 s interval ~200."""
+        import time
+
+        done: list[int] = []
+        lags: list[int] = []
+
+        class Pace(al.Callback):
+            @al.on(al.StepEnd, al.AbstractTrainingPhase)
+            def step_end(self, event, phase, learner) -> None:
+                time.sleep(0.001)
+                done.append(1)
+
+        class Slow(al.Callback):
+            detached = True
+            run_after = (Pace,)
+
+            @al.on(al.StepEnd, al.AbstractTrainingPhase)
+            def step_end(self, event, phase, learner) -> None:
+                lags.append(len(done))
+                time.sleep(0.0005)
+
+        lrn = al.test_learner(Pace(), Slow(), n_batches=600, runner=al.ActorRunner(flush_interval=0.2))
+        await al.fit(lrn, 1)
+        assert len(lags) == 600
+        behind = sorted(seen - i for i, seen in enumerate(lags, 1))
+        assert behind[len(behind) // 2] <= 6, behind[len(behind) // 2]
+        assert behind[-1] <= 60, behind[-1]
+
+    async def test_a_full_direct_inbox_makes_the_loop_wait_and_nothing_is_lost(self) -> None:
+        """A direct actor slower than the loop fills its inbox (4 events): the loop waits for room, the inbox
+        never holds more than its bound, and every event is handled in order."""
+        obs = Observer(seconds=0.002)
+        obs.inbox_size = 4
+        lrn = al.test_learner(al.Recorder(), obs, n_batches=60, runner=al.ActorRunner())
+        result = await al.fit(lrn, 1)
+        assert obs.steps == list(range(1, 61))
+        stats = next(s for s in result.statistics if s.name == "Observer")
+        assert stats.peak_inbox == 4
+        assert stats.loop_wait_time > 0.05  # 60 x 2 ms of handlers, most of it waited for
+
+    async def test_an_error_in_a_direct_actor_ends_the_fit_with_a_note(self) -> None:
+        """A direct actor's error ends the fit with that error, unwrapped, naming the callback and the event."""
+
+        class Boom(Observer):
+            @al.on(al.StepEnd, al.AbstractTrainingPhase)
+            def step_end(self, event, phase, learner) -> None:
+                if learner.cbstate.history[phase].steps == 5:
+                    raise KeyError("boom")
+
+        with pytest.raises(KeyError, match="boom") as info:
+            await al.fit(al.test_learner(al.Recorder(), Boom(), n_batches=100, runner=al.ActorRunner()), 50)
+        assert info.value.__notes__ == [
+            "asyncloop: raised by detached callback Boom while handling StepEnd() in TrainingPhase()"
+        ]

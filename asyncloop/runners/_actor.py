@@ -8,14 +8,18 @@ event is complete when all awaited handlers are.
 Detached actors (``detached = True``, read-only callbacks only) receive, at their turn in the event's order, a
 snapshot of exactly the state they declared, and handle it later in the caller's trio loop:
 
-* publishing costs the training thread a snapshot and a ``deque.append``; when ``flush_interval`` seconds
-  passed since the last hand-off (or an inbox is half full, and at every epoch/fit boundary) the loop wakes the
-  caller's event loop, which delivers the outbox as one batch per actor. Latency is bounded by
-  ``flush_interval`` or the time between two events, whichever is longer;
+* publishing costs the training thread a snapshot and a ``deque.append``;
+* *direct* actors (sync handlers only, on a thread, no ``run_after`` path to or from another detached actor)
+  read their inbox on their own thread: a busy one takes each event as it comes, an idle one is woken (one lock
+  release) once ~1 ms of its work is queued, at its first event, when its inbox is half full, every
+  ``flush_interval`` seconds and at every epoch/fit boundary;
+* for the other actors, when ``flush_interval`` seconds passed since the last hand-off (or an inbox is half
+  full, an idle actor has 10 ms of work queued, and at every epoch/fit boundary) the loop wakes the caller's
+  event loop, which delivers the outbox as one batch per actor. Latency is bounded by ``flush_interval`` or the
+  time between two events, whichever is longer;
 * each actor sees its events in order; a ``run_after`` path between two detached actors holds per event;
-* sync handlers run on the actor's own thread (one hand-off per batch; the thread lives for the fit), async
-  ones as the actor's task; set ``blocking = False`` on a callback whose sync handlers are trivial to keep them
-  on the event loop;
+* sync handlers run on the actor's own thread (the thread lives for the fit), async ones as the actor's task;
+  set ``blocking = False`` on a callback whose sync handlers are trivial to keep them on the event loop;
 * inboxes are bounded (``inbox_size``, default 1024 events): a full inbox makes the loop wait for the actor at
   the end of the event; nothing is dropped;
 * when ``fit`` returns, every detached actor has handled every event.
@@ -53,10 +57,11 @@ class ActorRunner(Runner):
     Args:
         inbox_size: default bound of a detached actor's inbox, in events (a callback's ``inbox_size`` attribute
             overrides it). A full inbox makes the training loop wait.
-        flush_interval: the loop hands queued events to the detached actors at most this often (seconds), and
-            at every epoch and fit boundary. Each hand-off wakes the caller's event loop, which competes with
-            the training thread for the GIL: smaller is fresher, larger is cheaper. An idle actor with
-            10 ms of work queued (by its average handler time) gets it at once, whatever the interval.
+        flush_interval: an idle detached actor with events queued is woken (or handed them through the
+            caller's event loop) at least this often (seconds), and at every epoch and fit boundary. Each wake-up
+            competes with the training thread for the GIL: smaller is fresher, larger is cheaper. An idle actor
+            with 1 ms of work queued (10 ms for one delivered through the caller's loop; by its average handler
+            time) gets it at once, whatever the interval; a busy direct actor needs no wake-up.
         cancel_grace: when a fit is cancelled (or fails) while a detached actor's sync handler is still running
             (a hung upload, a slow write), the fit waits at most this many seconds for it, then abandons the
             actor's thread (it runs on in the background; ``ActorStatistics.abandoned`` and a ``RuntimeWarning``

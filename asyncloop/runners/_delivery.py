@@ -1,7 +1,17 @@
-"""Delivery to detached actors: mailboxes, the outbox and its flushes, back-pressure, actor threads (private).
+"""Delivery to detached actors: mailboxes, direct delivery, the outbox and its flushes, back-pressure, actor
+threads (private).
 
 The training thread *publishes*: it takes the callback's snapshot (``snapshot(..., copy=True)``) at the
-callback's turn in the event's order and appends it to the outbox, a ``deque`` (no lock, no wake-up). When
+callback's turn in the event's order and appends it to a ``deque`` (no lock, no wake-up).
+
+*Direct* actors (``Actor.can_direct``: a thread actor whose handlers are all sync, with no ``run_after`` path to
+or from another detached actor) have their own inbox, which their thread reads for the whole fit
+(:meth:`Actor._consume`): a busy thread takes each new event as it comes; an idle one sleeps on a ``SimpleQueue``
+and is woken (one ``put``: a lock release) when ``DIRECT_WORK`` seconds of its work are queued, at its first
+event, when its inbox is half full, and whenever the outbox would be flushed (below). The caller's loop only
+waits for the thread's job to end, and for its progress when the loop waits for room or drains.
+
+Every other actor's events go to the outbox. When
 ``flush_interval`` seconds passed since the last hand-off, when an inbox is half full, when an idle actor has
 10 ms of work queued (``EARLY_WORK``), and at every epoch/fit boundary, it asks the caller's trio loop
 (``run_sync_soon``) to *flush*: deliver the outbox as one batch per actor. Each :class:`Actor` is a task in the
@@ -14,13 +24,16 @@ the end of the event) until the actor has handled half of them (one hop per ``ca
 actor, not one per event). Nothing is dropped. Statistics: ``peak_inbox`` at delivery,
 ``peak_lag`` when a handler starts, handler times when handled, ``loop_wait_time`` while the loop waits.
 
-Thread ownership: ``enqueued``/``seq``/the outbox's right end are written by the training thread; ``processed``,
-``pending`` and the statistics of handled events by the caller's loop.
+Thread ownership: ``enqueued``/``seq``/the outbox's and inboxes' right ends are written by the training thread;
+``processed``, ``pending`` and the statistics of handled events by the caller's loop, or for a direct actor by
+its thread (which also writes ``idle``, ``mean_seconds`` and its inbox's left end).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import queue
 import time
 import warnings
 import weakref
@@ -54,6 +67,13 @@ _SEQ = attrgetter("seq")
 #: caller's loop and the actor's thread, which take the GIL from training: 10 ms (a hand-off per ~40 tiny steps)
 #: lost less of a slow observer's time than 1 ms (one per ~4) on both workloads (bench/early_handover.py).
 EARLY_WORK = 0.01
+#: A direct actor (see :class:`Actor`) that is idle is woken once its queued events hold this many seconds of work:
+#: waking it costs the training thread one lock release, not a hop through the caller's loop, so it can be
+#: woken far more often than the outbox is handed over; a slow observer then trails the loop by ~1 ms of work.
+DIRECT_WORK = 0.001
+#: Whether thread actors that can take their events straight from the training thread do (read at each fit's
+#: start; ``False`` sends every actor's events through the caller's loop, for ``bench/direct_delivery.py``).
+DIRECT = True
 #: Events that hand the outbox over at once (epoch and fit boundaries).
 FLUSH_EVENTS = (EpochBegin, EpochEnd, FitBegin, FitEnd)
 
@@ -81,6 +101,10 @@ class Actor:
         self.predecessors: list[Actor] = []
         #: ``capture(event, phase, learner, copy=True)``: what is published (the callback's capture hook).
         self.capture: Callable[..., Any] = cb.snapshot
+        #: Whether the actor's thread may take its events straight from :attr:`inbox` (a thread actor with sync
+        #: handlers only, and no ``run_after`` path to or from another detached actor; set by ``Delivery.compile``),
+        #: and whether it does in this fit (``DIRECT``, read at the start of each fit).
+        self.can_direct = self.direct = False
         self.reset()
 
     def reset(self) -> None:
@@ -93,11 +117,22 @@ class Actor:
         self.send, self.recv = trio.open_memory_channel[list[Item]](math.inf)
         self.lot = trio.lowlevel.ParkingLot()
         self.thread: ActorThread | None = None
+        # Direct delivery (training thread -> actor thread): the queued items, and the bell that wakes an idle
+        # consumer (at most one ring outstanding: ``signalled``). ``watched``: the host waits for progress.
+        self.inbox: deque[Item] = deque()
+        self.bell: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self.idle = True
+        self.signalled = False
+        self.watched = False
+        self.closing = False
 
     # -- waiting for progress (host) -------------------------------------------------------------------------
     async def wait_processed(self, target: int) -> None:
         session = self.delivery.session
         while self.processed < target and session is not None and session.error is None:
+            self.watched = True  # a direct actor's thread wakes us after its next event (set, then re-checked)
+            if self.processed >= target:
+                break
             await self.lot.park()
 
     async def wait_done(self, seq: int) -> None:
@@ -137,6 +172,10 @@ class Actor:
         """Handle the inbox's batches in order until it is closed."""
         session = self.delivery.session
         assert session is not None
+        if self.direct:
+            assert self.thread is not None
+            await self.thread.run(self._consume, session, grace=self.delivery.cancel_grace, on_cancel=self.halt)
+            return
         async for batch in self.recv:
             last = batch[-1].seq
             for actor in self.predecessors:
@@ -212,6 +251,59 @@ class Actor:
             seconds.append(t1 - t0)
             t0 = t1
         return seconds, errors
+
+    # -- direct delivery (the actor's thread) ------------------------------------------------------------------
+    def ring(self) -> None:
+        """Wake the idle consumer (any thread; at most one ring outstanding)."""
+        self.signalled = True
+        self.bell.put(None)
+
+    def halt(self) -> None:
+        """Ask the consumer to stop before its next event (any thread); its pending events are dropped."""
+        self.closing = True
+        self.ring()
+
+    def _consume(self, session: Session) -> None:
+        """The direct actor's thread, for the whole fit: handle :attr:`inbox` in order, sleep on :attr:`bell` when
+        it is empty. Returns when halted or the session fails or is aborted; raises a handler's first error that
+        is not control flow (control requests go to the loop, and the actor goes on)."""
+        inbox, bell, stats, delivery = self.inbox, self.bell, self.stats, self.delivery
+        record = stats.record
+        host = session.host_token
+        while True:
+            if not inbox:
+                self.idle = True  # then re-check: a publication after this line sees idle and may ring
+                if not inbox and not self.closing:
+                    bell.get()
+                    self.signalled = False
+                self.idle = False
+            if self.closing or session.error is not None or session.abort_requested:
+                return
+            if not inbox:
+                continue
+            item = inbox.popleft()
+            lag = delivery.seq - item.seq
+            if lag > stats.peak_lag:
+                stats.peak_lag = lag
+            t0 = _perf()
+            try:
+                item.fn(item.event, item.phase, item.view)
+            except FitException as exc:
+                delivery.request(exc)
+            except Exception as exc:
+                annotate(exc, self.callback, item.event, item.phase, detached=True)
+                raise
+            finally:
+                seconds = _perf() - t0
+                record(seconds)
+                self.mean_seconds += (seconds - self.mean_seconds) * 0.25
+                self.processed += 1
+                if self.watched:
+                    self.watched = False
+                    try:
+                        host.run_sync_soon(self.lot.unpark_all)
+                    except trio.RunFinishedError:  # pragma: no cover - the caller's loop is gone
+                        pass
 
     def _report_abandoned(self) -> None:
         self.stats.abandoned = True
@@ -366,6 +458,8 @@ class Delivery:
         self.switch_interval = switch_interval
         self.switch_lowered = False
         self.actors: dict[int, Actor] = {}
+        #: The actors whose threads take their events straight from the training thread (see ``Actor.direct``).
+        self.direct: list[Actor] = []
         self.session: Session | None = None
         self.learner: Any = None
         self.seq = 0
@@ -404,6 +498,12 @@ class Delivery:
         for index, actor in self.actors.items():
             ancestors = nx.ancestors(graph, index)
             actor.predecessors = [a for i, a in self.actors.items() if i in ancestors]
+        followed = {id(p) for actor in self.actors.values() for p in actor.predecessors}
+        for actor in self.actors.values():
+            actor.can_direct = (
+                type(actor) is Actor and actor.blocking and not actor.predecessors and id(actor) not in followed
+                and _sync_only(actor.callback)
+            )
 
     def worker_for(self, callback: Any) -> ProcessWorker:
         """``callback``'s worker process: the one kept from an earlier fit, or a fresh one (spawned now)."""
@@ -433,6 +533,17 @@ class Delivery:
             annotate(exc, actor.callback, event, phase, detached=True)
             raise
         self.seq += 1
+        if actor.direct:
+            actor.inbox.append(Item(self.seq, event, phase, view, step.fn, False))
+            actor.enqueued += 1
+            queued = actor.enqueued - actor.processed
+            if queued > actor.stats.peak_inbox:
+                actor.stats.peak_inbox = queued
+            if actor.idle and not actor.signalled and (
+                queued * actor.mean_seconds >= DIRECT_WORK or queued * 2 > actor.capacity or not actor.processed
+            ):
+                actor.ring()  # an idle actor with ~1 ms of work, a half-full inbox or no handler time yet: wake it
+            return actor if queued >= actor.capacity else None
         self.outbox.append((actor, Item(self.seq, event, phase, view, step.fn, step.is_async)))
         actor.enqueued += 1
         waiting = actor.enqueued - actor.delivered
@@ -483,12 +594,18 @@ class Delivery:
         session.check()
 
     def schedule_flush(self) -> None:
-        """Have the caller's loop deliver the outbox soon (one wake-up, ~10 us); at most one is pending."""
+        """Wake the idle direct actors that have events, and have the caller's loop deliver the outbox soon (one
+        wake-up, ~10 us; at most one is pending)."""
         session = self.session
-        if session is None or self.flush_scheduled or not self.outbox:
+        if session is None:
+            return
+        self.last_flush = _perf()
+        for actor in self.direct:
+            if actor.idle and not actor.signalled and actor.inbox:
+                actor.ring()
+        if self.flush_scheduled or not self.outbox:
             return
         self.flush_scheduled = True
-        self.last_flush = _perf()
         try:
             session.host_token.run_sync_soon(self.flush)
         except trio.RunFinishedError:  # pragma: no cover
@@ -496,8 +613,12 @@ class Delivery:
 
     # -- caller's loop ---------------------------------------------------------------------------------------
     def flush(self) -> None:
-        """Deliver the outbox, one batch per actor. Runs in the host loop and never raises."""
+        """Deliver the outbox, one batch per actor (and wake idle direct actors that have events). Runs in the
+        host loop and never raises."""
         self.flush_scheduled = False
+        for actor in self.direct:
+            if actor.idle and not actor.signalled and actor.inbox:
+                actor.ring()
         try:
             batches: dict[Actor, list[Item]] = {}
             outbox = self.outbox
@@ -550,8 +671,10 @@ class Delivery:
         self.drained = False
         nursery = session.nursery
         assert nursery is not None
+        self.direct = [a for a in self.actors.values() if a.can_direct and DIRECT]
         for actor in self.actors.values():
             actor.reset()
+            actor.direct = actor.can_direct and DIRECT
             if isinstance(actor, ProcessActor):
                 actor.worker = self.worker_for(actor.callback)
                 actor.begun = False
@@ -576,6 +699,8 @@ class Delivery:
         """Close every inbox and ask every thread to stop (never raises); pending events are dropped."""
         for actor in self.actors.values():
             actor.send.close()
+            if actor.direct:
+                actor.halt()
             if actor.thread is not None and not isinstance(actor, ProcessActor):  # a process actor's ends its own
                 actor.thread.stop()
         self.outbox.clear()
@@ -597,6 +722,14 @@ def _wrapper_snapshot() -> Any:
     from ..callbacks._conditional import ConditionalCallback
 
     return ConditionalCallback.snapshot
+
+
+def _sync_only(callback: Any) -> bool:
+    """Whether every handler ``callback`` can return is a plain function (none is a coroutine function)."""
+    inner = callback.inner
+    if type(inner).handler is not Callback.handler:  # a custom lookup: its handlers cannot be listed
+        return False
+    return not any(inspect.iscoroutinefunction(getattr(inner, name)) for name in type(inner)._registry.values())
 
 
 def placement(callback: Any) -> bool | str:
