@@ -305,10 +305,11 @@ class Observer(al.Callback):
 
 
 class TestDirectDelivery:
-    def test_which_actors_take_their_events_straight_from_the_training_thread(self) -> None:
-        """Direct delivery is for thread actors with sync handlers only and no run_after path to or from another
-        detached actor; async handlers, ``blocking = False`` and a detached-to-detached order keep the caller's
-        loop in between."""
+    def test_which_actors_take_their_events_straight_from_the_training_thread(self, tmp_path) -> None:
+        """Direct delivery is for thread actors whose registered handlers are all sync (as their ``handler``
+        lookup returns them: a throttled callback and a step Checkpointer qualify) and no run_after path to or
+        from another detached actor; async handlers, ``blocking = False`` and a detached-to-detached order keep
+        the caller's loop in between."""
 
         class AsyncObserver(al.Callback):
             detached = True
@@ -332,6 +333,8 @@ class TestDirectDelivery:
         assert eligible(AsyncObserver(), OnTheLoop()) == {"AsyncObserver": False, "OnTheLoop": False}
         assert eligible(Observer(), After()) == {"Observer": False, "After": False}
         assert eligible(al.throttle(Observer(), al.StepEnd, freq=2)) == {"ConditionalCallback(Observer)": True}
+        saver = al.Checkpointer(tmp_path, every_n_steps=5)
+        assert eligible(al.Metrics(), saver) == {"Checkpointer": True}
 
     async def test_a_direct_actor_sees_every_event_in_order_on_its_own_thread(self) -> None:
         """Every event reaches a direct actor, in order, on one thread that is not the training thread's."""
@@ -405,3 +408,32 @@ class TestDirectDelivery:
         assert info.value.__notes__ == [
             "asyncloop: raised by detached callback Boom while handling StepEnd() in TrainingPhase()"
         ]
+
+    async def test_an_async_handler_a_custom_lookup_returns_is_awaited_in_order(self) -> None:
+        """A callback whose registered handlers are sync is delivered directly; if its own ``handler`` lookup
+        returns a coroutine function for an event it did not register, that handler is awaited in the caller's
+        loop, in order with the others."""
+        from asyncloop._callback import Handler
+
+        seen: list[str] = []
+
+        class Custom(al.Callback):
+            detached = True
+
+            @al.on(al.StepEnd, al.AbstractTrainingPhase)
+            def step_end(self, event, phase, learner) -> None:
+                seen.append("step")
+
+            def handler(self, event, phase):
+                if issubclass(event, al.EpochEnd) and issubclass(phase, al.AbstractTrainingPhase):
+                    return Handler(self.epoch_end, True)
+                return super().handler(event, phase)
+
+            async def epoch_end(self, event, phase, learner) -> None:
+                await trio.sleep(0.001)
+                seen.append("epoch")
+
+        runner = al.ActorRunner()
+        await al.fit(al.test_learner(Custom(), n_batches=3, runner=runner), 2)
+        assert [a.direct for a in runner._delivery.actors.values()] == [True]
+        assert seen == ["step"] * 3 + ["epoch"] + ["step"] * 3 + ["epoch"]

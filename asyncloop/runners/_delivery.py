@@ -31,7 +31,6 @@ its thread (which also writes ``idle``, ``mean_seconds`` and its inbox's left en
 
 from __future__ import annotations
 
-import inspect
 import math
 import queue
 import time
@@ -287,7 +286,10 @@ class Actor:
                 stats.peak_lag = lag
             t0 = _perf()
             try:
-                item.fn(item.event, item.phase, item.view)
+                if item.is_async:  # not listed by the callback's registry: awaited in the caller's loop, in order
+                    trio.from_thread.run(item.fn, item.event, item.phase, item.view, trio_token=host)
+                else:
+                    item.fn(item.event, item.phase, item.view)
             except FitException as exc:
                 delivery.request(exc)
             except Exception as exc:
@@ -534,7 +536,7 @@ class Delivery:
             raise
         self.seq += 1
         if actor.direct:
-            actor.inbox.append(Item(self.seq, event, phase, view, step.fn, False))
+            actor.inbox.append(Item(self.seq, event, phase, view, step.fn, step.is_async))
             actor.enqueued += 1
             queued = actor.enqueued - actor.processed
             if queued > actor.stats.peak_inbox:
@@ -725,11 +727,11 @@ def _wrapper_snapshot() -> Any:
 
 
 def _sync_only(callback: Any) -> bool:
-    """Whether every handler ``callback`` can return is a plain function (none is a coroutine function)."""
-    inner = callback.inner
-    if type(inner).handler is not Callback.handler:  # a custom lookup: its handlers cannot be listed
-        return False
-    return not any(inspect.iscoroutinefunction(getattr(inner, name)) for name in type(inner)._registry.values())
+    """Whether the handlers ``callback`` registered (as its ``handler`` lookup returns them) are all plain
+    functions. A custom lookup that returns a coroutine function for an event it did not register is still
+    handled in order, through the caller's loop (see ``Actor._consume``)."""
+    keys = type(callback.inner)._registry
+    return not any((h := callback.handler(e, p)) is not None and h.is_async for e, p in keys)
 
 
 def placement(callback: Any) -> bool | str:
