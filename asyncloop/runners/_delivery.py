@@ -263,12 +263,11 @@ class Actor:
         self.ring()
 
     def _consume(self, session: Session) -> None:
-        """The direct actor's thread, for the whole fit: handle :attr:`inbox` in order, sleep on :attr:`bell` when
-        it is empty. Returns when halted or the session fails or is aborted; raises a handler's first error that
-        is not control flow (control requests go to the loop, and the actor goes on)."""
-        inbox, bell, stats, delivery = self.inbox, self.bell, self.stats, self.delivery
-        record = stats.record
-        host = session.host_token
+        """The direct actor's thread (or a process actor's courier), for the whole fit: handle :attr:`inbox` in
+        order, sleep on :attr:`bell` when it is empty. Returns when halted or the session fails or is aborted;
+        raises a handler's first error that is not control flow (control requests go to the loop, and the actor
+        goes on)."""
+        inbox, bell = self.inbox, self.bell
         while True:
             if not inbox:
                 self.idle = True  # then re-check: a publication after this line sees idle and may ring
@@ -278,34 +277,43 @@ class Actor:
                 self.idle = False
             if self.closing or session.error is not None or session.abort_requested:
                 return
-            if not inbox:
-                continue
-            item = inbox.popleft()
-            lag = delivery.seq - item.seq
-            if lag > stats.peak_lag:
-                stats.peak_lag = lag
-            t0 = _perf()
+            if inbox:
+                self._take(session)
+
+    def _take(self, session: Session) -> None:
+        """Handle the oldest event of the inbox (on the actor's thread)."""
+        stats, delivery = self.stats, self.delivery
+        item = self.inbox.popleft()
+        lag = delivery.seq - item.seq
+        if lag > stats.peak_lag:
+            stats.peak_lag = lag
+        t0 = _perf()
+        try:
+            if item.is_async:  # not listed by the callback's registry: awaited in the caller's loop, in order
+                trio.from_thread.run(item.fn, item.event, item.phase, item.view, trio_token=session.host_token)
+            else:
+                item.fn(item.event, item.phase, item.view)
+        except FitException as exc:
+            delivery.request(exc)
+        except Exception as exc:
+            annotate(exc, self.callback, item.event, item.phase, detached=True)
+            raise
+        finally:
+            self._handled((_perf() - t0,), session)
+
+    def _handled(self, seconds: Sequence[float], session: Session) -> None:
+        """Account for events a direct actor handled (on its thread) and wake the caller's loop if it waits."""
+        record = self.stats.record
+        for dt in seconds:
+            record(dt)
+            self.mean_seconds += (dt - self.mean_seconds) * 0.25
+        self.processed += len(seconds)
+        if self.watched:
+            self.watched = False
             try:
-                if item.is_async:  # not listed by the callback's registry: awaited in the caller's loop, in order
-                    trio.from_thread.run(item.fn, item.event, item.phase, item.view, trio_token=host)
-                else:
-                    item.fn(item.event, item.phase, item.view)
-            except FitException as exc:
-                delivery.request(exc)
-            except Exception as exc:
-                annotate(exc, self.callback, item.event, item.phase, detached=True)
-                raise
-            finally:
-                seconds = _perf() - t0
-                record(seconds)
-                self.mean_seconds += (seconds - self.mean_seconds) * 0.25
-                self.processed += 1
-                if self.watched:
-                    self.watched = False
-                    try:
-                        host.run_sync_soon(self.lot.unpark_all)
-                    except trio.RunFinishedError:  # pragma: no cover - the caller's loop is gone
-                        pass
+                session.host_token.run_sync_soon(self.lot.unpark_all)
+            except trio.RunFinishedError:  # pragma: no cover - the caller's loop is gone
+                pass
 
     def _report_abandoned(self) -> None:
         self.stats.abandoned = True
@@ -366,7 +374,35 @@ class ProcessActor(Actor):
             self.begun = True
         finally:
             self.capacity = self.nominal  # start-up is over: the inbox bound applies again
+        if self.direct:  # the courier takes the events straight from the training thread
+            await self._call(self._consume, self.delivery.session, on_cancel=self._halt_worker)
+            return
         await super()._serve()
+
+    def _halt_worker(self) -> None:
+        self.halt()
+        assert self.worker is not None
+        self.worker.request_abort()
+
+    def _take(self, session: Session) -> None:
+        """Send everything queued as one batch and wait for the worker's answer (on the courier thread)."""
+        assert self.worker is not None
+        if self.worker.dead:  # killed after a cancellation's grace ran out: nothing more to send
+            self.closing = True
+            return
+        inbox = self.inbox
+        batch = [inbox.popleft() for _ in range(len(inbox))]
+        self._note_lag(batch[0])
+        seconds, errors = self.worker.handle([(i.event, i.phase, i.view) for i in batch])
+        try:
+            for index, exc in errors or ():
+                if isinstance(exc, FitException):
+                    self.delivery.request(exc)
+                else:
+                    annotate(exc, self.callback, batch[index].event, batch[index].phase, detached=True)
+                    raise exc
+        finally:
+            self._handled(seconds, session)
 
     async def _handle_batch(self, batch: list[Item]) -> None:
         assert self.worker is not None and self.thread is not None
@@ -502,9 +538,9 @@ class Delivery:
             actor.predecessors = [a for i, a in self.actors.items() if i in ancestors]
         followed = {id(p) for actor in self.actors.values() for p in actor.predecessors}
         for actor in self.actors.values():
-            actor.can_direct = (
-                type(actor) is Actor and actor.blocking and not actor.predecessors and id(actor) not in followed
-                and _sync_only(actor.callback)
+            actor.can_direct = not actor.predecessors and id(actor) not in followed and (
+                isinstance(actor, ProcessActor)
+                or (type(actor) is Actor and actor.blocking and _sync_only(actor.callback))
             )
 
     def worker_for(self, callback: Any) -> ProcessWorker:

@@ -37,11 +37,18 @@ def main() -> None:
     p.add_argument("--ckpt-every", type=int, default=0)
     p.add_argument("--memory-steps", type=int, default=0)
     p.add_argument("--out", required=True)
+    p.add_argument("--delivery", choices=["direct", "loop"], default="direct",
+                   help="asyncloop only: detached actors' delivery (loop: through the caller's loop, as before "
+                        "direct delivery; bench/direct_delivery_suite.py)")
     a = p.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     common.SLEEP_S, common.GIL_N = a.sleep, a.gil
     fw = importlib.import_module(f"fw_{a.framework}")
+    if a.framework == "asyncloop":
+        from asyncloop.runners import _delivery
+
+        _delivery.DIRECT = a.delivery == "direct"
     scenarios = set(a.scenarios)
     folder = harness.tmpdir(f"peers-{a.framework}-")
     out: dict = {"framework": a.framework, "workload": a.workload, "versions": versions(a.framework)}
