@@ -437,3 +437,24 @@ class TestDirectDelivery:
         await al.fit(al.test_learner(Custom(), n_batches=3, runner=runner), 2)
         assert [a.direct for a in runner._delivery.actors.values()] == [True]
         assert seen == ["step"] * 3 + ["epoch"] + ["step"] * 3 + ["epoch"]
+
+
+class TestActorsThatStartLate:
+    @pytest.mark.parametrize("direct", [True, False], ids=["direct", "through-the-loop"])
+    async def test_a_session_closed_before_its_actors_first_ran_ends_cleanly(self, monkeypatch, direct) -> None:
+        """When the worker finishes before the actors' tasks first run (a validate() with nothing to do can:
+        trio may resume the session's task before the tasks it just started), those tasks find the session
+        closed and end without error. Made deterministic here by a worker that returns without yielding."""
+        import outcome
+
+        from asyncloop import _session
+        from asyncloop.runners import _delivery
+
+        monkeypatch.setattr(_delivery, "DIRECT", direct)
+
+        async def instant(self, fn, args):
+            return outcome.Value("done")
+
+        lrn = al.test_learner(al.Recorder(), Observer(), n_batches=4, runner=al.ActorRunner())
+        monkeypatch.setattr(_session.Session, "_run_worker", instant)
+        assert await al.validate(lrn) == "done"

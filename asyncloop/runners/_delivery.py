@@ -154,11 +154,11 @@ class Actor:
         self.lot.unpark_all()
 
     # -- the actor's task (host) -----------------------------------------------------------------------------
-    async def run(self) -> None:
-        session = self.delivery.session
-        assert session is not None
+    async def run(self, session: Session) -> None:
+        """The actor's task for one session. ``session`` is passed in, not read from the delivery: a fit whose
+        worker finishes at once (nothing to validate) may close the delivery before this task's first step."""
         try:
-            await self._serve()
+            await self._serve(session)
         except trio.Cancelled:
             if self.thread is not None and self.thread.abandoned:
                 self._report_abandoned()
@@ -167,12 +167,12 @@ class Actor:
             session.fail(exc)
             self.delivery.wake_all()
 
-    async def _serve(self) -> None:
+    async def _serve(self, session: Session) -> None:
         """Handle the inbox's batches in order until it is closed."""
-        session = self.delivery.session
-        assert session is not None
         if self.direct:
             assert self.thread is not None
+            if self.closing or self.thread.stopped:  # closed before this task started: nothing was published
+                return
             await self.thread.run(self._consume, session, grace=self.delivery.cancel_grace, on_cancel=self.halt)
             return
         async for batch in self.recv:
@@ -361,13 +361,13 @@ class ProcessActor(Actor):
         self.payload = b""
         self.begun = False
 
-    async def run(self) -> None:
+    async def run(self, session: Session) -> None:
         try:
-            await super().run()
+            await super().run(session)
         finally:
             await self._end()
 
-    async def _serve(self) -> None:
+    async def _serve(self, session: Session) -> None:
         assert self.worker is not None
         try:
             await self._call(self.worker.begin, self.payload, self.wrap, on_cancel=self._cancel_start)
@@ -375,9 +375,9 @@ class ProcessActor(Actor):
         finally:
             self.capacity = self.nominal  # start-up is over: the inbox bound applies again
         if self.direct:  # the courier takes the events straight from the training thread
-            await self._call(self._consume, self.delivery.session, on_cancel=self._halt_worker)
+            await self._call(self._consume, session, on_cancel=self._halt_worker)
             return
-        await super()._serve()
+        await super()._serve(session)
 
     def _halt_worker(self) -> None:
         self.halt()
@@ -722,7 +722,7 @@ class Delivery:
                 if self.switch_interval is not None and not self.switch_lowered:
                     SwitchInterval.acquire(self.switch_interval)
                     self.switch_lowered = True
-            nursery.start_soon(actor.run, name=f"asyncloop-actor-{actor.callback.name}")
+            nursery.start_soon(actor.run, session, name=f"asyncloop-actor-{actor.callback.name}")
 
     async def drain(self) -> None:
         """The worker is done: deliver the rest and wait until every actor handled every event."""
