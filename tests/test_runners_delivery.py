@@ -214,72 +214,44 @@ class TestLateStop:
         assert result.epochs == 2
 
 
+async def slow_actor_lags() -> list[int]:
+    """Fit 600 steps of ~1 ms (an inline callback sleeps 1 ms) with a detached actor whose handler sleeps 0.5 ms,
+    under a 0.2 s flush interval; return how many steps behind the loop the actor was at each of its events,
+    sorted."""
+    import time
+
+    done: list[int] = []
+    lags: list[int] = []
+
+    class Pace(al.Callback):
+        @al.on(al.StepEnd, al.AbstractTrainingPhase)
+        def step_end(self, event, phase, learner) -> None:
+            time.sleep(0.001)
+            done.append(1)
+
+    class Slow(al.Callback):
+        detached = True
+        run_after = (Pace,)
+
+        @al.on(al.StepEnd, al.AbstractTrainingPhase)
+        def step_end(self, event, phase, learner) -> None:
+            lags.append(len(done))
+            time.sleep(0.0005)
+
+    await al.fit(al.test_learner(Pace(), Slow(), n_batches=600, runner=al.ActorRunner(flush_interval=0.2)), 1)
+    assert len(lags) == 600
+    return sorted(seen - i for i, seen in enumerate(lags, 1))
+
+
 class TestEarlyHandOver:
-    async def test_an_idle_slow_actor_gets_its_events_before_the_interval(self) -> None:
-        """A detached actor that caught up (idle) with EARLY_WORK (10 ms) of work queued (by its average handler
-        time) is handed its events at once, not at the next flush interval: with a 0.2 s interval, 1 ms steps and
-        0.5 ms handlers it lags ~10 steps behind the loop (median, measured), not a whole interval's worth (~200
-        steps, as with no early hand-over)."""
-        import time
-
-        done: list[int] = []
-        lags: list[int] = []
-
-        class Pace(al.Callback):
-            @al.on(al.StepEnd, al.AbstractTrainingPhase)
-            def step_end(self, event, phase, learner) -> None:
-                time.sleep(0.001)
-                done.append(1)
-
-        class Slow(al.Callback):
-            detached = True
-            state_access = {"step": {"loss": al.Read()}}
-            run_after = (Pace,)
-
-            @al.on(al.StepEnd, al.AbstractTrainingPhase)
-            def step_end(self, event, phase, learner) -> None:
-                lags.append(len(done))
-                time.sleep(0.0005)
-
-        lrn = al.test_learner(Pace(), Slow(), n_batches=600, runner=al.ActorRunner(flush_interval=0.2))
-        await al.fit(lrn, 1)
-        assert len(lags) == 600
-        behind = sorted(seen - i for i, seen in enumerate(lags, 1))
-        assert behind[len(behind) // 2] <= 40, behind[len(behind) // 2]  # ~10 measured; ~200 without it
-
     async def test_through_the_callers_loop_an_idle_actor_is_handed_its_events_early(self, monkeypatch) -> None:
-        """With direct delivery off (every actor's events go through the outbox and the caller's loop), the
-        same slow actor still gets its events once EARLY_WORK (10 ms) of them are queued: it lags ~15 steps
-        (median, measured), not the ~200 of a 0.2 s flush interval."""
-        import time
-
+        """With direct delivery off (every actor's events go through the outbox and the caller's loop), a slow
+        actor that caught up (idle) still gets its events once EARLY_WORK (10 ms) of them are queued (by its
+        average handler time): it lags ~15 steps (median, measured), not the ~200 of a 0.2 s flush interval."""
         from asyncloop.runners import _delivery
 
         monkeypatch.setattr(_delivery, "DIRECT", False)
-        done: list[int] = []
-        lags: list[int] = []
-
-        class Pace(al.Callback):
-            @al.on(al.StepEnd, al.AbstractTrainingPhase)
-            def step_end(self, event, phase, learner) -> None:
-                time.sleep(0.001)
-                done.append(1)
-
-        class Slow(al.Callback):
-            detached = True
-            run_after = (Pace,)
-
-            @al.on(al.StepEnd, al.AbstractTrainingPhase)
-            def step_end(self, event, phase, learner) -> None:
-                lags.append(len(done))
-                time.sleep(0.0005)
-
-        runner = al.ActorRunner(flush_interval=0.2)
-        lrn = al.test_learner(Pace(), Slow(), n_batches=600, runner=runner)
-        await al.fit(lrn, 1)
-        assert [a.direct for a in runner._delivery.actors.values()] == [False]
-        assert len(lags) == 600
-        behind = sorted(seen - i for i, seen in enumerate(lags, 1))
+        behind = await slow_actor_lags()
         assert behind[len(behind) // 2] <= 40, behind[len(behind) // 2]
 
 
@@ -355,30 +327,7 @@ class TestDirectDelivery:
         handler time), and at its first event (no handler time yet), whatever the flush interval: with 1 ms steps
         and 0.5 ms handlers it trails the loop by 0-1 steps (median; at most ~6, measured), where the caller's-loop
         path lags ~15 (at most ~135) and a 0.2 s interval ~200."""
-        import time
-
-        done: list[int] = []
-        lags: list[int] = []
-
-        class Pace(al.Callback):
-            @al.on(al.StepEnd, al.AbstractTrainingPhase)
-            def step_end(self, event, phase, learner) -> None:
-                time.sleep(0.001)
-                done.append(1)
-
-        class Slow(al.Callback):
-            detached = True
-            run_after = (Pace,)
-
-            @al.on(al.StepEnd, al.AbstractTrainingPhase)
-            def step_end(self, event, phase, learner) -> None:
-                lags.append(len(done))
-                time.sleep(0.0005)
-
-        lrn = al.test_learner(Pace(), Slow(), n_batches=600, runner=al.ActorRunner(flush_interval=0.2))
-        await al.fit(lrn, 1)
-        assert len(lags) == 600
-        behind = sorted(seen - i for i, seen in enumerate(lags, 1))
+        behind = await slow_actor_lags()
         assert behind[len(behind) // 2] <= 6, behind[len(behind) // 2]
         assert behind[-1] <= 60, behind[-1]
 

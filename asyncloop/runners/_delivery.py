@@ -185,14 +185,19 @@ class Actor:
 
     def _settle(self, run: list[Item], seconds: list[float], errors: list[tuple[int, BaseException]] | None) -> bool:
         """Account for a handled run: raise its first real error, pass control requests on; whether it all ran."""
+        self._pass_on(run, errors)
+        self._finished(run, seconds)
+        return len(seconds) >= len(run)
+
+    def _pass_on(self, run: Sequence[Item], errors: list[tuple[int, BaseException]] | None) -> None:
+        """Hand the control requests among a run's ``(index, error)`` pairs to the loop; raise its first real
+        error, with a note naming the callback and the event."""
         for index, exc in errors or ():
             if isinstance(exc, FitException):
                 self.delivery.request(exc)
             else:
                 annotate(exc, self.callback, run[index].event, run[index].phase, detached=True)
                 raise exc
-        self._finished(run, seconds)
-        return len(seconds) >= len(run)
 
     async def _handle_batch(self, batch: list[Item]) -> None:
         i = 0
@@ -395,12 +400,7 @@ class ProcessActor(Actor):
         self._note_lag(batch[0])
         seconds, errors = self.worker.handle([(i.event, i.phase, i.view) for i in batch])
         try:
-            for index, exc in errors or ():
-                if isinstance(exc, FitException):
-                    self.delivery.request(exc)
-                else:
-                    annotate(exc, self.callback, batch[index].event, batch[index].phase, detached=True)
-                    raise exc
+            self._pass_on(batch, errors)
         finally:
             self._handled(seconds, session)
 
