@@ -6,11 +6,12 @@ order), its async handlers run concurrently as trio tasks, and the next layer st
 event is complete when all awaited handlers are.
 
 Detached actors (``detached = True``, read-only callbacks only) receive, at their turn in the event's order, a
-snapshot of exactly the state they declared, and handle it later in the caller's trio loop:
+snapshot of exactly the state they declared, and handle it later, on their own thread (or worker process) or in
+the caller's trio loop:
 
 * publishing costs the training thread a snapshot and a ``deque.append``;
-* *direct* actors (sync handlers only, on a thread, no ``run_after`` path to or from another detached actor)
-  read their inbox on their own thread: a busy one takes each event as it comes, an idle one is woken (one lock
+* *direct* actors (sync handlers only on a thread, or a process actor; no ``run_after`` path to or from another
+  detached actor) read their inbox on their own thread: a busy one takes each event as it comes, an idle one is woken (one lock
   release) once ~1 ms of its work is queued, at its first event, when its inbox is half full, every
   ``flush_interval`` seconds and at every epoch/fit boundary;
 * for the other actors, when ``flush_interval`` seconds passed since the last hand-off (or an inbox is half

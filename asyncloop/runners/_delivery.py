@@ -4,9 +4,10 @@ threads (private).
 The training thread *publishes*: it takes the callback's snapshot (``snapshot(..., copy=True)``) at the
 callback's turn in the event's order and appends it to a ``deque`` (no lock, no wake-up).
 
-*Direct* actors (``Actor.can_direct``: a thread actor whose handlers are all sync, with no ``run_after`` path to
-or from another detached actor) have their own inbox, which their thread reads for the whole fit
-(:meth:`Actor._consume`): a busy thread takes each new event as it comes; an idle one sleeps on a ``SimpleQueue``
+*Direct* actors (``Actor.can_direct``: a thread actor whose handlers are all sync, or a process actor, with no
+``run_after`` path to or from another detached actor) have their own inbox, which their thread (a process
+actor's courier) reads for the whole fit (:meth:`Actor._consume`): a busy thread takes each new event as it
+comes (a courier: everything queued, as one batch); an idle one sleeps on a ``SimpleQueue``
 and is woken (one ``put``: a lock release) when ``DIRECT_WORK`` seconds of its work are queued, at its first
 event, when its inbox is half full, and whenever the outbox would be flushed (below). The caller's loop only
 waits for the thread's job to end, and for its progress when the loop waits for room or drains.
@@ -70,8 +71,8 @@ EARLY_WORK = 0.01
 #: waking it costs the training thread one lock release, not a hop through the caller's loop, so it can be
 #: woken far more often than the outbox is handed over; a slow observer then trails the loop by ~1 ms of work.
 DIRECT_WORK = 0.001
-#: Whether thread actors that can take their events straight from the training thread do (read at each fit's
-#: start; ``False`` sends every actor's events through the caller's loop, for ``bench/direct_delivery.py``).
+#: Whether the actors that can take their events straight from the training thread do (read at each fit's start;
+#: ``False`` sends every actor's events through the caller's loop, for the ``bench/direct_delivery*.py`` A/Bs).
 DIRECT = True
 #: Events that hand the outbox over at once (epoch and fit boundaries).
 FLUSH_EVENTS = (EpochBegin, EpochEnd, FitBegin, FitEnd)
@@ -101,8 +102,8 @@ class Actor:
         #: ``capture(event, phase, learner, copy=True)``: what is published (the callback's capture hook).
         self.capture: Callable[..., Any] = cb.snapshot
         #: Whether the actor's thread may take its events straight from :attr:`inbox` (a thread actor with sync
-        #: handlers only, and no ``run_after`` path to or from another detached actor; set by ``Delivery.compile``),
-        #: and whether it does in this fit (``DIRECT``, read at the start of each fit).
+        #: handlers only, or a process actor, and no ``run_after`` path to or from another detached actor; set by
+        #: ``Delivery.compile``), and whether it does in this fit (``DIRECT``, read at the start of each fit).
         self.can_direct = self.direct = False
         self.reset()
 
