@@ -279,9 +279,9 @@ class Observer(al.Callback):
 class TestDirectDelivery:
     def test_which_actors_take_their_events_straight_from_the_training_thread(self, tmp_path) -> None:
         """Direct delivery is for thread actors whose registered handlers are all sync (as their ``handler``
-        lookup returns them: a throttled callback and a step Checkpointer qualify) and no run_after path to or
-        from another detached actor; async handlers, ``blocking = False`` and a detached-to-detached order keep
-        the caller's loop in between."""
+        lookup returns them: a throttled callback and a step Checkpointer qualify), and for process actors
+        (tests/test_runners_process.py), with no run_after path to or from another detached actor; async
+        handlers, ``blocking = False`` and a detached-to-detached order keep the caller's loop in between."""
 
         class AsyncObserver(al.Callback):
             detached = True

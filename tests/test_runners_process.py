@@ -85,12 +85,14 @@ def worker_of(runner: al.ActorRunner):
 
 async def test_events_arrive_in_order_in_another_process_and_the_state_comes_back(shared) -> None:
     """The worker copy handles every event in the LinearRunner's order, in another process; its final state
-    (through the overridden process_state/load_process_state hooks) is on the parent's instance after the fit."""
-    learner, probe, _ = shared
+    (through the overridden process_state/load_process_state hooks) is on the parent's instance after the fit.
+    Its courier takes the events straight from the training thread (direct delivery)."""
+    learner, probe, runner = shared
     reset(probe)
     loaded = probe.loaded
     result = await al.fit(learner, 2)
     assert not result.stopped
+    assert [a.direct for a in runner._delivery.actors.values()] == [True]
     inline = Probe()
     await al.fit(make_learner(inline, al.LinearRunner()), 2)
     assert probe.seen == inline.seen and len(probe.seen) > 50
