@@ -18,18 +18,19 @@ import _observer_ab
 
 from asyncloop.runners import _delivery
 
-
-def _direct(on: bool) -> None:
-    _delivery.DIRECT = on
+SHIPPED = _delivery.DIRECT
 
 
-def _via_loop(on: bool) -> None:
-    _delivery.DIRECT = not on
+def _direct(value: bool):
+    def apply(on: bool) -> None:
+        _delivery.DIRECT = value if on else SHIPPED
+
+    return apply
 
 
 SETTINGS: dict[str, _observer_ab.Setting] = {
-    "direct": ({}, _direct),
-    "via the loop": ({}, _via_loop),
+    "direct": ({}, _direct(True)),
+    "via the loop": ({}, _direct(False)),
 }
 
 if __name__ == "__main__":

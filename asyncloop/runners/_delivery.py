@@ -639,9 +639,7 @@ class Delivery:
         if session is None:
             return
         self.last_flush = _perf()
-        for actor in self.direct:
-            if actor.idle and not actor.signalled and actor.inbox:
-                actor.ring()
+        self.wake_idle()
         if self.flush_scheduled or not self.outbox:
             return
         self.flush_scheduled = True
@@ -650,14 +648,18 @@ class Delivery:
         except trio.RunFinishedError:  # pragma: no cover
             self.flush_scheduled = False
 
+    def wake_idle(self) -> None:
+        """Wake the idle direct actors that have events queued (any thread)."""
+        for actor in self.direct:
+            if actor.idle and not actor.signalled and actor.inbox:
+                actor.ring()
+
     # -- caller's loop ---------------------------------------------------------------------------------------
     def flush(self) -> None:
         """Deliver the outbox, one batch per actor (and wake idle direct actors that have events). Runs in the
         host loop and never raises."""
         self.flush_scheduled = False
-        for actor in self.direct:
-            if actor.idle and not actor.signalled and actor.inbox:
-                actor.ring()
+        self.wake_idle()
         try:
             batches: dict[Actor, list[Item]] = {}
             outbox = self.outbox
@@ -710,7 +712,6 @@ class Delivery:
         self.drained = False
         nursery = session.nursery
         assert nursery is not None
-        self.direct = [a for a in self.actors.values() if a.can_direct and DIRECT]
         for actor in self.actors.values():
             actor.reset()
             actor.direct = actor.can_direct and DIRECT
@@ -724,6 +725,7 @@ class Delivery:
                     SwitchInterval.acquire(self.switch_interval)
                     self.switch_lowered = True
             nursery.start_soon(actor.run, session, name=f"asyncloop-actor-{actor.callback.name}")
+        self.direct = [a for a in self.actors.values() if a.direct]  # before the worker starts publishing
 
     async def drain(self) -> None:
         """The worker is done: deliver the rest and wait until every actor handled every event."""
