@@ -191,8 +191,10 @@ def configs(workload: str, scenarios: set[str], ckpt_every: int, folder: str) ->
                                   base=base, drained=True))
     if "f" in scenarios:
         for runner in ("linear", "actor"):
+            if not any(c.name == f"{runner}_defaults" for c in out):  # the base: the same fit, no Checkpointer
+                out.append(Config(f"{runner}_defaults", "f", lambda b, r=runner: _fit(w, b, r)))
             out.append(Config(f"{runner}_checkpointer", "f", lambda b, r=runner: _checkpointed(
-                w, b, r, ckpt_every, folder), drained=True))
+                w, b, r, ckpt_every, folder), base=f"{runner}_defaults", drained=True))
     return out
 
 

@@ -80,6 +80,8 @@ def configs(workload: str, scenarios: set[str], ckpt_every: int, folder: str) ->
         out.append(Config("learner_gil", "e", lambda b: _fit(w, b, [Observer(common.gil_observer)]),
                           base="learner_none", drained=True))
     if "f" in scenarios:
+        if not any(c.name == "learner_none" for c in out):  # the base: the same fit without the checkpoints
+            out.append(Config("learner_none", "f", lambda b: _fit(w, b)))
         out.append(Config("save_every_callback", "f", lambda b: _fit(w, b, [SaveEvery(ckpt_every)], folder=folder),
-                          drained=True))
+                          base="learner_none", drained=True))
     return out

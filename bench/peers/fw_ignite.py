@@ -70,6 +70,8 @@ def configs(workload: str, scenarios: set[str], ckpt_every: int, folder: str) ->
         out.append(Config("engine_gil", "e", lambda b: _fit(w, b, _observer(common.gil_observer)),
                           base="engine_none", drained=True))
     if "f" in scenarios:
+        if not any(c.name == "engine_none" for c in out):  # the base: the same fit without the checkpoints
+            out.append(Config("engine_none", "f", lambda b: _fit(w, b)))
         out.append(Config("checkpoint_handler", "f", lambda b: _fit(w, b, _checkpoint(ckpt_every, folder)),
-                          drained=True))
+                          base="engine_none", drained=True))
     return out

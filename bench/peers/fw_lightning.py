@@ -91,8 +91,10 @@ def configs(workload: str, scenarios: set[str], ckpt_every: int, folder: str) ->
         out.append(Config("trainer_gil", "e", lambda b: _fit(w, b, [Observer(common.gil_observer)]),
                           base="trainer_none", drained=True))
     if "f" in scenarios:
+        if not any(c.name == "trainer_none" for c in out):  # the base: the same fit without the checkpoints
+            out.append(Config("trainer_none", "f", lambda b: _fit(w, b)))
         out.append(Config("model_checkpoint", "f", lambda b: _checkpointed(w, b, ckpt_every, folder, False),
-                          drained=True))
+                          base="trainer_none", drained=True))
         out.append(Config("model_checkpoint_async", "f", lambda b: _checkpointed(w, b, ckpt_every, folder, True),
-                          drained=True))
+                          base="trainer_none", drained=True))
     return out

@@ -59,7 +59,8 @@ def main() -> None:
         if configs:
             print(f"{a.framework} / {a.workload}: {len(configs)} configurations x {a.rounds} rounds", flush=True)
             out["configs"] = harness.run(configs, a.workload, a.steps, a.warmup, a.rounds, whole=whole,
-                                         log=lambda m: print(m, flush=True))
+                                         log=lambda m: print(m, flush=True),
+                                         ckpt_every=a.ckpt_every if whole else 0)
         else:
             out["configs"] = {}
         if whole:
