@@ -72,10 +72,10 @@ def in_run_lost(stamps: list[float], every: int, pre: int = PRE_STEPS) -> list[f
     The checkpoint after step ``c`` (``c`` a multiple of ``every``) falls into step ``c``'s interval, from batch
     ``c`` handed out to batch ``c + 1``. Its cost is the time the ``every - pre`` steps from there took beyond
     the mean of the ``pre`` steps before it, with that window's 5 slowest steps left out (a stray slow step there
-    would count ``every - pre`` times); none when ``every < 2 * pre``. A checkpoint whose window runs past the fit's last batch is left out.
-    Between two fits the machine's step time drifts by 10-20% here; within ~0.3 s it does not, so this resolves
-    a few ms where comparing whole fits cannot. The paired bare loop's value over the same windows (it saves
-    nothing) is its bias; ``harness.run`` subtracts it."""
+    would count ``every - pre`` times). A checkpoint whose window runs past the fit's last batch is left out;
+    none is measured when ``every < 2 * pre``. Free of the 10-20% drift of the step time between two fits, not of
+    the drift within one: the paired bare loop's value over the same windows (it saves nothing) shows that, and
+    ``harness.run`` subtracts it."""
     if every < 2 * pre:  # too few steps between checkpoints for a baseline (the smoke mode)
         return []
     dt = [b - a for a, b in zip(stamps, stamps[1:])]
