@@ -37,6 +37,17 @@ DEVNULL = open(os.devnull, "w")  # noqa: SIM115
 Setting = tuple[dict, Callable[[bool], None] | None]
 
 
+def constant(module: object, name: str, value: object) -> Callable[[bool], None]:
+    """A setting's function for a module constant: ``module.name`` is ``value`` while on, and back to the value it
+    had when this was called (the shipped one) when off."""
+    shipped = getattr(module, name)
+
+    def apply(on: bool) -> None:
+        setattr(module, name, value if on else shipped)
+
+    return apply
+
+
 class Stamped:
     """The batches, stamping when the first timed one (after the warm-up) and the end are reached."""
 

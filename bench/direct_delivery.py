@@ -18,19 +18,9 @@ import _observer_ab
 
 from asyncloop.runners import _delivery
 
-SHIPPED = _delivery.DIRECT
-
-
-def _direct(value: bool):
-    def apply(on: bool) -> None:
-        _delivery.DIRECT = value if on else SHIPPED
-
-    return apply
-
-
 SETTINGS: dict[str, _observer_ab.Setting] = {
-    "direct": ({}, _direct(True)),
-    "via the loop": ({}, _direct(False)),
+    "direct": ({}, _observer_ab.constant(_delivery, "DIRECT", True)),
+    "via the loop": ({}, _observer_ab.constant(_delivery, "DIRECT", False)),
 }
 
 if __name__ == "__main__":

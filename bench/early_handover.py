@@ -14,20 +14,10 @@ import _observer_ab
 
 import asyncloop.runners._delivery as delivery
 
-SHIPPED = delivery.EARLY_WORK
-
-
-def _early_work(seconds: float):
-    def apply(on: bool) -> None:
-        delivery.EARLY_WORK = seconds if on else SHIPPED
-
-    return apply
-
-
 SETTINGS: dict[str, _observer_ab.Setting] = {
-    "early 10 ms": ({}, _early_work(0.01)),
-    "early 1 ms": ({}, _early_work(0.001)),
-    "never": ({}, _early_work(float("inf"))),
+    "early 10 ms": ({}, _observer_ab.constant(delivery, "EARLY_WORK", 0.01)),
+    "early 1 ms": ({}, _observer_ab.constant(delivery, "EARLY_WORK", 0.001)),
+    "never": ({}, _observer_ab.constant(delivery, "EARLY_WORK", float("inf"))),
 }
 
 if __name__ == "__main__":
