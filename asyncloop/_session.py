@@ -237,11 +237,17 @@ class Session:
         plan_of = self.learner.runner.plan  # compiled once per callback set and (event, phase) type, cached
         phase_type = phase.__class__
         check = self.check
+        # The runner's plans by event type for this phase: a C-level lookup per event instead of a call into the
+        # runner (its callbacks cannot change while a session runs, so the plans cannot either).
+        plans: dict[type, Any] = {}
+        missing = _MISSING
 
         def dispatch(event: Event) -> Awaitable[None] | None:
             if self.abort_requested or self.control is not None:
                 check()
-            plan = plan_of(event.__class__, phase_type)
+            plan = plans.get(event.__class__, missing)
+            if plan is missing:
+                plan = plans[event.__class__] = plan_of(event.__class__, phase_type)
             return None if plan is None else plan(event, phase)
 
         if self.strategy is not None:
@@ -345,6 +351,7 @@ class Session:
 
 
 _CONTROL = (CancelFittingException, CancelEpochException, CancelStepException)
+_MISSING = object()
 
 
 def _acts_on_rank_zero_only(cb: Callback) -> bool:

@@ -47,14 +47,14 @@ _END = object()  # the end of an epoch's batches
 
 async def run_step(learner: Learner, phase: Phase, body: StepBody, state: PropDict) -> PropDict:
     """The step skeleton: ``state`` becomes ``learner.step``, then ``StepBegin``, ``body``, ``StepEnd``."""
-    session = learner.session
+    session = learner._session  # the private fields, here and below: no property call on the per-step path
     assert session is not None, "a step runs inside a session"
     dispatch = session.dispatcher(phase).dispatch
     learner.step = state
     session.agreed = False
     session.in_step += 1
     try:
-        with learner.random_state.region():  # the global generators hold the learner's random state (see _rng)
+        with learner._random:  # its region(): the global generators hold the learner's random state (see _rng)
             if (pending := dispatch(_STEP_BEGIN)) is not None:
                 await pending
             await body(learner, phase, dispatch, state)
@@ -137,13 +137,13 @@ async def default_epoch(learner: Learner, phase: Phase, data: Iterable[Any]) -> 
     step = phase.step
     after_step = getattr(data, "after_step", None)  # fit(val_every_n_steps=) validates between steps
 
-    region = learner.random_state.region
+    region = learner.random_state  # its own region() (see _rng): entered directly, once per batch
 
     async def steps(handle: Handle) -> None:
-        with region():  # a shuffling DataLoader draws its order here, once per epoch
+        with region:  # a shuffling DataLoader draws its order here, once per epoch
             batches = iter(data)
         while True:
-            with region():
+            with region:
                 batch = next(batches, _END)
             if batch is _END:
                 break
@@ -220,25 +220,24 @@ def _loss(learner: Learner, state: PropDict, autocast: Any) -> Any:
 async def training_body(learner: Learner, phase: Phase, dispatch: Dispatch, state: PropDict) -> None:
     """Forward, ``LossBegin``, loss, ``BackwardBegin``, backward, ``BackwardEnd``, optimizer step.
 
-    Distributed: the forward pass goes through the strategy's wrapper (DDP), the step waits at an agreement
-    point before the optimizer step, and a step that only accumulates (``accumulate`` set at ``StepBegin``, as
-    ``GradientAccumulation`` does) runs under the strategy's ``no_sync``: no gradient all-reduce until the last
-    micro-step of the group.
+    Distributed (see :func:`distributed_training_body`): the forward pass goes through the strategy's wrapper
+    (DDP) and the step waits at an agreement point before the optimizer step. One coroutine, and the forward
+    pass and loss inline when no ``autocast`` is set: this runs every step.
     """
-    strategy = learner.session.strategy  # type: ignore[union-attr]
-    if strategy is not None and state.get("accumulate", False):
-        with strategy.no_sync(learner):
-            await _training_body(learner, dispatch, state, strategy)
-    else:
-        await _training_body(learner, dispatch, state, strategy)
-
-
-async def _training_body(learner: Learner, dispatch: Dispatch, state: PropDict, strategy: Any) -> None:
+    strategy = learner._session.strategy  # type: ignore[union-attr]
     autocast = state.get("autocast")
-    _forward(learner, state, autocast, None if strategy is None else strategy.training_model(learner))
+    if autocast is None and strategy is None:
+        state["preds"] = learner._model(state["xs"])
+    else:
+        _forward(learner, state, autocast, None if strategy is None else strategy.training_model(learner))
     if (pending := dispatch(_LOSS_BEGIN)) is not None:
         await pending
-    _loss(learner, state, autocast)
+    if autocast is None:
+        loss = state["loss"] = learner.loss_fn(state["preds"], state["ys"])
+        if loss.__class__ is not torch.Tensor or loss.numel() != 1:
+            _check_loss(loss)
+    else:
+        _loss(learner, state, autocast)
     if (pending := dispatch(_BACKWARD_BEGIN)) is not None:
         await pending
     optimizer = learner.optimizer
@@ -254,7 +253,7 @@ async def _training_body(learner: Learner, dispatch: Dispatch, state: PropDict, 
     if (pending := dispatch(_BACKWARD_END)) is not None:
         await pending
     if strategy is not None:  # the step's one agreement point: before the optimizer step, so that a stop (a NaN
-        session = learner.session  # loss on one rank) leaves every rank's weights as they are
+        session = learner._session  # loss on one rank) leaves every rank's weights as they are
         session.agreed = True  # type: ignore[union-attr]
         agree(strategy, session.held, step=True)  # type: ignore[union-attr]
     if state.get("accumulate", False):
@@ -264,6 +263,18 @@ async def _training_body(learner: Learner, dispatch: Dispatch, state: PropDict, 
     else:
         scaler.step(optimizer)
         scaler.update()
+
+
+async def distributed_training_body(learner: Learner, phase: Phase, dispatch: Dispatch, state: PropDict) -> None:
+    """:func:`training_body` under a distributed strategy: a step that only accumulates (``accumulate`` set at
+    ``StepBegin``, as ``GradientAccumulation`` does) runs under the strategy's ``no_sync``, so no gradient
+    all-reduce happens until the last micro-step of the group."""
+    strategy = learner._session.strategy  # type: ignore[union-attr]
+    if strategy is not None and state.get("accumulate", False):
+        with strategy.no_sync(learner):
+            await training_body(learner, phase, dispatch, state)
+    else:
+        await training_body(learner, phase, dispatch, state)
 
 
 async def validation_body(learner: Learner, phase: Phase, dispatch: Dispatch, state: PropDict) -> None:

@@ -81,7 +81,10 @@ class TrainingPhase(AbstractTrainingPhase):
         model = learner.model
         if getattr(model, "training", True) is False:
             model.train()  # before StepBegin, so that its handlers see the mode the step runs in
-        return await _steps.run_step(learner, self, _steps.training_body, state)
+        session = learner._session
+        distributed = session is not None and session.strategy is not None
+        body = _steps.distributed_training_body if distributed else _steps.training_body
+        return await _steps.run_step(learner, self, body, state)
 
 
 class ValidationPhase(AbstractValidationPhase):

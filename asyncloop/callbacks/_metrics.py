@@ -330,9 +330,9 @@ class Metrics(Callback):
 
     @on(StepEnd)
     def step_end(self, event: StepEnd, phase: Phase, learner: Any) -> None:
-        cbstate = learner.cbstate
-        series = cbstate.metrics_step[phase]
-        index = cbstate.history[phase].steps
+        cbstate = learner.cbstate  # item access below: no PropDict.__getattr__ call every step
+        series = cbstate["metrics_step"][phase]
+        index = cbstate["history"][phase].steps
         for metric in self.metrics:
             metric.update(learner, phase)
             value = metric.step_value()

@@ -36,7 +36,7 @@ class Recorder(Callback):
 
     @on(StepEnd)
     def step_end(self, event: StepEnd, phase: Phase, learner: Any) -> None:
-        history = learner.cbstate.history[phase]
+        history = learner.cbstate["history"][phase]  # item access: no PropDict.__getattr__ call every step
         history.steps += 1
         history.steps_epoch += 1
 

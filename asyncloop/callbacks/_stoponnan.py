@@ -26,7 +26,7 @@ class StopOnNaNLoss(Callback):
 
     @on(BackwardEnd, AbstractTrainingPhase)
     def check(self, event: BackwardEnd, phase: Phase, learner: Any) -> None:
-        loss = learner.step.loss
+        loss = learner.step["loss"]
         value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
         if not math.isfinite(value):
             kind = "NaN" if math.isnan(value) else ("Inf" if value > 0 else "-Inf")

@@ -107,11 +107,11 @@ def run_sync(steps: Sequence[Step]) -> Callable[[Event, Phase], None]:
     Each handler's time is measured from the end of the previous one (one clock read per handler) and
     recorded in its callback's statistics.
     """
-    calls = tuple((s.fn, s.view, s.accept, s.stats.record, s.callback) for s in steps)
+    calls = tuple((s.fn, s.view, s.accept, s.stats, s.callback) for s in steps)
 
     def run(event: Event, phase: Phase) -> None:
         t0 = _perf()
-        for fn, view, accept, record, callback in calls:
+        for fn, view, accept, stats, callback in calls:
             if accept is not None and not accept(event, phase):
                 continue
             try:
@@ -121,7 +121,12 @@ def run_sync(steps: Sequence[Step]) -> Callable[[Event, Phase], None]:
                 raise
             finally:
                 t1 = _perf()
-                record(t1 - t0)
+                # ActorStatistics.record, inlined: this loop runs every handler of every event
+                elapsed = t1 - t0
+                stats.events += 1
+                stats.handler_time += elapsed
+                if elapsed > stats.max_handler_time:
+                    stats.max_handler_time = elapsed
                 t0 = t1
 
     return run
