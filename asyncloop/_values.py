@@ -6,11 +6,22 @@ Events, phases, permissions and conflict resolutions are values of this kind: ``
 
 from __future__ import annotations
 
+from itertools import repeat
+
 
 class ValueClass:
-    """A class whose instances carry no data: equal to, and hashed like, every instance of the same class."""
+    """A class whose instances carry no data: equal to, and hashed like, every instance of the same class.
+
+    Each subclass that defines neither ``__eq__`` nor ``__hash__`` gets its class's hash as a constant from C
+    (no Python call: phases key the per-step lookups of the built-in callbacks, ``history[phase]``).
+    """
 
     __slots__ = ()
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__eq__" not in cls.__dict__ and "__hash__" not in cls.__dict__:
+            cls.__hash__ = staticmethod(repeat(hash(cls)).__next__)  # type: ignore[assignment,method-assign]
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other)

@@ -77,8 +77,11 @@ class TrainingPhase(AbstractTrainingPhase):
     __slots__ = ()
 
     async def step(self, learner: Learner, batch: Any) -> Any:
-        state = _steps.supervised_state(batch)
-        model = learner.model
+        if batch.__class__ is tuple and len(batch) == 2:  # supervised_state's common case, without the call
+            state = _steps.PropDict(xs=batch[0], ys=batch[1])
+        else:
+            state = _steps.supervised_state(batch)
+        model = learner._model
         if getattr(model, "training", True) is False:
             model.train()  # before StepBegin, so that its handlers see the mode the step runs in
         session = learner._session
