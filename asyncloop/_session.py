@@ -44,11 +44,17 @@ Dispatch = Callable[["Event"], Optional[Awaitable[None]]]
 
 class Dispatcher(NamedTuple):
     """How the loop hands one phase's events to the runner: ``dispatch`` (sync when it can) and ``handle``
-    (the same as an async function, for custom steps and epochs)."""
+    (the same as an async function, for custom steps and epochs).
+
+    ``idle``: the event types ``dispatch`` found no handler for in this phase (filled as they are dispatched).
+    The built-in steps skip the call for those when no abort or control request is pending: what ``dispatch``
+    would do then is nothing (see :func:`asyncloop._steps.run_step`).
+    """
 
     phase: Phase
     dispatch: Dispatch
     handle: Callable[[Event], Awaitable[None]]
+    idle: set[type]
 
 
 async def in_session(learner: Learner, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -240,6 +246,7 @@ class Session:
         # The runner's plans by event type for this phase: a C-level lookup per event instead of a call into the
         # runner (its callbacks cannot change while a session runs, so the plans cannot either).
         plans: dict[type, Any] = {}
+        idle: set[type] = set()
         missing = _MISSING
 
         def dispatch(event: Event) -> Awaitable[None] | None:
@@ -248,6 +255,8 @@ class Session:
             plan = plans.get(event.__class__, missing)
             if plan is missing:
                 plan = plans[event.__class__] = plan_of(event.__class__, phase_type)
+                if plan is None:
+                    idle.add(event.__class__)
             return None if plan is None else plan(event, phase)
 
         if self.strategy is not None:
@@ -257,7 +266,7 @@ class Session:
             if (pending := dispatch(event)) is not None:
                 await pending
 
-        return Dispatcher(phase, dispatch, handle)
+        return Dispatcher(phase, dispatch, handle, idle)
 
     def _holding(self, dispatch: Dispatch) -> Dispatch:
         """Under a distributed strategy, a control request raised on this rank (by a handler, or a detached

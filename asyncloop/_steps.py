@@ -31,17 +31,24 @@ from .events import BackwardBegin, BackwardEnd, EpochBegin, EpochEnd, Event, Los
 
 if TYPE_CHECKING:
     from ._learner import Learner
-    from ._session import Dispatch
+    from ._session import Dispatcher
     from .phases import Phase
 
 #: ``handle(event)``: what custom step and epoch functions await to dispatch an event.
 Handle = Callable[[Event], Awaitable[None]]
-#: A step's body: ``await body(learner, phase, dispatch, state)`` between ``StepBegin`` and ``StepEnd``.
-StepBody = Callable[["Learner", "Phase", "Dispatch", PropDict], Awaitable[Any]]
+#: A step's body: ``await body(learner, phase, dispatcher, state)`` between ``StepBegin`` and ``StepEnd``.
+StepBody = Callable[["Learner", "Phase", "Dispatcher", PropDict], Awaitable[Any]]
 
 _EPOCH_BEGIN, _EPOCH_END = EpochBegin(), EpochEnd()
 _STEP_BEGIN, _STEP_END = StepBegin(), StepEnd()
 _LOSS_BEGIN, _BACKWARD_BEGIN, _BACKWARD_END = LossBegin(), BackwardBegin(), BackwardEnd()
+
+# The built-in steps dispatch each event with
+#     if EventType not in idle or session.abort_requested or session.control is not None:
+#         if (pending := dispatch(EVENT)) is not None:
+#             await pending
+# ``idle`` holds the event types the dispatcher found no handler for: for those, with no abort or control
+# request pending, ``dispatch`` would do nothing, and the step skips the call (five per training step).
 _END = object()  # the end of an epoch's batches
 
 
@@ -49,17 +56,20 @@ async def run_step(learner: Learner, phase: Phase, body: StepBody, state: PropDi
     """The step skeleton: ``state`` becomes ``learner.step``, then ``StepBegin``, ``body``, ``StepEnd``."""
     session = learner._session  # the private fields, here and below: no property call on the per-step path
     assert session is not None, "a step runs inside a session"
-    dispatch = session.dispatcher(phase).dispatch
+    dispatcher = session.dispatcher(phase)
+    dispatch, idle = dispatcher.dispatch, dispatcher.idle
     learner.step = state
     session.agreed = False
     session.in_step += 1
     try:
         with learner._random:  # its region(): the global generators hold the learner's random state (see _rng)
-            if (pending := dispatch(_STEP_BEGIN)) is not None:
-                await pending
-            await body(learner, phase, dispatch, state)
-            if (pending := dispatch(_STEP_END)) is not None:
-                await pending
+            if StepBegin not in idle or session.abort_requested or session.control is not None:
+                if (pending := dispatch(_STEP_BEGIN)) is not None:
+                    await pending
+            await body(learner, phase, dispatcher, state)
+            if StepEnd not in idle or session.abort_requested or session.control is not None:
+                if (pending := dispatch(_STEP_END)) is not None:
+                    await pending
     except CancelStepException:
         pass
     finally:
@@ -95,7 +105,7 @@ async def run_custom_step(
     """:func:`run_step` with a user's ``step_fn(handle, state)`` as the body (``asyncloop.run_step``)."""
     handle = learner.session.dispatcher(phase).handle  # type: ignore[union-attr]
 
-    async def body(learner: Learner, phase: Phase, dispatch: Dispatch, state: PropDict) -> None:
+    async def body(learner: Learner, phase: Phase, dispatcher: Dispatcher, state: PropDict) -> None:
         await step_fn(handle, state)
 
     return await run_step(learner, phase, body, state)
@@ -217,30 +227,36 @@ def _loss(learner: Learner, state: PropDict, autocast: Any) -> Any:
     return loss
 
 
-async def training_body(learner: Learner, phase: Phase, dispatch: Dispatch, state: PropDict) -> None:
+async def training_body(learner: Learner, phase: Phase, dispatcher: Dispatcher, state: PropDict) -> None:
     """Forward, ``LossBegin``, loss, ``BackwardBegin``, backward, ``BackwardEnd``, optimizer step.
 
     Distributed (see :func:`distributed_training_body`): the forward pass goes through the strategy's wrapper
     (DDP) and the step waits at an agreement point before the optimizer step. One coroutine, and the forward
     pass and loss inline when no ``autocast`` is set: this runs every step.
     """
-    strategy = learner._session.strategy  # type: ignore[union-attr]
+    session = learner._session
+    strategy = session.strategy  # type: ignore[union-attr]
+    dispatch, idle = dispatcher.dispatch, dispatcher.idle
     autocast = state.get("autocast")
     if autocast is None and strategy is None:
         state["preds"] = learner._model(state["xs"])
     else:
         _forward(learner, state, autocast, None if strategy is None else strategy.training_model(learner))
-    if (pending := dispatch(_LOSS_BEGIN)) is not None:
-        await pending
+    if LossBegin not in idle or session.abort_requested or session.control is not None:  # type: ignore[union-attr]
+        if (pending := dispatch(_LOSS_BEGIN)) is not None:
+            await pending
     if autocast is None:
         loss = state["loss"] = learner.loss_fn(state["preds"], state["ys"])
         if loss.__class__ is not torch.Tensor or loss.numel() != 1:
             _check_loss(loss)
     else:
         _loss(learner, state, autocast)
-    if (pending := dispatch(_BACKWARD_BEGIN)) is not None:
-        await pending
-    optimizer = learner.optimizer
+    if BackwardBegin not in idle or session.abort_requested or session.control is not None:  # type: ignore[union-attr]
+        if (pending := dispatch(_BACKWARD_BEGIN)) is not None:
+            await pending
+    optimizer = learner._optimizer
+    if optimizer is None:  # built from the factory on first use
+        optimizer = learner.optimizer
     if state.get("zero_grad", True):
         optimizer.zero_grad(set_to_none=True)
     loss = state["loss"]
@@ -249,11 +265,13 @@ async def training_body(learner: Learner, phase: Phase, dispatch: Dispatch, stat
     scaler = state.get("grad_scaler")
     (loss if scaler is None else scaler.scale(loss)).backward()
     state["loss"] = state["loss"].detach()  # the graph is spent: handlers read a plain tensor from here on
-    state["grads"] = learner.gradients()
-    if (pending := dispatch(_BACKWARD_END)) is not None:
-        await pending
+    grads = learner._grads  # learner.gradients(): one lazy mapping per model
+    state["grads"] = grads if grads is not None and learner._params is not None else learner.gradients()
+    if BackwardEnd not in idle or session.abort_requested or session.control is not None:  # type: ignore[union-attr]
+        if (pending := dispatch(_BACKWARD_END)) is not None:
+            await pending
     if strategy is not None:  # the step's one agreement point: before the optimizer step, so that a stop (a NaN
-        session = learner._session  # loss on one rank) leaves every rank's weights as they are
+        # loss on one rank) leaves every rank's weights as they are
         session.agreed = True  # type: ignore[union-attr]
         agree(strategy, session.held, step=True)  # type: ignore[union-attr]
     if state.get("accumulate", False):
@@ -265,24 +283,26 @@ async def training_body(learner: Learner, phase: Phase, dispatch: Dispatch, stat
         scaler.update()
 
 
-async def distributed_training_body(learner: Learner, phase: Phase, dispatch: Dispatch, state: PropDict) -> None:
+async def distributed_training_body(
+    learner: Learner, phase: Phase, dispatcher: Dispatcher, state: PropDict
+) -> None:
     """:func:`training_body` under a distributed strategy: a step that only accumulates (``accumulate`` set at
     ``StepBegin``, as ``GradientAccumulation`` does) runs under the strategy's ``no_sync``, so no gradient
     all-reduce happens until the last micro-step of the group."""
     strategy = learner._session.strategy  # type: ignore[union-attr]
     if strategy is not None and state.get("accumulate", False):
         with strategy.no_sync(learner):
-            await training_body(learner, phase, dispatch, state)
+            await training_body(learner, phase, dispatcher, state)
     else:
-        await training_body(learner, phase, dispatch, state)
+        await training_body(learner, phase, dispatcher, state)
 
 
-async def validation_body(learner: Learner, phase: Phase, dispatch: Dispatch, state: PropDict) -> None:
+async def validation_body(learner: Learner, phase: Phase, dispatcher: Dispatcher, state: PropDict) -> None:
     """Forward, ``LossBegin``, loss; both under ``torch.no_grad()``."""
     autocast = state.get("autocast")
     with torch.no_grad():
         _forward(learner, state, autocast)
-    if (pending := dispatch(_LOSS_BEGIN)) is not None:
+    if (pending := dispatcher.dispatch(_LOSS_BEGIN)) is not None:
         await pending
     with torch.no_grad():
         _loss(learner, state, autocast)
