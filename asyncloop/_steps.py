@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from . import _rng
 from ._containers import PropDict
 from ._distributed import agree
 from ._exceptions import CancelEpochException, CancelStepException, _Aborted
@@ -61,8 +62,13 @@ async def run_step(learner: Learner, phase: Phase, body: StepBody, state: PropDi
     learner.step = state
     session.agreed = False
     session.in_step += 1
+    random = learner._random
     try:
-        with learner._random:  # its region(): the global generators hold the learner's random state (see _rng)
+        # random.region(), inlined (LearnerRandomState.__enter__: no Python call): the global generators hold the
+        # learner's random state, and no other learner's region overlaps (see _rng)
+        with _rng._LOCK:
+            if (owner := _rng._owner) is None or owner() is not random:
+                random._install()
             if StepBegin not in idle or session.abort_requested or session.control is not None:
                 if (pending := dispatch(_STEP_BEGIN)) is not None:
                     await pending
@@ -147,13 +153,16 @@ async def default_epoch(learner: Learner, phase: Phase, data: Iterable[Any]) -> 
     step = phase.step
     after_step = getattr(data, "after_step", None)  # fit(val_every_n_steps=) validates between steps
 
-    region = learner.random_state  # its own region() (see _rng): entered directly, once per batch
+    random = learner.random_state
+    lock = _rng._LOCK
 
     async def steps(handle: Handle) -> None:
-        with region:  # a shuffling DataLoader draws its order here, once per epoch
+        with random.region():  # a shuffling DataLoader draws its order here, once per epoch
             batches = iter(data)
         while True:
-            with region:
+            with lock:  # random.region(), inlined as in run_step: once per batch
+                if (owner := _rng._owner) is None or owner() is not random:
+                    random._install()
                 batch = next(batches, _END)
             if batch is _END:
                 break

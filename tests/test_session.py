@@ -219,6 +219,68 @@ class TestDispatcher:
         await in_session(learner, body)
         assert spy.tags == ["b", "a"]
 
+    async def test_idle_holds_the_event_types_without_a_handler(self) -> None:
+        """A dispatcher's ``idle`` lists exactly the event types it found no handler for in its phase: the
+        built-in steps skip those calls (the plans are looked up once per event type, not per step)."""
+        from asyncloop import BackwardBegin, BackwardEnd, EpochBegin, LossBegin, StepBegin, on
+        from asyncloop.runners import LinearRunner
+
+        class AtStepEnd(Callback):
+            @on(StepEnd, TrainingPhase)
+            def h(self, event: Any, phase: Any, learner: Any) -> None:
+                pass
+
+        learner = test_learner(AtStepEnd(), n_batches=3)
+        compiled: list[Any] = []
+        plan = LinearRunner.plan
+
+        def counting(runner: Any, event: Any, phase: Any) -> Any:
+            compiled.append((event, phase))
+            return plan(runner, event, phase)
+
+        seen: dict[str, set[type]] = {}
+
+        class Peek(Callback):
+            @on(StepEnd, TrainingPhase)
+            def h(self, event: Any, phase: Any, view: Any) -> None:
+                seen["idle"] = set(learner.session.dispatcher(phase).idle)  # the learner itself, not the view
+
+        learner.add_callback(Peek())
+        LinearRunner.plan = counting  # type: ignore[method-assign]
+        try:
+            await fit(learner, 1, (learner.data.training, None))
+        finally:
+            LinearRunner.plan = plan  # type: ignore[method-assign]
+        assert seen["idle"] == {EpochBegin, StepBegin, LossBegin, BackwardBegin, BackwardEnd}
+        steps = [(e, p) for e, p in compiled if e in (StepBegin, LossBegin, BackwardBegin, BackwardEnd, StepEnd)]
+        assert len(steps) == 5  # one lookup per event type for the three steps
+
+    async def test_a_request_is_delivered_at_an_event_without_handlers(self) -> None:
+        """A control request pending at an event no callback handles is still delivered there: the step that
+        skips the dispatch call for a handler-less event still checks for it (here: the next ``StepBegin``,
+        before the second step's forward pass)."""
+        from asyncloop import on
+
+        class Requests(Callback):
+            @on(StepEnd, TrainingPhase)
+            def h(self, event: Any, phase: Any, view: Any) -> None:
+                # what a detached actor's request does: set on the session, delivered at the loop's next event
+                learner.session.control = CancelFittingException("asked between two steps")
+
+        learner = test_learner(Requests(), n_batches=4)
+        calls = 0
+        forward = learner.model.forward
+
+        def counted(xs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return forward(xs)
+
+        learner.model.forward = counted  # type: ignore[method-assign]
+        result = await fit(learner, 1, (learner.data.training, None))
+        assert result.stopped and str(result.reason) == "asked between two steps"
+        assert calls == 1
+
 
 class TestErrorsComeOutAsThemselves:
     def test_base_exception_in_teardown_still_runs_every_teardown(self) -> None:
