@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import _steps
+from ._containers import PropDict
 from ._values import ValueClass
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ class TrainingPhase(AbstractTrainingPhase):
 
     async def step(self, learner: Learner, batch: Any) -> Any:
         if batch.__class__ is tuple and len(batch) == 2:  # supervised_state's common case, without the call
-            state = _steps.PropDict(xs=batch[0], ys=batch[1])
+            state = PropDict(xs=batch[0], ys=batch[1])
         else:
             state = _steps.supervised_state(batch)
         model = learner._model

@@ -114,6 +114,26 @@ def _read(prefix: str) -> dict[tuple[str, int, int], int]:
     return runs
 
 
+def summarise(runs: dict[tuple[str, int, int], int], configs: list[str], n1: int, n2: int) -> list[dict]:
+    """One row per configuration from the runs' instruction counts ``{(config, steps, repeat): Ir}``: its
+    instructions per step in each repeat, ``(Ir(n2) - Ir(n1)) / (n2 - n1)``, and the median's excess over the bare
+    loop's median, absolute and in % of the bare step."""
+    per: dict[str, list[float]] = {}
+    for (name, n, rep), ir in sorted(runs.items()):
+        if n == n2 and (name, n1, rep) in runs:
+            per.setdefault(name, []).append((ir - runs[(name, n1, rep)]) / (n2 - n1))
+    if "bare" not in per:
+        raise SystemExit("no bare loop was measured: keep 'bare' in --configs")
+    bare = statistics.median(per["bare"])
+    rows = []
+    for name in [n for n in configs if n in per]:
+        values = per[name]
+        over = statistics.median(values) - bare
+        rows.append({"config": name, "per_step": [round(v) for v in values], "over_bare": round(over),
+                     "over_bare_pct": round(100 * over / bare, 2)})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", default="tiny")
@@ -149,20 +169,7 @@ def main() -> None:
             raise SystemExit(f"the run under callgrind failed (rc {done.returncode})")
         runs = _read(prefix)
         seconds = time.time() - started
-    span = args.n2 - args.n1
-    per: dict[str, list[float]] = {}
-    for (name, n, rep), ir in runs.items():
-        if n == args.n2 and (name, args.n1, rep) in runs:
-            per.setdefault(name, []).append((ir - runs[(name, args.n1, rep)]) / span)
-    if "bare" not in per:
-        raise SystemExit("no bare loop was measured: keep 'bare' in --configs")
-    bare = statistics.median(per["bare"])
-    rows = []
-    for name in [n for n in args.configs if n in per]:
-        values = per[name]
-        over = statistics.median(values) - bare
-        rows.append({"config": name, "per_step": [round(v) for v in values], "over_bare": round(over),
-                     "over_bare_pct": round(100 * over / bare, 2)})
+    rows = summarise(runs, args.configs, args.n1, args.n2)
     print(f"Instructions per step (callgrind), workload {args.workload}, steps {args.n1} -> {args.n2}, "
           f"{args.repeats} repeats, {seconds:.0f} s")
     print(f"{'config':18} {'Ir/step (each repeat)':>28} {'over bare':>10} {'% of bare':>9}")

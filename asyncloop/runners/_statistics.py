@@ -1,4 +1,4 @@
-"""Per-callback statistics: the one place where a handler's time is accounted (private)."""
+"""Per-callback statistics: where a handler's time is accounted (private)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ class ActorStatistics:
     abandoned: bool = False
 
     def record(self, seconds: float) -> None:
-        """Account for one handled event that took ``seconds`` (every runner path calls this)."""
+        """Account for one handled event that took ``seconds`` (every runner path calls this, except
+        ``_plans.run_sync``, the inline handlers' loop, which does the same inline)."""
         self.events += 1
         self.handler_time += seconds
         if seconds > self.max_handler_time:
