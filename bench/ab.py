@@ -7,6 +7,9 @@ nothing per step: ``git worktree add /tmp/old <commit>`` then
 ``.venv/bin/python bench/ab.py /tmp/old . linear_defaults 6``.
 
 usage: ab.py OLD_TREE NEW_TREE CONFIG [rounds]   (CONFIG: linear_none, linear_defaults, actor_defaults)
+
+Pitfall: a process's memory layout alone moves a tiny step's overhead by ~10 us either way, so differences of that
+size between trees are noise here; bench/ab_inprocess.py runs both trees in one process and resolves them.
 """
 import json, subprocess, sys, statistics
 old, new, config = sys.argv[1:4]
