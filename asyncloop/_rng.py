@@ -199,7 +199,6 @@ class LearnerRandomState:
         return self
 
     def __enter__(self) -> None:
-        # _steps.run_step and default_epoch inline this (with _LOCK, then the same owner check) once per batch
         _LOCK.acquire()
         if _owner is None or _owner() is not self:
             try:

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import _rng
 from ._containers import PropDict
 from ._distributed import agree
 from ._exceptions import CancelEpochException, CancelStepException, _Aborted
@@ -62,13 +61,8 @@ async def run_step(learner: Learner, phase: Phase, body: StepBody, state: PropDi
     learner.step = state
     session.agreed = False
     session.in_step += 1
-    random = learner._random
     try:
-        # random.region(), inlined (LearnerRandomState.__enter__: no Python call): the global generators hold the
-        # learner's random state, and no other learner's region overlaps (see _rng)
-        with _rng._LOCK:
-            if (owner := _rng._owner) is None or owner() is not random:
-                random._install()
+        with learner._random:  # its region(): the global generators hold the learner's random state (see _rng)
             if StepBegin not in idle or session.abort_requested or session.control is not None:
                 if (pending := dispatch(_STEP_BEGIN)) is not None:
                     await pending
@@ -153,16 +147,13 @@ async def default_epoch(learner: Learner, phase: Phase, data: Iterable[Any]) -> 
     step = phase.step
     after_step = getattr(data, "after_step", None)  # fit(val_every_n_steps=) validates between steps
 
-    random = learner.random_state
-    lock = _rng._LOCK
+    region = learner.random_state  # its own region() (see _rng): entered directly, once per batch
 
     async def steps(handle: Handle) -> None:
-        with random.region():  # a shuffling DataLoader draws its order here, once per epoch
+        with region:  # a shuffling DataLoader draws its order here, once per epoch
             batches = iter(data)
         while True:
-            with lock:  # random.region(), inlined as in run_step: once per batch
-                if (owner := _rng._owner) is None or owner() is not random:
-                    random._install()
+            with region:
                 batch = next(batches, _END)
             if batch is _END:
                 break
