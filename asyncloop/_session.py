@@ -46,15 +46,17 @@ class Dispatcher(NamedTuple):
     """How the loop hands one phase's events to the runner: ``dispatch`` (sync when it can) and ``handle``
     (the same as an async function, for custom steps and epochs).
 
-    ``idle``: the event types ``dispatch`` found no handler for in this phase (filled as they are dispatched).
-    The built-in steps skip the call for those when no abort or control request is pending: what ``dispatch``
-    would do then is nothing (see :func:`asyncloop._steps.run_step`).
+    ``plans``: the runner's plan of each event type ``dispatch`` has looked up in this phase (``None``: no
+    handler), filled as events are dispatched. With no abort or control request pending, ``dispatch`` only calls
+    that plan, so the built-in steps call it themselves, and skip a handler-less event (see
+    :func:`asyncloop._steps.run_step`). Empty under a distributed strategy, whose ``dispatch`` also holds control
+    requests until the next agreement point: every event then goes through ``dispatch``.
     """
 
     phase: Phase
     dispatch: Dispatch
     handle: Callable[[Event], Awaitable[None]]
-    idle: set[type]
+    plans: dict[type, Any]
 
 
 async def in_session(learner: Learner, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -246,7 +248,6 @@ class Session:
         # The runner's plans by event type for this phase: a C-level lookup per event instead of a call into the
         # runner (its callbacks cannot change while a session runs, so the plans cannot either).
         plans: dict[type, Any] = {}
-        idle: set[type] = set()
         missing = _MISSING
 
         def dispatch(event: Event) -> Awaitable[None] | None:
@@ -255,18 +256,18 @@ class Session:
             plan = plans.get(event.__class__, missing)
             if plan is missing:
                 plan = plans[event.__class__] = plan_of(event.__class__, phase_type)
-                if plan is None:
-                    idle.add(event.__class__)
             return None if plan is None else plan(event, phase)
 
+        shown = plans
         if self.strategy is not None:
             dispatch = self._holding(dispatch)
+            shown = {}  # the steps see no plan: every event goes through the holding dispatch
 
         async def handle(event: Event) -> None:
             if (pending := dispatch(event)) is not None:
                 await pending
 
-        return Dispatcher(phase, dispatch, handle, idle)
+        return Dispatcher(phase, dispatch, handle, shown)
 
     def _holding(self, dispatch: Dispatch) -> Dispatch:
         """Under a distributed strategy, a control request raised on this rank (by a handler, or a detached

@@ -44,11 +44,15 @@ _STEP_BEGIN, _STEP_END = StepBegin(), StepEnd()
 _LOSS_BEGIN, _BACKWARD_BEGIN, _BACKWARD_END = LossBegin(), BackwardBegin(), BackwardEnd()
 
 # The built-in steps dispatch each event with
-#     if EventType not in idle or session.abort_requested or session.control is not None:
+#     if session.abort_requested or session.control is not None or (plan := plans.get(Type, False)) is False:
 #         if (pending := dispatch(EVENT)) is not None:
 #             await pending
-# ``idle`` holds the event types the dispatcher found no handler for: for those, with no abort or control
-# request pending, ``dispatch`` would do nothing, and the step skips the call (five per training step).
+#     elif plan is not None and (pending := plan(EVENT, phase)) is not None:
+#         await pending
+# ``plans`` (``Dispatcher.plans``) holds the runner's plan of each event type the dispatcher looked up already
+# (``None``: no handler). With no abort or control request pending, ``dispatch`` would only call that plan: the
+# step calls it itself (one Python call fewer per event) and skips a handler-less event. Otherwise, and for an
+# event type not looked up yet, ``dispatch`` checks for requests and looks the plan up.
 _END = object()  # the end of an epoch's batches
 
 
@@ -56,20 +60,26 @@ async def run_step(learner: Learner, phase: Phase, body: StepBody, state: PropDi
     """The step skeleton: ``state`` becomes ``learner.step``, then ``StepBegin``, ``body``, ``StepEnd``."""
     session = learner._session  # the private fields, here and below: no property call on the per-step path
     assert session is not None, "a step runs inside a session"
-    dispatcher = session.dispatcher(phase)
-    dispatch, idle = dispatcher.dispatch, dispatcher.idle
+    dispatcher = session._dispatchers.get(phase.__class__)  # session.dispatcher(phase), without the call
+    if dispatcher is None or dispatcher.phase is not phase:
+        dispatcher = session.dispatcher(phase)
+    dispatch, plans = dispatcher.dispatch, dispatcher.plans
     learner.step = state
     session.agreed = False
     session.in_step += 1
     try:
         with learner._random:  # its region(): the global generators hold the learner's random state (see _rng)
-            if StepBegin not in idle or session.abort_requested or session.control is not None:
+            if session.abort_requested or session.control is not None or (plan := plans.get(StepBegin, False)) is False:
                 if (pending := dispatch(_STEP_BEGIN)) is not None:
                     await pending
+            elif plan is not None and (pending := plan(_STEP_BEGIN, phase)) is not None:
+                await pending
             await body(learner, phase, dispatcher, state)
-            if StepEnd not in idle or session.abort_requested or session.control is not None:
+            if session.abort_requested or session.control is not None or (plan := plans.get(StepEnd, False)) is False:
                 if (pending := dispatch(_STEP_END)) is not None:
                     await pending
+            elif plan is not None and (pending := plan(_STEP_END, phase)) is not None:
+                await pending
     except CancelStepException:
         pass
     finally:
@@ -235,25 +245,30 @@ async def training_body(learner: Learner, phase: Phase, dispatcher: Dispatcher, 
     pass and loss inline when no ``autocast`` is set: this runs every step.
     """
     session = learner._session
-    strategy = session.strategy  # type: ignore[union-attr]
-    dispatch, idle = dispatcher.dispatch, dispatcher.idle
+    assert session is not None, "a step runs inside a session"
+    strategy = session.strategy
+    dispatch, plans = dispatcher.dispatch, dispatcher.plans
     autocast = state.get("autocast")
     if autocast is None and strategy is None:
         state["preds"] = learner._model(state["xs"])
     else:
         _forward(learner, state, autocast, None if strategy is None else strategy.training_model(learner))
-    if LossBegin not in idle or session.abort_requested or session.control is not None:  # type: ignore[union-attr]
+    if session.abort_requested or session.control is not None or (plan := plans.get(LossBegin, False)) is False:
         if (pending := dispatch(_LOSS_BEGIN)) is not None:
             await pending
+    elif plan is not None and (pending := plan(_LOSS_BEGIN, phase)) is not None:
+        await pending
     if autocast is None:
         loss = state["loss"] = learner.loss_fn(state["preds"], state["ys"])
         if loss.__class__ is not torch.Tensor or loss.numel() != 1:
             _check_loss(loss)
     else:
         _loss(learner, state, autocast)
-    if BackwardBegin not in idle or session.abort_requested or session.control is not None:  # type: ignore[union-attr]
+    if session.abort_requested or session.control is not None or (plan := plans.get(BackwardBegin, False)) is False:
         if (pending := dispatch(_BACKWARD_BEGIN)) is not None:
             await pending
+    elif plan is not None and (pending := plan(_BACKWARD_BEGIN, phase)) is not None:
+        await pending
     optimizer = learner._optimizer
     if optimizer is None:  # built from the factory on first use
         optimizer = learner.optimizer
@@ -267,13 +282,15 @@ async def training_body(learner: Learner, phase: Phase, dispatcher: Dispatcher, 
     state["loss"] = state["loss"].detach()  # the graph is spent: handlers read a plain tensor from here on
     grads = learner._grads  # learner.gradients(): one lazy mapping per model
     state["grads"] = grads if grads is not None and learner._params is not None else learner.gradients()
-    if BackwardEnd not in idle or session.abort_requested or session.control is not None:  # type: ignore[union-attr]
+    if session.abort_requested or session.control is not None or (plan := plans.get(BackwardEnd, False)) is False:
         if (pending := dispatch(_BACKWARD_END)) is not None:
             await pending
+    elif plan is not None and (pending := plan(_BACKWARD_END, phase)) is not None:
+        await pending
     if strategy is not None:  # the step's one agreement point: before the optimizer step, so that a stop (a NaN
         # loss on one rank) leaves every rank's weights as they are
-        session.agreed = True  # type: ignore[union-attr]
-        agree(strategy, session.held, step=True)  # type: ignore[union-attr]
+        session.agreed = True
+        agree(strategy, session.held, step=True)
     if state.get("accumulate", False):
         return
     if scaler is None:

@@ -17,6 +17,7 @@ Hierarchy::
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import _steps
@@ -77,7 +78,10 @@ class TrainingPhase(AbstractTrainingPhase):
 
     __slots__ = ()
 
-    async def step(self, learner: Learner, batch: Any) -> Any:
+    def step(self, learner: Learner, batch: Any) -> Coroutine[Any, Any, PropDict]:
+        """``await phase.step(learner, batch)`` runs one training step. A plain method that returns the step
+        skeleton's coroutine (one coroutine fewer per step): the state is built and the model put in training
+        mode when it is called, so await it at once (``await super().step(learner, batch)`` in a subclass)."""
         if batch.__class__ is tuple and len(batch) == 2:  # supervised_state's common case, without the call
             state = PropDict(xs=batch[0], ys=batch[1])
         else:
@@ -88,7 +92,7 @@ class TrainingPhase(AbstractTrainingPhase):
         session = learner._session
         distributed = session is not None and session.strategy is not None
         body = _steps.distributed_training_body if distributed else _steps.training_body
-        return await _steps.run_step(learner, self, body, state)
+        return _steps.run_step(learner, self, body, state)
 
 
 class ValidationPhase(AbstractValidationPhase):
@@ -96,12 +100,14 @@ class ValidationPhase(AbstractValidationPhase):
 
     __slots__ = ()
 
-    async def step(self, learner: Learner, batch: Any) -> Any:
+    def step(self, learner: Learner, batch: Any) -> Coroutine[Any, Any, PropDict]:
+        """``await phase.step(learner, batch)`` runs one validation step; like :meth:`TrainingPhase.step`, a
+        plain method that returns the skeleton's coroutine (the model is put in eval mode when it is called)."""
         state = _steps.supervised_state(batch)
         model = learner.model
         if getattr(model, "training", False):
             model.eval()  # before StepBegin, so that its handlers see the mode the step runs in
-        return await _steps.run_step(learner, self, _steps.validation_body, state)
+        return _steps.run_step(learner, self, _steps.validation_body, state)
 
 
 class FitPhase(Phase):

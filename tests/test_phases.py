@@ -118,6 +118,30 @@ class TestStep:
         trio.run(asyncloop.epoch, learner, Mine(), learner.data.training)
         assert seen == learner.data.training
 
+    @pytest.mark.parametrize("base", [TrainingPhase, ValidationPhase])
+    def test_a_subclass_awaits_the_built_in_step_through_super(self, base: type[Phase]) -> None:
+        """The built-in phases' step() returns the step's coroutine: an async override that awaits
+        super().step(learner, batch) runs the whole step (its events too) and gets the step state back."""
+        from asyncloop import Callback, StepBegin, on
+
+        states, begun = [], []
+
+        class Begins(Callback):
+            @on(StepBegin)
+            def h(self, event: object, phase: object, learner: object) -> None:
+                begun.append(1)
+
+        class Mine(base):  # type: ignore[valid-type, misc]
+            async def step(self, learner: asyncloop.Learner, batch: object) -> object:
+                state = await super().step(learner, batch)
+                states.append(state)
+                return state
+
+        learner = test_learner(Begins(), n_batches=2)
+        trio.run(asyncloop.epoch, learner, Mine(), learner.data.training)
+        assert len(states) == 2 == len(begun)
+        assert all(set(state) >= {"xs", "ys", "preds", "loss"} for state in states)
+
     def test_a_patched_built_in_step_is_honoured(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Replacing TrainingPhase.step itself (e.g. to instrument it) is honoured by the default epoch."""
         seen = []

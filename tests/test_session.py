@@ -219,9 +219,10 @@ class TestDispatcher:
         await in_session(learner, body)
         assert spy.tags == ["b", "a"]
 
-    async def test_idle_holds_the_event_types_without_a_handler(self) -> None:
-        """A dispatcher's ``idle`` lists exactly the event types it found no handler for in its phase: the
-        built-in steps skip those calls (the plans are looked up once per event type, not per step)."""
+    async def test_plans_hold_each_event_types_plan_and_none_without_a_handler(self) -> None:
+        """A dispatcher's ``plans`` hold the plan of each event type it looked up in its phase, ``None`` for exactly
+        those without a handler: the built-in steps call the plans themselves and skip the ``None`` ones (each
+        plan is looked up once per event type, not per step)."""
         from asyncloop import BackwardBegin, BackwardEnd, EpochBegin, LossBegin, StepBegin, on
         from asyncloop.runners import LinearRunner
 
@@ -238,12 +239,12 @@ class TestDispatcher:
             compiled.append((event, phase))
             return plan(runner, event, phase)
 
-        seen: dict[str, set[type]] = {}
+        seen: dict[str, Any] = {}
 
         class Peek(Callback):
             @on(StepEnd, TrainingPhase)
             def h(self, event: Any, phase: Any, view: Any) -> None:
-                seen["idle"] = set(learner.session.dispatcher(phase).idle)  # the learner itself, not the view
+                seen["plans"] = dict(learner.session.dispatcher(phase).plans)  # the learner itself, not the view
 
         learner.add_callback(Peek())
         LinearRunner.plan = counting  # type: ignore[method-assign]
@@ -251,7 +252,9 @@ class TestDispatcher:
             await fit(learner, 1, (learner.data.training, None))
         finally:
             LinearRunner.plan = plan  # type: ignore[method-assign]
-        assert seen["idle"] == {EpochBegin, StepBegin, LossBegin, BackwardBegin, BackwardEnd}
+        plans = seen["plans"]
+        assert {e for e, p in plans.items() if p is None} == {EpochBegin, StepBegin, LossBegin, BackwardBegin, BackwardEnd}
+        assert callable(plans[StepEnd])
         steps = [(e, p) for e, p in compiled if e in (StepBegin, LossBegin, BackwardBegin, BackwardEnd, StepEnd)]
         assert len(steps) == 5  # one lookup per event type for the three steps
 
