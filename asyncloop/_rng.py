@@ -3,7 +3,8 @@
 torch's default CPU generator, the CUDA generators, Python's ``random`` and NumPy's global generator are
 process-wide, and two fits may run at once on two worker threads. So every :class:`asyncloop.Learner` owns a
 :class:`LearnerRandomState`, and the loop's code that draws random numbers (each step, each ``iter()``/``next()``
-on the epoch's data, the epoch events) runs in a :meth:`LearnerRandomState.region`:
+on the epoch's data, the epoch events) runs in a :meth:`LearnerRandomState.region` (a built-in phase's step and
+the ``next()`` that fetched its batch share one, see ``_steps.default_epoch``):
 
 * a region takes one process-wide re-entrant lock, so no two learners' regions overlap;
 * it installs the learner's state in the global generators unless they hold it already: the module tracks the

@@ -101,6 +101,9 @@ class Session:
         self.control: BaseException | None = None
         self.in_epoch = 0
         self.in_step = 0
+        #: Whether the running step's random-state region is already held by the epoch loop that runs it
+        #: (see _steps.default_epoch): its skeleton then takes none of its own.
+        self.region_held = False
         #: The phase whose ``EpochEnd`` is being (or was last) dispatched; ``None`` from each ``EpochBegin`` on.
         self.ending_epoch: Phase | None = None
         self.nursery: trio.Nursery | None = None

@@ -54,6 +54,9 @@ _LOSS_BEGIN, _BACKWARD_BEGIN, _BACKWARD_END = LossBegin(), BackwardBegin(), Back
 # step calls it itself (one Python call fewer per event) and skips a handler-less event. Otherwise, and for an
 # event type not looked up yet, ``dispatch`` checks for requests and looks the plan up.
 _END = object()  # the end of an epoch's batches
+#: ``Phase.step`` functions that only build the step state and run the skeleton (the built-in phases' own,
+#: registered by asyncloop.phases): :func:`default_epoch` holds the random-state region across their batch and step.
+SKELETON_ONLY_STEPS: set[Callable[..., Any]] = set()
 
 
 async def run_step(learner: Learner, phase: Phase, body: StepBody, state: PropDict) -> PropDict:
@@ -66,24 +69,30 @@ async def run_step(learner: Learner, phase: Phase, body: StepBody, state: PropDi
     dispatch, plans = dispatcher.dispatch, dispatcher.plans
     learner.step = state
     session.agreed = False
+    # The learner's random-state region (see _rng): the global generators hold its state for the whole step.
+    # Entered here unless the epoch loop holds it already (session.region_held), as default_epoch does.
+    random = None if session.region_held else learner._random
+    if random is not None:
+        random.__enter__()
     session.in_step += 1
     try:
-        with learner._random:  # its region(): the global generators hold the learner's random state (see _rng)
-            if session.abort_requested or session.control is not None or (plan := plans.get(StepBegin, False)) is False:
-                if (pending := dispatch(_STEP_BEGIN)) is not None:
-                    await pending
-            elif plan is not None and (pending := plan(_STEP_BEGIN, phase)) is not None:
+        if session.abort_requested or session.control is not None or (plan := plans.get(StepBegin, False)) is False:
+            if (pending := dispatch(_STEP_BEGIN)) is not None:
                 await pending
-            await body(learner, phase, dispatcher, state)
-            if session.abort_requested or session.control is not None or (plan := plans.get(StepEnd, False)) is False:
-                if (pending := dispatch(_STEP_END)) is not None:
-                    await pending
-            elif plan is not None and (pending := plan(_STEP_END, phase)) is not None:
+        elif plan is not None and (pending := plan(_STEP_BEGIN, phase)) is not None:
+            await pending
+        await body(learner, phase, dispatcher, state)
+        if session.abort_requested or session.control is not None or (plan := plans.get(StepEnd, False)) is False:
+            if (pending := dispatch(_STEP_END)) is not None:
                 await pending
+        elif plan is not None and (pending := plan(_STEP_END, phase)) is not None:
+            await pending
     except CancelStepException:
         pass
     finally:
         session.in_step -= 1
+        if random is not None:
+            random.__exit__(None, None, None)
     if session.strategy is not None:
         if not session.agreed:  # validation and custom steps agree at their end
             agree(session.strategy, session.held, step=False)
@@ -158,18 +167,30 @@ async def default_epoch(learner: Learner, phase: Phase, data: Iterable[Any]) -> 
     after_step = getattr(data, "after_step", None)  # fit(val_every_n_steps=) validates between steps
 
     region = learner.random_state  # its own region() (see _rng): entered directly, once per batch
+    # A built-in phase's step builds the state and runs the skeleton, nothing else: the loop holds one region
+    # across the batch and that step. Any other step's own code runs outside the region (it may block, e.g. on
+    # another learner, which must not happen under the process-wide lock); its skeleton takes one.
+    shared = getattr(type(phase), "step", None) in SKELETON_ONLY_STEPS
 
     async def steps(handle: Handle) -> None:
+        assert session is not None, "an epoch runs inside a session"
         with region:  # a shuffling DataLoader draws its order here, once per epoch
             batches = iter(data)
         while True:
             with region:
                 batch = next(batches, _END)
-            if batch is _END:
-                break
-            if session.abort_requested:  # type: ignore[union-attr]
-                raise _Aborted()
-            await step(learner, batch)
+                if batch is _END:
+                    break
+                if session.abort_requested:
+                    raise _Aborted()
+                if shared:  # one region for the batch and its step: the skeleton (session.region_held) takes none
+                    held, session.region_held = session.region_held, True
+                    try:
+                        await step(learner, batch)
+                    finally:
+                        session.region_held = held
+            if not shared:
+                await step(learner, batch)
             if after_step is not None:
                 await after_step()
 

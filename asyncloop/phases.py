@@ -110,6 +110,9 @@ class ValidationPhase(AbstractValidationPhase):
         return _steps.run_step(learner, self, _steps.validation_body, state)
 
 
+_steps.SKELETON_ONLY_STEPS.update((TrainingPhase.step, ValidationPhase.step))
+
+
 class FitPhase(Phase):
     """The phase ``FitBegin``/``FitEnd`` are dispatched with: neither training nor validation."""
 

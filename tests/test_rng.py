@@ -186,6 +186,57 @@ class TestRegions:
             assert _draws() == from_twin
 
 
+class TestStepRegions:
+    def _entered(self, monkeypatch: pytest.MonkeyPatch, phase: Any) -> tuple[int, list[torch.Tensor]]:
+        """Regions entered by one training epoch of ``phase`` (8 batches), and the weights it ends with."""
+        count = 0
+        enter = _rng.LearnerRandomState.__enter__
+
+        def counting(self: Any) -> None:
+            nonlocal count
+            count += 1
+            enter(self)
+
+        learner = _learner(5)
+        monkeypatch.setattr(_rng.LearnerRandomState, "__enter__", counting)
+        trio.run(asyncloop.epoch, learner, phase, learner.data.training)
+        monkeypatch.undo()
+        return count, _weights(learner)
+
+    def test_a_built_in_step_shares_its_batch_region_and_draws_the_same(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The epoch loop holds one region across a batch and a built-in phase's step (the skeleton takes none),
+        where a phase with its own step code gets two per batch (its code runs outside any region); dropout and
+        the shuffled order draw exactly the same numbers both ways."""
+
+        class Own(TrainingPhase):
+            async def step(self, learner: asyncloop.Learner, batch: Any) -> Any:
+                return await super().step(learner, batch)
+
+        shared, weights = self._entered(monkeypatch, TrainingPhase())
+        separate, own_weights = self._entered(monkeypatch, Own())
+        assert separate - shared == 8  # one more region per batch
+        assert all(torch.equal(a, b) for a, b in zip(weights, own_weights))
+
+    def test_the_held_flag_is_cleared_when_a_step_raises(self) -> None:
+        """A step that ends the epoch with CancelEpochException leaves no stale "region held" mark: at EpochEnd,
+        outside any step, a step would take its own region again."""
+        seen = []
+
+        class Stop(asyncloop.Callback):
+            @asyncloop.on(asyncloop.StepEnd)
+            def step_end(self, event: Any, phase: Any, view: Any) -> None:
+                seen.append(learner.session.region_held)  # the learner itself, not the view
+                raise asyncloop.CancelEpochException("enough")
+
+            @asyncloop.on(asyncloop.EpochEnd)
+            def epoch_end(self, event: Any, phase: Any, view: Any) -> None:
+                seen.append(learner.session.region_held)
+
+        learner = _learner(5, callbacks=[Stop()])
+        trio.run(asyncloop.fit, learner, 1)
+        assert seen == [True, False, True, False]  # each epoch's first step, then its EpochEnd (training, validation)
+
+
 class TestCheckpointState:
     def test_state_dict_saves_the_learners_state_not_the_globals(self) -> None:
         """A learner that does not own the global generators saves its own random state."""
