@@ -218,15 +218,13 @@ class Loss(_WeightedMean):
     def _compute(self, step: Any) -> Any:
         return step.loss
 
-    def update(self, learner: Any, phase: Phase) -> Any:
-        """:meth:`AbstractMetric.update`, returning the step's value as :meth:`step_value` will (``Metrics``
-        reads it so, one call fewer per step)."""
-        # _WeightedMean.update without the _compute call, with item access: it runs every step of every fit
+    def update(self, learner: Any, phase: Phase) -> None:
+        # _WeightedMean.update without the _compute call, with item access (Metrics.step_end inlines this)
         if not isinstance(phase, self.phase):
             self._last = None
-            return None
+            return
         step = learner.step
-        return self.add(step["loss"], step["ys"])
+        self.add(step["loss"], step["ys"])
 
     def __repr__(self) -> str:
         return f"Loss({self.name!r})"
@@ -344,8 +342,9 @@ class Metrics(Callback):
         series = cbstate["metrics_step"][phase]
         index = cbstate["history"][phase].steps
         for metric in self.metrics:
-            if metric.__class__ is Loss:  # the first metric, always there: its update returns the step value
-                value = metric.update(learner, phase)
+            if metric.__class__ is Loss and isinstance(phase, metric.phase):
+                step = learner.step  # Loss.update inline (the first metric, every step): add returns the value
+                value = metric.add(step["loss"], step["ys"])
             else:
                 metric.update(learner, phase)
                 value = metric.step_value()
