@@ -222,3 +222,20 @@ def test_checkpoint_cost_between_fits_leaves_out_the_loops_own_overhead() -> Non
     assert rows["ignite", "checkpoint_handler"]["lost_per_checkpoint_ms"] == pytest.approx(7.2)  # 9 us x 800
     ahead = {t["target"]: t for t in summary["targets"]}["asyncloop ahead of every peer: checkpoint stall"]
     assert ahead["holds"] is True and "engine_none" not in ahead["detail"] and "actor_defaults" not in ahead["detail"]
+
+
+def test_a_reused_process_learner_trains_on_the_batches_of_each_call() -> None:
+    """The process configurations keep one learner (and its worker) across fits; each fit still runs over the
+    batches it is given, not those the learner was first built with."""
+    import common
+    import fw_asyncloop
+
+    first = common.StampedBatches(common.make_batches("tiny", 3), 0)
+    second = common.StampedBatches(common.make_batches("tiny", 5), 0)
+    fw_asyncloop._observed_process("tiny", first, "sleep")
+    try:
+        fw_asyncloop._observed_process("tiny", second, "sleep")
+        assert len(second.stamps) == 6  # five batches handed out, then the end of the pass
+    finally:
+        learner = fw_asyncloop._PROCESS_LEARNERS.pop(("tiny", "sleep"))[0]
+        learner.runner.shutdown()

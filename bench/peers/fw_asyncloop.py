@@ -149,6 +149,7 @@ def _observed_process(workload, batches, kind):
         _PROCESS_LEARNERS[key] = (learner, report, initial)
     learner, report, initial = _PROCESS_LEARNERS[key]
     learner.model.load_state_dict(initial)
+    learner.data = (batches, None)  # the batches of this call, not those the learner was built with
     try:
         trio.run(asyncloop.fit, learner, 1)
     except (TypeError, ValueError) as exc:
