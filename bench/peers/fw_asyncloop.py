@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import tempfile
@@ -17,7 +18,8 @@ import common
 from harness import Config, Unsupported
 
 NAME = "asyncloop"
-DEVNULL = open(os.devnull, "w")
+DEVNULL = open(os.devnull, "w")  # the printers' file in every configuration
+atexit.register(DEVNULL.close)
 
 
 def _runner(kind: str):
