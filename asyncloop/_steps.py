@@ -63,9 +63,7 @@ async def run_step(learner: Learner, phase: Phase, body: StepBody, state: PropDi
     """The step skeleton: ``state`` becomes ``learner.step``, then ``StepBegin``, ``body``, ``StepEnd``."""
     session = learner._session  # the private fields, here and below: no property call on the per-step path
     assert session is not None, "a step runs inside a session"
-    dispatcher = session._dispatchers.get(phase.__class__)  # session.dispatcher(phase), without the call
-    if dispatcher is None or dispatcher.phase is not phase:
-        dispatcher = session.dispatcher(phase)
+    dispatcher = session.dispatcher(phase)
     dispatch, plans = dispatcher.dispatch, dispatcher.plans
     learner.step = state
     session.agreed = False
