@@ -18,6 +18,7 @@ from asyncloop import (
     ActorRunner,
     CustomCallback,
     EpochEnd,
+    FitBegin,
     FitEnd,
     LearningRate,
     LinearRunner,
@@ -529,6 +530,60 @@ class TestLogConfig:
             ("config", ["HParams"], True), ("final", ["HParams"], False)]
         assert records[0]["value"]["hparams"]["lr"] == 0.1
         assert set(records[1]["value"]["metrics"]) == {"TrainingPhase/Loss", "ValidationPhase/Loss"}
+
+
+class SlowRecording(Recording):
+    """A Recording whose writes of ``slow`` loggables (by type) take ``seconds``, and which notes overlapping
+    calls."""
+
+    def __init__(self, slow: type, seconds: float) -> None:
+        super().__init__()
+        self.slow, self.seconds, self.busy, self.overlapped = slow, seconds, False, False
+
+    def log_to(self, loggable: Loggable, name: str, index: int, group: tuple[str, ...] = ()) -> None:
+        import time
+
+        self.overlapped |= self.busy
+        self.busy = True
+        try:
+            if isinstance(loggable, self.slow):
+                time.sleep(self.seconds)
+            super().log_to(loggable, name, index, group)
+        finally:
+            self.busy = False
+
+
+class TestSharedBackend:
+    async def test_detached_loggers_write_a_shared_backend_in_the_loops_order(self) -> None:
+        """Detached loggers that share a backend write it one at a time and in the order the LinearRunner does,
+        even when one logger's writes are slow: LogConfig's FitBegin record (slowed down) comes before
+        LogMetrics's first value, and a second backend shared transitively orders a third logger too."""
+        orders = {}
+        for runner in (LinearRunner, ActorRunner):
+            torch.manual_seed(0)
+            a, b = SlowRecording(HParams, 0.05), SlowRecording(RuntimeEvent, 0.002)
+            learner = test_learner(
+                Recorder(), Metrics(), LogConfig({"lr": 0.01}, a), LogMetrics(a, b),
+                LogEvents(b, events=(FitBegin, EpochEnd, FitEnd)), n_batches=4, runner=runner())
+            await fit(learner, 2)
+            orders[runner.__name__] = (a.tags(), b.tags())
+            assert not a.overlapped and not b.overlapped
+        assert orders["LinearRunner"][0][0] == ("HParams/config", 0)
+        assert orders["ActorRunner"] == orders["LinearRunner"]
+
+    async def test_loggers_in_worker_processes_take_their_turns_too(self, tmp_path: Path) -> None:
+        """Process loggers sharing an event log (each writes through its own copy of the backend) write its
+        records in the loop's order: the slow FitBegin config first, then the step values, then the final
+        record."""
+        path = tmp_path / "run.alog"
+        backend = EventLogBackend(path)
+        learner = test_learner(
+            Recorder(), Metrics(), LogConfig({"lr": 0.01}, backend, detached="process"),
+            LogMetrics(backend, detached="process"), n_batches=4, runner=ActorRunner())
+        await fit(learner, 1)
+        kinds = [(r["kind"], r.get("name")) for r in read_events(path) if r["kind"] not in ("open", "close")]
+        assert kinds[0] == ("hparams", "config") and kinds[-1] == ("hparams", "final")
+        assert set(kinds[1:-1]) == {("value", "Loss")}
 
 
 class TestLogHyperParamsWarning:

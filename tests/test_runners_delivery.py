@@ -388,6 +388,80 @@ class TestDirectDelivery:
         assert seen == ["step"] * 3 + ["epoch"] + ["step"] * 3 + ["epoch"]
 
 
+class Sharing(al.Callback):
+    """A detached callback that writes ``(name, event, phase, step)`` to the shared lists it holds (its
+    ``_shared()``, as a logger's backends), sleeping a seeded random few milliseconds in some of its handlers."""
+
+    detached = True
+    state_access = {"cbstate": {"history": al.Read()}}
+    run_after = (al.Recorder,)
+
+    def __init__(self, name: str, *outs: list, seed: int = 0) -> None:
+        import random
+
+        self.name, self.outs, self.rng = name, outs, random.Random(seed)
+
+    def _shared(self) -> tuple:
+        return self.outs
+
+    def _write(self, event, phase, learner) -> None:
+        import time
+
+        if self.rng.random() < 0.2:
+            time.sleep(self.rng.random() * 0.003)
+        for out in self.outs:
+            out.append((self.name, type(event).__name__, type(phase).__name__, learner.cbstate.history[phase].steps))
+
+    @al.on(al.StepEnd)
+    def step_end(self, event, phase, learner) -> None:
+        self._write(event, phase, learner)
+
+    @al.on(al.EpochEnd)
+    def epoch_end(self, event, phase, learner) -> None:
+        self._write(event, phase, learner)
+
+
+class AfterP(Sharing):
+    pass
+
+
+class First(Sharing):
+    pass
+
+
+AfterP.run_after = (al.Recorder, First)
+
+
+class TestSharedResources:
+    def test_actors_sharing_a_resource_are_peers_and_not_direct(self) -> None:
+        """Detached callbacks that share a resource by identity (a logger's backend), also transitively, are each
+        other's peers and take their events through the caller's loop; the others stay direct."""
+        r1, r2, r3 = [], [], []
+        runner = al.ActorRunner()
+        al.test_learner(al.Recorder(), Sharing("a", r1), Sharing("b", r1, r2), Sharing("c", r2), Sharing("d", r3),
+                        runner=runner)
+        actors = {a.callback.name: a for a in runner._delivery.actors.values()}
+        assert {n: sorted(p.callback.name for p in a.peers) for n, a in actors.items()} == {
+            "a": ["b", "c"], "b": ["a", "c"], "c": ["a", "b"], "d": []}
+        assert {n: a.can_direct for n, a in actors.items()} == {"a": False, "b": False, "c": False, "d": True}
+
+    @pytest.mark.parametrize("seed", range(3))
+    async def test_peers_and_predecessors_handle_events_in_the_loops_order(self, seed: int) -> None:
+        """Three actors in one group, one of them also ordered after another by run_after (the crossing that a
+        batch-wide wait for the predecessor would deadlock), with random slow handlers: the shared list reads
+        exactly as under the LinearRunner, and the fit ends."""
+        seen = {}
+        for runner in (al.LinearRunner, al.ActorRunner):
+            r1, r2 = [], []
+            lrn = al.test_learner(al.Recorder(), AfterP("A", r2, seed=seed), First("P", r1, seed=seed + 10),
+                                  Sharing("B", r1, r2, seed=seed + 20), n_batches=16, runner=runner())
+            with trio.fail_after(20):  # a deadlock fails the test instead of hanging it
+                await al.fit(lrn, 3)
+            seen[runner.__name__] = (r1, r2)
+        assert len(seen["LinearRunner"][0]) == 2 * 3 * (16 + 1) * 2
+        assert seen["ActorRunner"] == seen["LinearRunner"]
+
+
 class TestActorsThatStartLate:
     @pytest.mark.parametrize("direct", [True, False], ids=["direct", "through-the-loop"])
     async def test_a_session_closed_before_its_actors_first_ran_ends_cleanly(self, monkeypatch, direct) -> None:

@@ -20,7 +20,9 @@ class LoggerBackend(abc.ABC):
 
     * ``log_to`` is plain sync code and may block: asyncloop only calls it from a detached logger's worker
       thread (or, under the ``LinearRunner``, from the training thread), never on a trio event loop;
-    * it may be called from several threads at once (one per logging callback): guard shared state with a lock;
+    * detached loggers that share a backend instance call it one at a time, in the loop's event order (as the
+      ``LinearRunner`` does), but it may still be called from several threads at once (an inline logger and a
+      detached one, another learner's fit, a thread of yours): guard shared state with a lock;
     * it opens its resources lazily and :meth:`close` is idempotent; a closed backend reopens on the next
       ``log_to`` (one backend object can serve several fits);
     * it logs the loggable kinds it can show and silently skips the others;
@@ -53,7 +55,7 @@ R = TypeVar("R")
 class LazyResource(Generic[R]):
     """The one resource (file, writer) a backend writes through: opened on first use, closed idempotently.
 
-    ``log_to`` may run on several threads at once (one per logging callback), so every use holds :attr:`lock`::
+    ``log_to`` may run on several threads at once (see :class:`LoggerBackend`), so every use holds :attr:`lock`::
 
         with self._out.lock:
             self._out.use().write(...)

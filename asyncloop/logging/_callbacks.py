@@ -113,6 +113,11 @@ class _Logger(Callback):
     def log(self, loggable: Loggable, name: str, index: int, group: tuple[str, ...]) -> None:
         log_to(self.backends, loggable, name, index, group)
 
+    def _shared(self) -> tuple[LoggerBackend, ...]:
+        """The backends: detached loggers that share one take their events in turn, in the loop's order
+        (``asyncloop.runners._delivery.shared_resources``)."""
+        return self.backends
+
     @on(FitEnd)
     def fit_end(self, event: FitEnd, phase: Phase, learner: Any) -> None:
         for backend in self.backends:

@@ -11,14 +11,16 @@ the caller's trio loop:
 
 * publishing costs the training thread a snapshot and a ``deque.append``;
 * *direct* actors (sync handlers only on a thread, or a process actor; no ``run_after`` path to or from another
-  detached actor) read their inbox on their own thread: a busy one takes each event as it comes, an idle one is woken (one lock
-  release) once ~1 ms of its work is queued, at its first event, when its inbox is half full, every
-  ``flush_interval`` seconds and at every epoch/fit boundary;
+  detached actor, no backend shared with one) read their inbox on their own thread: a busy one takes each event
+  as it comes, an idle one is woken (one lock release) once ~1 ms of its work is queued, at its first event, when
+  its inbox is half full, every ``flush_interval`` seconds and at every epoch/fit boundary;
 * for the other actors, when ``flush_interval`` seconds passed since the last hand-off (or an inbox is half
   full, an idle actor has 10 ms of work queued, and at every epoch/fit boundary) the loop wakes the caller's
   event loop, which delivers the outbox as one batch per actor. Latency is bounded by ``flush_interval`` or the
   time between two events, whichever is longer;
 * each actor sees its events in order; a ``run_after`` path between two detached actors holds per event;
+  detached loggers that share a backend instance handle their events one at a time, in the loop's order
+  (through the caller's loop);
 * sync handlers run on the actor's own thread (the thread lives for the fit), async ones as the actor's task;
   set ``blocking = False`` on a callback whose sync handlers are trivial to keep them on the event loop;
 * inboxes are bounded (``inbox_size``, default 1024 events): a full inbox makes the loop wait for the actor at

@@ -5,7 +5,7 @@ The training thread *publishes*: it takes the callback's snapshot (``snapshot(..
 callback's turn in the event's order and appends it to a ``deque`` (no lock, no wake-up).
 
 *Direct* actors (``Actor.can_direct``: a thread actor whose handlers are all sync, or a process actor, with no
-``run_after`` path to or from another detached actor) have their own inbox, which their thread (a process
+``run_after`` path to or from another detached actor and no resource shared with one) have their own inbox, which their thread (a process
 actor's courier) reads for the whole fit (:meth:`Actor._consume`): a busy thread takes each new event as it
 comes (a courier: everything queued, as one batch); an idle one sleeps on a ``SimpleQueue``
 and is woken (one ``put``: a lock release) when ``DIRECT_WORK`` seconds of its work are queued, at its first
@@ -18,7 +18,9 @@ Every other actor's events go to the outbox. When
 (``run_sync_soon``) to *flush*: deliver the outbox as one batch per actor. Each :class:`Actor` is a task in the
 caller's loop that handles its batches in order: runs of sync handlers on its own :class:`ActorThread` (one
 hand-off per run; on the loop itself with ``blocking = False``), async handlers as the task. A ``run_after``
-path between two detached actors holds per event.
+path between two detached actors holds per event, and actors that share a resource (loggers writing one backend
+instance: *peers*) take their events in turn, in the loop's order, so the resource sees what the
+``LinearRunner`` would write, in the same order.
 
 Back-pressure: an inbox holds at most ``capacity`` events; a publication that fills it makes the loop wait (at
 the end of the event) until the actor has handled half of them (one hop per ``capacity / 2`` events from a slow
@@ -38,7 +40,7 @@ import time
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
@@ -99,11 +101,15 @@ class Actor:
         self.capacity = capacity
         self.blocking = cb.blocking
         self.predecessors: list[Actor] = []
+        #: The other detached actors that share a resource with this one (loggers writing to one backend
+        #: instance; set by ``Delivery.compile``): between them, events are handled one at a time in the loop's
+        #: order (see :meth:`_handle_in_turn`).
+        self.peers: list[Actor] = []
         #: ``capture(event, phase, learner, copy=True)``: what is published (the callback's capture hook).
         self.capture: Callable[..., Any] = cb.snapshot
         #: Whether the actor's thread may take its events straight from :attr:`inbox` (a thread actor with sync
-        #: handlers only, or a process actor, and no ``run_after`` path to or from another detached actor; set by
-        #: ``Delivery.compile``), and whether it does in this fit (``DIRECT``, read at the start of each fit).
+        #: handlers only, or a process actor, with no ``run_after`` path to or from another detached actor and no
+        #: peers; set by ``Delivery.compile``), and whether it does in this fit (``DIRECT``, read at the start of each fit).
         self.can_direct = self.direct = False
         self.reset()
 
@@ -177,12 +183,44 @@ class Actor:
             await self.thread.run(self._consume, session, grace=self.delivery.cancel_grace, on_cancel=self.halt)
             return
         async for batch in self.recv:
+            if self.peers:
+                if not await self._handle_in_turn(batch, session):
+                    return
+                continue
             last = batch[-1].seq
             for actor in self.predecessors:
                 await actor.wait_done(last)
             if session.error is not None:
                 return
             await self._handle_batch(batch)
+
+    async def _handle_in_turn(self, batch: list[Item], session: Session) -> bool:
+        """Handle ``batch`` in the loop's event order with the peers (and after the predecessors): each run of
+        items starts once no peer or predecessor has an earlier event pending, and stops before the next event one
+        of them has. Returns whether the whole batch was handled.
+
+        Deadlock-free: every wait is for an event with a smaller sequence number, so the actor holding the oldest
+        pending event never waits. Complete: events reach every actor in one flush per batch of the outbox, so an
+        event older than one of ``batch`` is already in its actor's ``pending`` when ``batch`` arrives.
+        """
+        others = self.predecessors + self.peers
+        i = 0
+        while i < len(batch):
+            seq = batch[i].seq
+            for other in others:
+                await other.wait_done(seq)
+            if session.error is not None:
+                return False
+            bound = min((o.pending[0] for o in others if o.pending), default=math.inf)
+            j = i + 1
+            while j < len(batch) and batch[j].seq < bound:
+                j += 1
+            before = self.processed
+            await self._handle_batch(batch[i:j])
+            if self.processed - before < j - i:  # stopped short: the session is failing or closing
+                return False
+            i = j
+        return True
 
     def _settle(self, run: list[Item], seconds: list[float], errors: list[tuple[int, BaseException]] | None) -> bool:
         """Account for a handled run: raise its first real error, pass control requests on; whether it all ran."""
@@ -409,7 +447,7 @@ class ProcessActor(Actor):
         assert self.worker is not None and self.thread is not None
         if self.worker.dead:
             return
-        while not self.predecessors:  # batches that queued up while the worker was busy: one exchange
+        while not self.predecessors and not self.peers:  # batches queued while the worker was busy: one exchange
             try:
                 batch = batch + self.recv.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
@@ -513,7 +551,8 @@ class Delivery:
 
     def compile(self, learner: Any, infos: Sequence[CallbackInfo], stats: Sequence[ActorStatistics],
                 graph: nx.DiGraph) -> None:
-        """One actor per detached callback; each waits per event for the detached actors it runs after."""
+        """One actor per detached callback; each waits per event for the detached actors it runs after, and
+        the actors that share a resource (:func:`shared_resources`) take their events in turn, in the loop's order."""
         self.learner = learner
         self.actors = {}
         processes: list[Any] = []
@@ -537,9 +576,12 @@ class Delivery:
         for index, actor in self.actors.items():
             ancestors = nx.ancestors(graph, index)
             actor.predecessors = [a for i, a in self.actors.items() if i in ancestors]
+        for group in _groups(self.actors.values()):
+            for actor in group:
+                actor.peers = [a for a in group if a is not actor]
         followed = {id(p) for actor in self.actors.values() for p in actor.predecessors}
         for actor in self.actors.values():
-            actor.can_direct = not actor.predecessors and id(actor) not in followed and (
+            actor.can_direct = not actor.predecessors and not actor.peers and id(actor) not in followed and (
                 isinstance(actor, ProcessActor)
                 or (type(actor) is Actor and actor.blocking and _sync_only(actor.callback))
             )
@@ -771,6 +813,37 @@ def _sync_only(callback: Any) -> bool:
     handled in order, through the caller's loop (see ``Actor._consume``)."""
     keys = type(callback.inner)._registry
     return not any((h := callback.handler(e, p)) is not None and h.is_async for e, p in keys)
+
+
+def shared_resources(callback: Any) -> tuple[Any, ...]:
+    """What ``callback`` writes that other callbacks may write too, so that detached actors sharing one of them
+    must take their events in turn: a logger's backends (its ``_shared()``, seen through wrappers); nothing for
+    any other callback."""
+    shared = getattr(callback.inner, "_shared", None)
+    return tuple(shared()) if shared is not None else ()
+
+
+def _groups(actors: Iterable[Actor]) -> list[list[Actor]]:
+    """The actors that share a resource (by identity), transitively, as groups of two or more, in the callbacks'
+    order."""
+    actors = list(actors)
+    parent = list(range(len(actors)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[int, int] = {}
+    for i, actor in enumerate(actors):
+        for resource in shared_resources(actor.callback):
+            j = owner.setdefault(id(resource), i)
+            parent[root(i)] = root(j)
+    groups: dict[int, list[Actor]] = {}
+    for i, actor in enumerate(actors):
+        groups.setdefault(root(i), []).append(actor)
+    return [g for g in groups.values() if len(g) > 1]
 
 
 def placement(callback: Any) -> bool | str:
