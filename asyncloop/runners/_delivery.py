@@ -5,12 +5,12 @@ The training thread *publishes*: it takes the callback's snapshot (``snapshot(..
 callback's turn in the event's order and appends it to a ``deque`` (no lock, no wake-up).
 
 *Direct* actors (``Actor.can_direct``: a thread actor whose handlers are all sync, or a process actor, with no
-``run_after`` path to or from another detached actor and no resource shared with one) have their own inbox, which their thread (a process
-actor's courier) reads for the whole fit (:meth:`Actor._consume`): a busy thread takes each new event as it
-comes (a courier: everything queued, as one batch); an idle one sleeps on a ``SimpleQueue``
-and is woken (one ``put``: a lock release) when ``DIRECT_WORK`` seconds of its work are queued, at its first
-event, when its inbox is half full, and whenever the outbox would be flushed (below). The caller's loop only
-waits for the thread's job to end, and for its progress when the loop waits for room or drains.
+``run_after`` path to or from another detached actor and no resource shared with one) have their own inbox,
+which their thread (a process actor's courier) reads for the whole fit (:meth:`Actor._consume`): a busy thread
+takes each new event as it comes (a courier: everything queued, as one batch); an idle one sleeps on a
+``SimpleQueue`` and is woken (one ``put``: a lock release) when ``DIRECT_WORK`` seconds of its work are queued,
+at its first event, when its inbox is half full, and whenever the outbox would be flushed (below). The caller's
+loop only waits for the thread's job to end, and for its progress when the loop waits for room or drains.
 
 Every other actor's events go to the outbox. When
 ``flush_interval`` seconds passed since the last hand-off, when an inbox is half full, when an idle actor has
@@ -109,7 +109,8 @@ class Actor:
         self.capture: Callable[..., Any] = cb.snapshot
         #: Whether the actor's thread may take its events straight from :attr:`inbox` (a thread actor with sync
         #: handlers only, or a process actor, with no ``run_after`` path to or from another detached actor and no
-        #: peers; set by ``Delivery.compile``), and whether it does in this fit (``DIRECT``, read at the start of each fit).
+        #: peers; set by ``Delivery.compile``), and whether it does in this fit (``DIRECT``, read at the start of
+        #: each fit).
         self.can_direct = self.direct = False
         self.reset()
 
@@ -827,23 +828,13 @@ def _groups(actors: Iterable[Actor]) -> list[list[Actor]]:
     """The actors that share a resource (by identity), transitively, as groups of two or more, in the callbacks'
     order."""
     actors = list(actors)
-    parent = list(range(len(actors)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    sharing = nx.Graph()
+    sharing.add_nodes_from(range(len(actors)))
     owner: dict[int, int] = {}
     for i, actor in enumerate(actors):
         for resource in shared_resources(actor.callback):
-            j = owner.setdefault(id(resource), i)
-            parent[root(i)] = root(j)
-    groups: dict[int, list[Actor]] = {}
-    for i, actor in enumerate(actors):
-        groups.setdefault(root(i), []).append(actor)
-    return [g for g in groups.values() if len(g) > 1]
+            sharing.add_edge(i, owner.setdefault(id(resource), i))
+    return [[actors[i] for i in sorted(c)] for c in nx.connected_components(sharing) if len(c) > 1]
 
 
 def placement(callback: Any) -> bool | str:
